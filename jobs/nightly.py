@@ -1,0 +1,13 @@
+"""spark-submit entry point: the nightly sequence (ingest new files, build features, score the date).
+
+    spark-submit jobs/nightly.py --pipeline churn --date 2026-11-26 [--env cluster]
+
+Arguments are those of `lakeforge run nightly` (see `lakeforge run --help`).
+"""
+
+import sys
+
+from lakeforge.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "nightly", *sys.argv[1:]]))

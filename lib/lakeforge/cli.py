@@ -1,0 +1,174 @@
+"""The `lakeforge` command: argument parsing only; the work is in lakeforge.stages."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+import traceback
+
+from lakeforge.errors import LakeforgeError
+
+DESCRIPTION = """\
+lakeforge: ingest raw files into a Delta lakehouse, build features with pandas functions run on
+Spark, train and register models in MLflow, and score in batch every night.
+
+Start with `lakeforge demo` (generates the restaurant demo data and runs every stage).
+Configuration: conf/base.yaml + conf/<env>.yaml (--env or LAKEFORGE_ENV, default local),
+conf/pipelines/<name>.yaml; override any key with --set key=value (pipeline keys: --set pipeline.KEY=V).
+"""
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def _common(parser: argparse.ArgumentParser, pipeline: bool = True, date: bool = False) -> None:
+    if pipeline:
+        parser.add_argument("--pipeline", default="churn", help="pipeline name: conf/pipelines/<name>.yaml (default: churn)")
+    parser.add_argument("--env", help="environment overlay conf/<env>.yaml (default: $LAKEFORGE_ENV or local)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set spark.master=local[2] (repeatable)")
+    if date:
+        parser.add_argument("--date", type=_date, help="the as-of / score date, YYYY-MM-DD "
+                                                       "(default: the day after the last event)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakeforge", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("demo", help="generate the demo data and run every stage, then print a summary")
+    _common(p)
+    p.add_argument("--fresh", action="store_true", help="delete ./var (landing, lakehouse, MLflow store) first")
+    _demo_size(p)
+
+    p = verbs.add_parser("generate", help="write the demo landing files (deterministic for --seed)")
+    _common(p, pipeline=False)
+    _demo_size(p)
+
+    p = verbs.add_parser("ingest", help="load new landing files into bronze/silver; bad rows to ops.quarantine")
+    _common(p)
+
+    p = verbs.add_parser("features", help="build gold.<pipeline>_features for a date")
+    _common(p, date=True)
+
+    p = verbs.add_parser("train", help="train, evaluate on a time-based holdout, register in MLflow, set @champion")
+    _common(p)
+
+    p = verbs.add_parser("score", help="score a date with <pipeline>@champion into gold.<pipeline>_predictions")
+    _common(p, date=True)
+
+    p = verbs.add_parser("promote", help="point an alias (default champion) at a model version, with a reason")
+    _common(p)
+    p.add_argument("--version", type=int, required=True, help="registered model version")
+    p.add_argument("--reason", required=True, help="why (recorded in ops.runs)")
+    p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+
+    p = verbs.add_parser("run", help="run a named sequence: nightly = ingest, features, score")
+    p.add_argument("sequence", choices=["nightly"])
+    _common(p, date=True)
+
+    p = verbs.add_parser("status", help="tables (version, rows, last write), the last runs and the champion")
+    _common(p)
+
+    p = verbs.add_parser("setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
+    p.add_argument("--force", action="store_true", help="resolve again even when cached")
+    return parser
+
+
+def _demo_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--customers", type=int, help="number of customers (default from conf: demo.customers)")
+    p.add_argument("--stores", type=int, help="number of stores (default: demo.stores)")
+    p.add_argument("--days", type=int, help="days of orders (default: demo.days)")
+    p.add_argument("--seed", type=int, help="random seed (default: demo.seed)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("LAKEFORGE_DEBUG") == "1"
+    try:
+        return run(args)
+    except LakeforgeError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"lakeforge {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lakeforge {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # Spark/MLflow failures: one readable line, the traceback on --debug
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"lakeforge {args.verb}: failed: {type(exc).__name__}: {first} "
+              f"(rerun with --debug for the traceback; the run is recorded in ops.runs)", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.verb == "setup-jars":
+        from lakeforge import jars
+
+        started = time.monotonic()
+        found = jars.fetch_jars(force=args.force)
+        print(f"Delta jars ready: {len(found)} jars for {jars.DELTA_PACKAGE} in {jars.cache_dir()} "
+              f"({time.monotonic() - started:.1f}s)")
+        return 0
+
+    from lakeforge import config, stages
+
+    settings = config.load_settings(args.env, args.overrides)
+    if args.verb == "generate":
+        manifest = stages.generate(settings, customers=args.customers, stores=args.stores, days=args.days, seed=args.seed)
+        orders = manifest["orders"]
+        print(f"demo data in {settings.paths.landing}: {manifest['customers']['distinct_customers']:,} customers, "
+              f"{manifest['stores']['rows']} stores, {orders['files']} order files ({orders['lines']:,} lines, "
+              f"{orders['malformed_lines']} malformed, {orders['duplicate_lines']} duplicates, "
+              f"{orders['late_lines']} late) up to {manifest['end_date']}")
+        return 0
+
+    pipeline = config.load_pipeline(args.pipeline, args.overrides)
+    ctx = stages.Context(settings, pipeline)
+    try:
+        if args.verb == "demo":
+            from lakeforge.demo.summary import run_demo
+
+            print(run_demo(ctx, fresh=args.fresh, customers=args.customers, stores=args.stores,
+                           days=args.days, seed=args.seed))
+        elif args.verb == "ingest":
+            _print(stages.ingest(ctx))
+        elif args.verb == "features":
+            _print(stages.build_features(ctx, [args.date] if args.date else None))
+        elif args.verb == "train":
+            _print(stages.train(ctx))
+        elif args.verb == "score":
+            _print(stages.score(ctx, args.date))
+        elif args.verb == "promote":
+            _print(stages.promote(ctx, args.version, args.reason, args.alias))
+        elif args.verb == "run":
+            _print(stages.nightly(ctx, args.date))
+        elif args.verb == "status":
+            from lakeforge.demo.summary import format_status
+
+            print(format_status(stages.status(ctx)))
+    finally:
+        if "spark" in ctx.__dict__:
+            ctx.spark.stop()
+    return 0
+
+
+def _print(summary: dict) -> None:
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""MLflow: experiments, logging a trained model, the registry and its aliases.
+
+Experiment `lakeforge/<pipeline>`, registered model `<pipeline>`, alias `champion` (what scoring
+uses) and `challenger`. The tracking URI always comes from config (MLflow 3 would otherwise
+create ./mlflow.db wherever it runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from lakeforge import __version__
+from lakeforge.config import MlflowSettings
+from lakeforge.errors import DataError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class ProbabilityModel(mlflow.pyfunc.PythonModel):
+    """A classifier served as the probability of the positive class, for the columns it was trained on."""
+
+    def __init__(self, estimator, feature_names: list[str]):
+        self.estimator = estimator
+        self.feature_names = list(feature_names)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        return self.estimator.predict_proba(model_input[self.feature_names])[:, 1]
+
+
+def connect(settings: MlflowSettings) -> MlflowClient:
+    """Point MLflow at the configured tracking and registry store (and keep its INFO chatter out of our progress)."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Integer feature columns are intended (counts); MLflow's hint about missing values does not apply.
+    warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def experiment_id(client: MlflowClient, pipeline: str, artifact_root: str) -> str:
+    """The pipeline's experiment, created with its artifact location under the configured root."""
+    name = f"lakeforge/{pipeline}"
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{pipeline}")
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    run_id: str
+    version: int
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the served model (given, so MLflow need not infer them by import tracing)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")] + [
+        f"lakeforge=={__version__}"]
+
+
+def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, model: ProbabilityModel,
+                     example: pd.DataFrame, params: dict, metrics: dict[str, float], tags: dict[str, str]) -> LoggedModel:
+    """Log one training run (params, metrics, tags, model with signature) and register a new model version."""
+    mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
+    with mlflow.start_run(run_name=f"train-{pipeline}") as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        example = example[model.feature_names].head(5)
+        signature = infer_signature(example, model.predict(None, example))
+        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
+                                       input_example=example, registered_model_name=pipeline,
+                                       pip_requirements=_requirements())
+    version = int(info.registered_model_version)
+    wait_until_ready(client, pipeline, version)
+    return LoggedModel(run.info.run_id, version)
+
+
+def wait_until_ready(client: MlflowClient, name: str, version: int, timeout_s: float = 120) -> ModelVersion:
+    """Block until the version is READY (a file store is immediate; a server may take a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(name, str(version))
+        if mv.status == "READY":
+            return mv
+        if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise DataError(f"model {name} version {version} is {mv.status}, not READY")
+        time.sleep(0.5)
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: int) -> int | None:
+    """Point `alias` at `version`; returns the version it pointed at before (None if unset)."""
+    previous = alias_version(client, name, alias)
+    client.set_registered_model_alias(name, alias, str(version))
+    return previous
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
+    """The version an alias points at, None if the model or alias does not exist."""
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def champion(client: MlflowClient, name: str) -> ModelVersion:
+    """The READY version behind @champion, or an error that says how to get one."""
+    version = alias_version(client, name, CHAMPION)
+    if version is None:
+        raise DataError(f"registered model '{name}' has no @{CHAMPION} in {mlflow.get_tracking_uri()}: run "
+                        f"`lakeforge train --pipeline {name}` (or `lakeforge promote --pipeline {name} --version N`)")
+    mv = client.get_model_version(name, str(version))
+    if mv.status != "READY":
+        raise DataError(f"{name}@{CHAMPION} points at version {version}, which is {mv.status}, not READY")
+    return mv
+
+
+def load_python_model(name: str, version: int):
+    """The champion's Python model object (unwrapped from pyfunc), to ship to executors once."""
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()

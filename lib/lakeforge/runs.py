@@ -1,0 +1,125 @@
+"""The run ledger `ops.runs`: who ran what, when, on which inputs, with what result; plus progress output.
+
+A run is recorded twice in one row: MERGEd as `running` when it starts and updated to
+`succeeded` or `failed` (with the error) when it ends, so a crashed run stays visible as
+`running` with no end time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+
+from lakeforge import __version__, lake
+
+RUNS = "ops.runs"
+SCHEMA = ("run_id string, job string, pipeline string, env string, run_date date, status string, "
+          "started_at timestamp, ended_at timestamp, duration_s double, user string, host string, "
+          "git_commit string, lakeforge_version string, inputs map<string,bigint>, outputs map<string,bigint>, "
+          "rows map<string,bigint>, details string, error string")
+
+
+class Progress:
+    """Prints `[job] message (elapsed)` lines, as text or as JSON objects (log_format: json)."""
+
+    def __init__(self, job: str, json_lines: bool = False, stream=None):
+        self.job, self.json_lines, self.stream = job, json_lines, stream or sys.stderr
+        self.started = time.monotonic()
+
+    def __call__(self, message: str, **fields) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.json_lines:
+            record = {"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "job": self.job,
+                      "elapsed_s": round(elapsed, 1), "message": message, **fields}
+            print(json.dumps(record, default=str), file=self.stream, flush=True)
+        else:
+            print(f"[{self.job} {elapsed:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+def git_commit() -> str:
+    """The current git commit, or '' outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        return ""
+
+
+@dataclass
+class Run:
+    """What a job reports about itself while it runs; written to ops.runs when it ends."""
+
+    run_id: str
+    job: str
+    pipeline: str
+    inputs: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+    log: Progress | None = None
+
+    def input(self, spark: SparkSession, lakehouse: Path, *tables: str) -> None:
+        """Note the version of each input table as read now (lineage)."""
+        for table in tables:
+            v = lake.version(spark, lakehouse, table)
+            if v is not None:
+                self.inputs[table] = v
+
+    def output(self, spark: SparkSession, lakehouse: Path, *tables: str) -> None:
+        """Note the version of each table this run wrote."""
+        for table in tables:
+            v = lake.version(spark, lakehouse, table)
+            if v is not None:
+                self.outputs[table] = v
+
+
+def _upsert(spark: SparkSession, lakehouse: Path, row: dict) -> None:
+    df = spark.createDataFrame([row], SCHEMA)
+    props = {"lakeforge.description": "Every lakeforge job run: inputs and outputs with Delta versions, "
+                                      "rows, duration, status, error", "lakeforge.owner": "lakeforge",
+             "lakeforge.source": "lakeforge"}
+    if not lake.exists(lakehouse, RUNS):
+        lake.append(spark, df, lakehouse, RUNS, properties=props)
+        return
+    target = DeltaTable.forPath(spark, str(lake.table_path(lakehouse, RUNS)))
+    (target.alias("t").merge(df.alias("s"), "t.run_id = s.run_id")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+@contextmanager
+def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env: str,
+             run_date: dt.date | None = None, json_logs: bool = False) -> Iterator[Run]:
+    """Record a job run in ops.runs around the block; a failure is recorded and re-raised."""
+    run = Run(run_id=uuid.uuid4().hex[:16], job=job, pipeline=pipeline, log=Progress(job, json_logs))
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    row = {"run_id": run.run_id, "job": job, "pipeline": pipeline, "env": env, "run_date": run_date,
+           "status": "running", "started_at": started, "ended_at": None, "duration_s": None,
+           "user": getpass.getuser(), "host": socket.gethostname(), "git_commit": git_commit(),
+           "lakeforge_version": __version__, "inputs": {}, "outputs": {}, "rows": {}, "details": "{}", "error": None}
+    _upsert(spark, lakehouse, row)
+    t0 = time.monotonic()
+    status, error = "succeeded", None
+    try:
+        yield run
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        row.update(status=status, error=error, ended_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                   duration_s=round(time.monotonic() - t0, 3), inputs=run.inputs, outputs=run.outputs,
+                   rows=run.rows, details=json.dumps(run.details, default=str, sort_keys=True))
+        _upsert(spark, lakehouse, row)
+        run.log(f"{status} in {row['duration_s']:.1f}s (run {run.run_id})")

@@ -1,0 +1,61 @@
+"""Batch scoring: the @champion model over one date's features, into gold.<pipeline>_predictions.
+
+The driver loads the model once and broadcasts it; each Python worker unpickles it once and
+keeps it for every batch it scores (no MLflow calls from executors, nothing collected to the
+driver). A rerun replaces exactly the score_date partition, in one commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterator
+
+import cloudpickle
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StructField, StructType
+
+# A worker process keeps the models it has unpickled, keyed by (name, version): one load per worker.
+_WORKER_MODELS: dict[tuple[str, int], object] = {}
+
+
+def predictions_table(pipeline_name: str) -> str:
+    return f"gold.{pipeline_name}_predictions"
+
+
+def _model_on_worker(key: tuple[str, int], payload) -> object:
+    model = _WORKER_MODELS.get(key)
+    if model is None:
+        model = _WORKER_MODELS[key] = cloudpickle.loads(payload.value)
+    return model
+
+
+def predict(features: DataFrame, model_payload, key: tuple[str, int], entity: str,
+            feature_cols: list[str]) -> DataFrame:
+    """Entity key plus `prediction` for each feature row (a transform; runs on the executors)."""
+    schema = StructType([features.schema[entity], StructField("prediction", DoubleType(), False)])
+
+    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _model_on_worker(key, model_payload)
+        for batch in batches:
+            yield pd.DataFrame({entity: batch[entity], "prediction": model.predict(None, batch[feature_cols])})
+
+    return features.select(entity, *feature_cols).mapInPandas(score_batches, schema)
+
+
+def stamp(predictions: DataFrame, score_date: dt.date, model_name: str, model_version: int, run_id: str) -> DataFrame:
+    """Add the columns that say when, with which model and by which run each prediction was made."""
+    return predictions.select(
+        "*",
+        F.lit(score_date).alias("score_date"),
+        F.lit(model_name).alias("model_name"),
+        F.lit(model_version).alias("model_version"),
+        F.current_timestamp().alias("scored_at"),
+        F.lit(run_id).alias("run_id"),
+    )
+
+
+def broadcast_model(spark: SparkSession, python_model) -> object:
+    """Serialize the model once on the driver and broadcast it to the executors."""
+    return spark.sparkContext.broadcast(cloudpickle.dumps(python_model))

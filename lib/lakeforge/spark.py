@@ -1,0 +1,117 @@
+"""The only place a SparkSession is built: Delta on, quiet logs, local or cluster from config."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from lakeforge import jars
+from lakeforge.config import Settings, conf_dir
+from lakeforge.errors import EnvironmentProblem
+
+SUPPORTED_JAVA = (17, 21)  # the LTS releases Spark 4.2 runs on
+
+
+def java_major_version(java: str | None = None) -> int:
+    """The major version of the `java` Spark will launch ($JAVA_HOME/bin/java, else the PATH's)."""
+    if java is None:
+        home = os.environ.get("JAVA_HOME")
+        java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    fix = "install OpenJDK 17 (e.g. `apt-get install openjdk-17-jdk-headless`) or point JAVA_HOME at one"
+    if not java or not Path(java).exists():
+        raise EnvironmentProblem(f"Java not found (JAVA_HOME={os.environ.get('JAVA_HOME', 'unset')}, "
+                                 f"none on PATH): Spark 4.2 needs Java 17 or 21; {fix}.")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        raise EnvironmentProblem(f"could not run {java} -version ({exc}); {fix}.") from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise EnvironmentProblem(f"could not read the Java version from `{java} -version`; {fix}.")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" means Java 8
+
+
+def check_java() -> None:
+    """Fail early, with the fix, when Java is missing or too old for Spark 4.2."""
+    major = java_major_version()
+    if major not in SUPPORTED_JAVA:
+        raise EnvironmentProblem(f"Java {major} found, but Spark 4.2 needs Java 17 or 21; install OpenJDK 17 "
+                                 "or point JAVA_HOME at a JDK 17.")
+
+
+def _delta_already_supplied(conf: SparkConf) -> bool:
+    """True when spark-submit was given the Delta jars (`--packages` or `--jars`)."""
+    supplied = conf.get("spark.jars.packages", "") + "," + conf.get("spark.jars", "")
+    return "delta-spark" in supplied
+
+
+def _submitted_conf() -> SparkConf:
+    """What spark-submit was told (--master, --packages, --conf); empty when run as plain Python."""
+    from pyspark import SparkContext
+
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit: its JVM is already up
+        SparkContext._ensure_initialized()
+    return SparkConf()
+
+
+def session_conf(settings: Settings) -> dict[str, str]:
+    """Every Spark setting lakeforge sets, as plain strings (also used by spark-submit wrappers)."""
+    spark = settings.spark
+    log4j = conf_dir() / "log4j2.properties"
+    conf = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.ui.enabled": str(spark.ui_enabled).lower(),
+        "spark.driver.memory": spark.driver_memory,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Keeps CREATE DATABASE from making ./spark-warehouse wherever lakeforge runs.
+        "spark.sql.warehouse.dir": str(settings.paths.lakehouse / "_warehouse"),
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta rebuilds table state with 50 tasks by default: pure overhead for lakehouse-sized logs.
+        "spark.databricks.delta.snapshotPartitions": str(max(2, spark.shuffle_partitions)),
+        # lakeforge prints its own progress (stage, rows, elapsed); Spark's bar would garble it.
+        "spark.ui.showConsoleProgress": "false",
+    }
+    if log4j.is_file():
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
+    if spark.event_log_dir is not None:
+        spark.event_log_dir.mkdir(parents=True, exist_ok=True)
+        conf["spark.eventLog.enabled"] = "true"
+        conf["spark.eventLog.dir"] = spark.event_log_dir.as_uri()
+    conf.update(spark.conf)
+    return conf
+
+
+def build_session(settings: Settings, app_name: str | None = None) -> SparkSession:
+    """Build (or join) the SparkSession for these settings and make the lakehouse tables queryable by name."""
+    from lakeforge import lake  # lake needs a session; imported here to keep import order simple
+
+    check_java()
+    # Executors must run this interpreter, the one that has pandas and lakeforge installed.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # Local runs bind to loopback instead of guessing a routable address from the host name.
+    if settings.spark.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.appName(app_name or settings.spark.app_name)
+    submitted = _submitted_conf()
+    if not submitted.contains("spark.master"):  # spark-submit's --master wins over the config
+        builder = builder.master(settings.spark.master)
+    for key, value in session_conf(settings).items():
+        builder = builder.config(key, value)
+    if not _delta_already_supplied(submitted):
+        builder = builder.config("spark.jars", ",".join(str(jar) for jar in jars.cached_jars()))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.spark.log_level)
+    lake.register_tables(spark, settings.paths.lakehouse)
+    return spark

@@ -1,0 +1,240 @@
+"""The stages a user runs (ingest, features, train, score, promote, status, nightly, demo).
+
+Each stage opens one recorded run in ops.runs, calls the stage modules with the values they
+need, reports progress and returns a small summary dict. The CLI and jobs/*.py call these.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakeforge import features as feats
+from lakeforge import ingest as ingestion
+from lakeforge import lake, registry, runs, scoring, training
+from lakeforge.config import Pipeline, Settings
+from lakeforge.errors import DataError
+
+
+@dataclass
+class Context:
+    """What a stage needs: settings, the pipeline, and (built on first use) Spark and MLflow."""
+
+    settings: Settings
+    pipeline: Pipeline
+    spark_factory: object = None  # callable(settings) -> SparkSession; tests pass their fixture's session
+    summaries: list[dict] = field(default_factory=list)
+
+    @cached_property
+    def spark(self) -> SparkSession:
+        from lakeforge.spark import build_session
+
+        factory = self.spark_factory or build_session
+        spark = factory(self.settings)
+        lake.register_tables(spark, self.lakehouse)
+        return spark
+
+    @cached_property
+    def mlflow(self):
+        return registry.connect(self.settings.mlflow)
+
+    @property
+    def lakehouse(self) -> Path:
+        return self.settings.paths.lakehouse
+
+    def recorded(self, job: str, run_date: dt.date | None = None):
+        return runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
+                             json_logs=self.settings.log_format == "json")
+
+
+def _default_score_date(ctx: Context) -> dt.date:
+    """The day after the last event: the next night to score."""
+    return feats.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1] + dt.timedelta(days=1)
+
+
+def ingest(ctx: Context) -> dict:
+    """Load new landing files of every source into bronze/silver; bad rows to ops.quarantine."""
+    with ctx.recorded("ingest") as run:
+        sources = ctx.pipeline.sources
+        run.input(ctx.spark, ctx.lakehouse, *[f"silver.{name}" for name in sources])
+        results = ingestion.ingest_all(ctx.spark, sources, ctx.settings.paths.landing, ctx.lakehouse,
+                                       ctx.settings.owner, log=run.log)
+        for r in results:
+            run.rows.update({f"{r.source}.files": r.files, f"{r.source}.read": r.rows_read,
+                             f"{r.source}.kept": r.rows_kept, f"{r.source}.quarantined": r.rows_quarantined,
+                             f"{r.source}.dropped": r.rows_dropped})
+            if r.files == 0:
+                run.log(f"{r.source}: no new files")
+        run.output(ctx.spark, ctx.lakehouse, *[f"{layer}.{name}" for name in sources for layer in ("bronze", "silver")],
+                   ingestion.QUARANTINE, ingestion.FILE_LEDGER)
+        return {"stage": "ingest", **run.rows}
+
+
+def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
+    """Build gold.<pipeline>_features for the dates (default: the next score date)."""
+    dates = dates or [_default_score_date(ctx)]
+    with ctx.recorded("features", run_date=max(dates)) as run:
+        run.input(ctx.spark, ctx.lakehouse, f"bronze.{ctx.pipeline.features.spine.source}",
+                  f"silver.{ctx.pipeline.features.events.source}")
+        df = feats.build_features(ctx.spark, ctx.lakehouse, ctx.pipeline, dates)
+        feats.write_features(ctx.spark, df, ctx.lakehouse, ctx.pipeline, dates, ctx.settings.owner)
+        table = feats.features_table(ctx.pipeline)
+        listed = [d.isoformat() for d in dates]
+        rows = lake.read(ctx.spark, ctx.lakehouse, table).where(F.col(feats.AS_OF).cast("string").isin(listed)).count()
+        run.rows[table] = rows
+        run.output(ctx.spark, ctx.lakehouse, table)
+        run.log(f"{table}: {rows:,} rows for {len(dates)} date(s) {listed[0]}..{listed[-1]}")
+        return {"stage": "features", "dates": listed, "rows": rows}
+
+
+def train(ctx: Context) -> dict:
+    """Build the point-in-time training set, fit, evaluate on a later holdout, register, set @champion."""
+    pipeline = ctx.pipeline
+    with ctx.recorded("train") as run:
+        first, last = feats.event_date_range(ctx.spark, ctx.lakehouse, pipeline)
+        train_dates, holdout_dates = training.snapshot_dates(first, last, pipeline)
+        run.log(f"{len(train_dates)} training dates {train_dates[0]}..{train_dates[-1]}, "
+                f"holdout {holdout_dates[0]}..{holdout_dates[-1]}")
+        dates = train_dates + holdout_dates
+        spine, events = f"bronze.{pipeline.features.spine.source}", f"silver.{pipeline.features.events.source}"
+        run.input(ctx.spark, ctx.lakehouse, spine, events)
+        feats.write_features(ctx.spark, feats.build_features(ctx.spark, ctx.lakehouse, pipeline, dates),
+                             ctx.lakehouse, pipeline, dates, ctx.settings.owner)
+        table = feats.features_table(pipeline)
+        run.input(ctx.spark, ctx.lakehouse, table)
+        keys = feats.in_population(lake.read(ctx.spark, ctx.lakehouse, table, version=run.inputs[table]).where(
+            F.col(feats.AS_OF).isin(dates)), pipeline)
+        labelled = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events), keys, pipeline),
+                             on=[pipeline.features.entity, feats.AS_OF], how="inner").toPandas()
+        is_holdout = labelled[feats.AS_OF].isin(holdout_dates)
+        columns, label = feats.feature_columns(pipeline), pipeline.label.name
+        run.log(f"training set: {int((~is_holdout).sum()):,} rows, holdout: {int(is_holdout.sum()):,} rows")
+        model = training.fit(labelled[~is_holdout], columns, label, pipeline)
+        metrics = training.evaluate(model, labelled[is_holdout], columns, label)
+        run.log(f"holdout AUC {metrics['auc']:.3f}, log loss {metrics['log_loss']:.3f}")
+        tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
+                "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
+                "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
+                "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
+                **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
+        params = {"estimator": pipeline.model.estimator, "seed": pipeline.training.seed, **pipeline.model.params}
+        logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
+                                           registry.ProbabilityModel(model, columns), labelled[columns],
+                                           params, metrics, tags)
+        # The promotion gate (compare with the current champion on the same holdout) is issue #5;
+        # until then every newly trained version becomes the champion.
+        previous = registry.set_alias(ctx.mlflow, pipeline.name, registry.CHAMPION, logged.version)
+        run.details.update(model=pipeline.name, version=logged.version, previous_champion=previous,
+                           mlflow_run_id=logged.run_id, **{f"holdout_{k}": v for k, v in metrics.items()})
+        run.rows.update(train_rows=int((~is_holdout).sum()), holdout_rows=int(is_holdout.sum()))
+        run.log(f"registered {pipeline.name} version {logged.version}; @champion: {previous} -> {logged.version}")
+        return {"stage": "train", "version": logged.version, "mlflow_run_id": logged.run_id, **metrics}
+
+
+def score(ctx: Context, score_date: dt.date | None = None) -> dict:
+    """Score every entity's features for the date with @champion into gold.<pipeline>_predictions."""
+    pipeline = ctx.pipeline
+    score_date = score_date or _default_score_date(ctx)
+    with ctx.recorded("score", run_date=score_date) as run:
+        mv = registry.champion(ctx.mlflow, pipeline.name)
+        version = int(mv.version)
+        table = feats.features_table(pipeline)
+        run.input(ctx.spark, ctx.lakehouse, table)
+        if table not in run.inputs:
+            raise DataError(f"{table} does not exist: run `lakeforge features --pipeline {pipeline.name} "
+                            f"--date {score_date}` first")
+        rows = feats.in_population(lake.read(ctx.spark, ctx.lakehouse, table, version=run.inputs[table]).where(
+            F.col(feats.AS_OF) == F.lit(score_date)), pipeline)
+        model = registry.load_python_model(pipeline.name, version)
+        missing = [c for c in model.feature_names if c not in rows.columns]
+        if missing:
+            raise DataError(f"{pipeline.name} version {version} expects column(s) {', '.join(missing)} that "
+                            f"{table} does not have; rebuild the features or retrain the model")
+        if rows.limit(1).count() == 0:
+            raise DataError(f"{table} has no rows for {score_date}: run `lakeforge features --pipeline "
+                            f"{pipeline.name} --date {score_date}` first")
+        payload = scoring.broadcast_model(ctx.spark, model)
+        predictions = scoring.stamp(
+            scoring.predict(rows, payload, (pipeline.name, version), pipeline.features.entity, model.feature_names),
+            score_date, pipeline.name, version, run.run_id)
+        out = scoring.predictions_table(pipeline.name)
+        lake.replace_where(ctx.spark, predictions, ctx.lakehouse, out, f"score_date = DATE'{score_date}'",
+                           partition_by=["score_date"],
+                           properties={"lakeforge.description": f"{pipeline.name} predictions by score_date",
+                                       "lakeforge.owner": ctx.settings.owner,
+                                       "lakeforge.source": f"models:/{pipeline.name}@champion"})
+        written = lake.read(ctx.spark, ctx.lakehouse, out).where(F.col("score_date") == F.lit(score_date)).count()
+        run.rows[out] = written
+        run.details.update(model=pipeline.name, version=version)
+        run.output(ctx.spark, ctx.lakehouse, out)
+        run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
+        return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version}
+
+
+def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMPION) -> dict:
+    """Point an alias at a version by hand, recorded in ops.runs with the reason."""
+    with ctx.recorded("promote") as run:
+        registry.wait_until_ready(ctx.mlflow, ctx.pipeline.name, version)
+        previous = registry.set_alias(ctx.mlflow, ctx.pipeline.name, alias, version)
+        run.details.update(alias=alias, previous=previous, version=version, reason=reason)
+        run.log(f"{ctx.pipeline.name}@{alias}: {previous} -> {version} ({reason})")
+        return {"stage": "promote", "alias": alias, "from": previous, "to": version}
+
+
+def nightly(ctx: Context, score_date: dt.date | None = None) -> dict:
+    """Ingest new files, build features for the date, score it."""
+    summary = {"ingest": ingest(ctx)}
+    score_date = score_date or _default_score_date(ctx)
+    summary["features"] = build_features(ctx, [score_date])
+    summary["score"] = score(ctx, score_date)
+    return summary
+
+
+def status(ctx: Context) -> dict:
+    """Tables (version, rows, last write), the last runs, and the champion."""
+    tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
+    last_runs = []
+    if lake.exists(ctx.lakehouse, runs.RUNS):
+        last_runs = [r.asDict() for r in lake.read(ctx.spark, ctx.lakehouse, runs.RUNS)
+                     .orderBy(F.col("started_at").desc()).limit(10)
+                     .select("started_at", "job", "pipeline", "status", "duration_s", "error").collect()]
+    return {"tables": tables, "runs": last_runs,
+            "champion": registry.alias_version(ctx.mlflow, ctx.pipeline.name, registry.CHAMPION)}
+
+
+def reset_local_state(settings: Settings) -> None:
+    """Delete the embedded default's data (landing, lakehouse, MLflow store) for a fresh demo."""
+    for path in (settings.paths.landing, settings.paths.lakehouse, settings.paths.reports):
+        shutil.rmtree(path, ignore_errors=True)
+    uri = settings.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).unlink(missing_ok=True)
+    if settings.mlflow.artifact_root.startswith("file://"):
+        shutil.rmtree(settings.mlflow.artifact_root.removeprefix("file://"), ignore_errors=True)
+
+
+def generate(settings: Settings, **overrides) -> dict:
+    """Write the demo landing files (deterministic for the seed) and return their manifest."""
+    from lakeforge.demo.generator import DemoSpec, generate_demo
+
+    demo = settings.demo.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    spec = DemoSpec(seed=demo.seed, customers=demo.customers, stores=demo.stores, days=demo.days,
+                    start_date=demo.start_date, shift_date=demo.shift_date,
+                    column_added_date=demo.column_added_date, dirty=demo.dirty)
+    landing = settings.paths.landing
+    manifest_path = landing / "_manifest.json"
+    if manifest_path.is_file() and lake.exists(settings.paths.lakehouse, ingestion.FILE_LEDGER):
+        old = json.loads(manifest_path.read_text()).get("spec")
+        current = {k: str(v) for k, v in spec.__dict__.items()}
+        if old is not None and {k: str(v) for k, v in old.items()} != current:
+            raise DataError(f"the landing files in {landing} were generated with another spec ({old}) and are "
+                            f"already ingested; regenerating would change files the lakehouse has loaded. "
+                            f"Start fresh with `lakeforge demo --fresh` (deletes ./var) or `make clean`.")
+    return generate_demo(landing, spec)
