@@ -15,6 +15,16 @@ TINY_DEMO = {"customers": 300, "stores": 4, "days": 150}
 
 
 @pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_demo() -> dict:
+    return dict(TINY_DEMO)
+
+
+@pytest.fixture(scope="session")
 def work_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lakeforge")
 

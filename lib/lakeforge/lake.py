@@ -45,11 +45,14 @@ def read(spark: SparkSession, lakehouse: Path, name: str, version: int | None = 
 
 
 def version(spark: SparkSession, lakehouse: Path, name: str) -> int | None:
-    """The table's latest version, None when it does not exist."""
-    if not exists(lakehouse, name):
-        return None
-    last = DeltaTable.forPath(spark, str(table_path(lakehouse, name))).history(1).select("version").first()
-    return int(last["version"])
+    """The table's latest version, None when it does not exist.
+
+    Read from the log's file names (commit N is `_delta_log/000...N.json`, and the latest commit
+    file is never cleaned up), which costs a directory listing instead of a Spark job.
+    """
+    log = table_path(lakehouse, name) / "_delta_log"
+    commits = [int(p.stem) for p in log.glob("*.json") if p.stem.isdigit()] if log.is_dir() else []
+    return max(commits) if commits else None
 
 
 def _ensure(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
@@ -158,7 +161,7 @@ def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
     return {
         "table": name,
         "version": int(last["version"]),
-        "rows": spark.read.format("delta").load(path).count(),
+        "rows": spark.table(name).count(),  # by name: proves the catalog sees the table
         "last_write": last["timestamp"],
         "last_operation": last["operation"],
         "description": (detail["properties"] or {}).get("lakeforge.description", detail["description"] or ""),

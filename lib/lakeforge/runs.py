@@ -86,12 +86,13 @@ class Run:
                 self.outputs[table] = v
 
 
-def _upsert(spark: SparkSession, lakehouse: Path, row: dict) -> None:
+def _upsert(spark: SparkSession, lakehouse: Path, row: dict, new: bool = False) -> None:
+    """Insert a run's row (`new`: a plain append, the cheapest commit) or update it by run_id (MERGE)."""
     df = spark.createDataFrame([row], SCHEMA)
     props = {"lakeforge.description": "Every lakeforge job run: inputs and outputs with Delta versions, "
                                       "rows, duration, status, error", "lakeforge.owner": "lakeforge",
              "lakeforge.source": "lakeforge"}
-    if not lake.exists(lakehouse, RUNS):
+    if new or not lake.exists(lakehouse, RUNS):
         lake.append(spark, df, lakehouse, RUNS, properties=props)
         return
     target = DeltaTable.forPath(spark, str(lake.table_path(lakehouse, RUNS)))
@@ -109,7 +110,7 @@ def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env:
            "status": "running", "started_at": started, "ended_at": None, "duration_s": None,
            "user": getpass.getuser(), "host": socket.gethostname(), "git_commit": git_commit(),
            "lakeforge_version": __version__, "inputs": {}, "outputs": {}, "rows": {}, "details": "{}", "error": None}
-    _upsert(spark, lakehouse, row)
+    _upsert(spark, lakehouse, row, new=True)
     t0 = time.monotonic()
     status, error = "succeeded", None
     try:

@@ -1,0 +1,116 @@
+"""Configuration: layering, overrides and one clear error per mistake (no Spark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lakeforge import config
+from lakeforge.errors import ConfigError
+
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    """A private copy of the repo's conf folder that a test may break."""
+    shutil.copytree(REPO_CONF, tmp_path / "conf")
+    return tmp_path / "conf"
+
+
+def test_overlay_and_set_override_base(conf):
+    settings = config.load_settings("test", ["spark.shuffle_partitions=3", "demo.shift_date=2026-10-01"], conf)
+    assert settings.env == "test"
+    assert settings.spark.master == "local[2]"          # from test.yaml
+    assert settings.spark.shuffle_partitions == 3       # from --set, over test.yaml's 2
+    assert settings.spark.app_name == "lakeforge"       # from base.yaml
+    assert settings.demo.shift_date == dt.date(2026, 10, 1)
+    assert settings.paths.lakehouse.is_absolute()
+    assert settings.mlflow.tracking_uri == "sqlite:///" + str(Path("var/mlflow.db").resolve())
+
+
+def test_env_comes_from_environment_variable(conf, monkeypatch):
+    monkeypatch.setenv("LAKEFORGE_ENV", "cluster")
+    assert config.load_settings(None, None, conf).spark.master == "spark://127.0.0.1:7077"
+
+
+def test_settings_are_frozen(conf):
+    settings = config.load_settings("test", None, conf)
+    with pytest.raises(Exception):
+        settings.spark.master = "local[1]"
+
+
+def test_missing_base_file_names_it(conf):
+    (conf / "base.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"base configuration not found: .*conf/base\.yaml"):
+        config.load_settings("test", None, conf)
+
+
+def test_unknown_env_lists_the_known_ones(conf):
+    with pytest.raises(ConfigError, match=r"unknown environment 'prod'.*prod\.yaml.*cluster, local, test"):
+        config.load_settings("prod", None, conf)
+
+
+def test_unknown_key_names_file_key_and_known_keys(conf):
+    (conf / "test.yaml").write_text("spark:\n  mastr: local[1]\n")
+    with pytest.raises(ConfigError) as err:
+        config.load_settings("test", None, conf)
+    message = str(err.value)
+    assert str(conf / "test.yaml") in message
+    assert "unknown key 'spark.mastr'" in message
+    assert "master" in message and "shuffle_partitions" in message
+
+
+def test_wrong_type_names_file_key_and_expectation(conf):
+    (conf / "test.yaml").write_text("spark:\n  shuffle_partitions: lots\n")
+    with pytest.raises(ConfigError, match=r"test\.yaml: key 'spark\.shuffle_partitions': .*integer.*'lots'"):
+        config.load_settings("test", None, conf)
+
+
+def test_bad_set_override_is_blamed_on_set(conf):
+    with pytest.raises(ConfigError, match=r"--set: unknown key 'spark\.cores'"):
+        config.load_settings("test", ["spark.cores=4"], conf)
+    with pytest.raises(ConfigError, match=r"expected key=value"):
+        config.load_settings("test", ["spark.master"], conf)
+
+
+def test_invalid_yaml_names_the_file(conf):
+    (conf / "test.yaml").write_text("spark: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"test\.yaml: not valid YAML"):
+        config.load_settings("test", None, conf)
+
+
+def test_pipeline_loads_typed(conf):
+    churn = config.load_pipeline("churn", None, conf)
+    assert churn.name == "churn"
+    assert churn.sources["orders"].primary_key == ["order_id"]
+    assert churn.label.horizon_days == 30
+    assert len(churn.config_hash()) == 12
+    assert churn.config_hash() == config.load_pipeline("churn", None, conf).config_hash()
+
+
+def test_pipeline_override_with_set(conf):
+    churn = config.load_pipeline("churn", ["pipeline.label.horizon_days=14"], conf)
+    assert churn.label.horizon_days == 14
+
+
+def test_unknown_pipeline_lists_the_known_ones(conf):
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'fraud'.*fraud\.yaml.*pipelines here: churn"):
+        config.load_pipeline("fraud", None, conf)
+
+
+def test_pipeline_unknown_nested_key(conf):
+    path = conf / "pipelines" / "churn.yaml"
+    path.write_text(path.read_text().replace("horizon_days: 30", "horizon_days: 30\n  horizon_weeks: 4"))
+    with pytest.raises(ConfigError, match=r"churn\.yaml: unknown key 'label\.horizon_weeks'.*horizon_days"):
+        config.load_pipeline("churn", None, conf)
+
+
+def test_pipeline_bad_enum_value(conf):
+    path = conf / "pipelines" / "churn.yaml"
+    path.write_text(path.read_text().replace("format: json", "format: xml"))
+    with pytest.raises(ConfigError, match=r"churn\.yaml: key 'sources\.orders\.format': input should be 'csv', 'json' or 'parquet'"):
+        config.load_pipeline("churn", None, conf)
