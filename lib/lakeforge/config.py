@@ -144,6 +144,13 @@ class Model(Frozen):
     metric: Literal["auc"] = "auc"
 
 
+class Gate(Frozen):
+    """When a newly trained version may replace @champion (compared on the same holdout)."""
+
+    min_auc: float = Field(0.5, ge=0, le=1)      # absolute floor
+    min_improvement: float = 0.0                 # over the champion's AUC on the same holdout rows
+
+
 class Pipeline(Frozen):
     name: str
     description: str = ""
@@ -153,6 +160,7 @@ class Pipeline(Frozen):
     label: Label
     model: Model = Model()
     training: Training = Training()
+    gate: Gate = Gate()
 
     def config_hash(self) -> str:
         """A short, stable hash of this pipeline's configuration (logged with each model)."""

@@ -21,7 +21,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from lakeforge import __version__
-from lakeforge.config import MlflowSettings
+from lakeforge.config import Gate, MlflowSettings
 from lakeforge.errors import DataError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -94,7 +94,11 @@ def wait_until_ready(client: MlflowClient, name: str, version: int, timeout_s: f
     """Block until the version is READY (a file store is immediate; a server may take a moment)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        mv = client.get_model_version(name, str(version))
+        try:
+            mv = client.get_model_version(name, str(version))
+        except MlflowException:
+            raise DataError(f"registered model '{name}' has no version {version} in {mlflow.get_tracking_uri()}; "
+                            f"`lakeforge status` shows the champion, the MLflow UI every version") from None
         if mv.status == "READY":
             return mv
         if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
@@ -115,6 +119,28 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
         return int(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which alias a new version gets, and why (recorded with the alias change)."""
+
+    alias: str
+    reason: str
+
+
+def decide(new_auc: float, champion_auc: float | None, gate: Gate) -> Decision:
+    """The validation gate: absolute floor, then a minimum improvement over the champion on the same rows."""
+    if new_auc < gate.min_auc:
+        return Decision(CHALLENGER, f"holdout AUC {new_auc:.4f} below the floor {gate.min_auc:.4f}")
+    if champion_auc is None:
+        return Decision(CHAMPION, f"holdout AUC {new_auc:.4f} >= floor {gate.min_auc:.4f} and no usable champion")
+    needed = champion_auc + gate.min_improvement
+    if new_auc >= needed:
+        return Decision(CHAMPION, f"holdout AUC {new_auc:.4f} >= champion's {champion_auc:.4f} + "
+                                  f"{gate.min_improvement:.4f} on the same rows")
+    return Decision(CHALLENGER, f"holdout AUC {new_auc:.4f} < champion's {champion_auc:.4f} + "
+                                f"{gate.min_improvement:.4f} on the same rows; champion kept")
 
 
 def champion(client: MlflowClient, name: str) -> ModelVersion:

@@ -70,6 +70,7 @@ class Run:
     rows: dict[str, int] = field(default_factory=dict)
     details: dict[str, object] = field(default_factory=dict)
     log: Progress | None = None
+    run_date: dt.date | None = None  # set by the job once it knows the date it works on
 
     def input(self, spark: SparkSession, lakehouse: Path, *tables: str) -> None:
         """Note the version of each input table as read now (lineage)."""
@@ -104,7 +105,7 @@ def _upsert(spark: SparkSession, lakehouse: Path, row: dict, new: bool = False) 
 def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env: str,
              run_date: dt.date | None = None, json_logs: bool = False) -> Iterator[Run]:
     """Record a job run in ops.runs around the block; a failure is recorded and re-raised."""
-    run = Run(run_id=uuid.uuid4().hex[:16], job=job, pipeline=pipeline, log=Progress(job, json_logs))
+    run = Run(run_id=uuid.uuid4().hex[:16], job=job, pipeline=pipeline, log=Progress(job, json_logs), run_date=run_date)
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     row = {"run_id": run.run_id, "job": job, "pipeline": pipeline, "env": env, "run_date": run_date,
            "status": "running", "started_at": started, "ended_at": None, "duration_s": None,
@@ -119,8 +120,23 @@ def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        row.update(status=status, error=error, ended_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+        row.update(status=status, error=error, run_date=run.run_date, ended_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
                    duration_s=round(time.monotonic() - t0, 3), inputs=run.inputs, outputs=run.outputs,
                    rows=run.rows, details=json.dumps(run.details, default=str, sort_keys=True))
         _upsert(spark, lakehouse, row)
         run.log(f"{status} in {row['duration_s']:.1f}s (run {run.run_id})")
+
+
+AUDIT = "ops.audit"
+AUDIT_SCHEMA = ("changed_at timestamp, user string, host string, model string, alias string, "
+                "from_version int, to_version int, reason string, run_id string")
+
+
+def record_alias_change(spark: SparkSession, lakehouse: Path, model: str, alias: str, from_version: int | None,
+                        to_version: int, reason: str, run_id: str) -> None:
+    """Append who moved which alias, when, from which version to which, and why, to ops.audit."""
+    row = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), getpass.getuser(), socket.gethostname(), model,
+           alias, from_version, to_version, reason, run_id)
+    lake.append(spark, spark.createDataFrame([row], AUDIT_SCHEMA), lakehouse, AUDIT,
+                properties={"lakeforge.description": "Every model alias change: who, when, from, to, why",
+                            "lakeforge.owner": "lakeforge", "lakeforge.source": "lakeforge"})

@@ -128,23 +128,40 @@ def train(ctx: Context) -> dict:
         logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
                                            registry.ProbabilityModel(model, columns), labelled[columns],
                                            params, metrics, tags)
-        # The promotion gate (compare with the current champion on the same holdout) is issue #5;
-        # until then every newly trained version becomes the champion.
-        previous = registry.set_alias(ctx.mlflow, pipeline.name, registry.CHAMPION, logged.version)
-        run.details.update(model=pipeline.name, version=logged.version, previous_champion=previous,
-                           mlflow_run_id=logged.run_id, **{f"holdout_{k}": v for k, v in metrics.items()})
+        holdout = labelled[is_holdout]
+        champion_auc = _champion_auc(ctx, holdout, label)
+        decision = registry.decide(metrics["auc"], champion_auc, pipeline.gate)
+        previous = registry.set_alias(ctx.mlflow, pipeline.name, decision.alias, logged.version)
+        runs.record_alias_change(ctx.spark, ctx.lakehouse, pipeline.name, decision.alias, previous, logged.version,
+                                 f"train: {decision.reason}", run.run_id)
+        run.details.update(model=pipeline.name, version=logged.version, alias=decision.alias, previous=previous,
+                           gate=decision.reason, champion_auc=champion_auc, mlflow_run_id=logged.run_id,
+                           **{f"holdout_{k}": v for k, v in metrics.items()})
         run.rows.update(train_rows=int((~is_holdout).sum()), holdout_rows=int(is_holdout.sum()))
-        run.log(f"registered {pipeline.name} version {logged.version}; @champion: {previous} -> {logged.version}")
-        return {"stage": "train", "version": logged.version, "mlflow_run_id": logged.run_id, **metrics}
+        run.log(f"registered {pipeline.name} version {logged.version} as @{decision.alias} "
+                f"(was {previous}): {decision.reason}")
+        return {"stage": "train", "version": logged.version, "alias": decision.alias,
+                "mlflow_run_id": logged.run_id, **metrics}
+
+
+def _champion_auc(ctx: Context, holdout, label: str) -> float | None:
+    """The current champion's AUC on this holdout, None if there is none or it cannot read these features."""
+    version = registry.alias_version(ctx.mlflow, ctx.pipeline.name, registry.CHAMPION)
+    if version is None:
+        return None
+    model = registry.load_python_model(ctx.pipeline.name, version)
+    if any(c not in holdout.columns for c in model.feature_names):
+        return None
+    return training.metrics_of(model.predict(None, holdout), holdout[label])["auc"]
 
 
 def score(ctx: Context, score_date: dt.date | None = None) -> dict:
     """Score every entity's features for the date with @champion into gold.<pipeline>_predictions."""
     pipeline = ctx.pipeline
-    score_date = score_date or _default_score_date(ctx)
     with ctx.recorded("score", run_date=score_date) as run:
         mv = registry.champion(ctx.mlflow, pipeline.name)
         version = int(mv.version)
+        score_date = run.run_date = score_date or _default_score_date(ctx)
         table = feats.features_table(pipeline)
         run.input(ctx.spark, ctx.lakehouse, table)
         if table not in run.inputs:
@@ -183,6 +200,8 @@ def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMP
     with ctx.recorded("promote") as run:
         registry.wait_until_ready(ctx.mlflow, ctx.pipeline.name, version)
         previous = registry.set_alias(ctx.mlflow, ctx.pipeline.name, alias, version)
+        runs.record_alias_change(ctx.spark, ctx.lakehouse, ctx.pipeline.name, alias, previous, version,
+                                 f"promote: {reason}", run.run_id)
         run.details.update(alias=alias, previous=previous, version=version, reason=reason)
         run.log(f"{ctx.pipeline.name}@{alias}: {previous} -> {version} ({reason})")
         return {"stage": "promote", "alias": alias, "from": previous, "to": version}

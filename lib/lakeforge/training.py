@@ -49,8 +49,12 @@ def fit(train: pd.DataFrame, feature_cols: list[str], label: str, pipeline: Pipe
 
 def evaluate(model: LGBMClassifier, data: pd.DataFrame, feature_cols: list[str], label: str) -> dict[str, float]:
     """Holdout metrics: AUC, log loss, base rate and rows."""
-    y = data[label].astype("int64").to_numpy()
-    p = model.predict_proba(data[feature_cols])[:, 1]
+    return metrics_of(model.predict_proba(data[feature_cols])[:, 1], data[label])
+
+
+def metrics_of(p: np.ndarray, labels: pd.Series) -> dict[str, float]:
+    """AUC, log loss, base rate and rows of predicted probabilities against 0/1 labels."""
+    y = labels.astype("int64").to_numpy()
     if len(np.unique(y)) < 2:
         raise DataError(f"the holdout has a single label value ({y[0] if len(y) else 'no rows'}); "
                         "cannot compute AUC: widen the holdout or check the label definition")

@@ -39,7 +39,7 @@ def format_summary(ctx: stages.Context, manifest: dict, trained: dict, scored: d
     lines += ["", f"Landing: {orders['lines']:,} order lines, of which {orders['malformed_lines']} malformed and "
                   f"{orders['null_customer_id']} without a customer (both quarantined), "
                   f"{orders['duplicate_lines']} duplicates and {orders['late_lines']} late (deduplicated in silver).",
-              f"Model: {ctx.pipeline.name} version {trained['version']} is @champion; holdout AUC "
+              f"Model: {ctx.pipeline.name} version {trained['version']} is @{trained['alias']}; holdout AUC "
               f"{trained['auc']:.3f} (log loss {trained['log_loss']:.3f}, churn rate {trained['positive_rate']:.1%}).",
               f"Predictions: {scored['rows']:,} rows for score_date {scored['score_date']} in "
               f"{predictions_table(ctx.pipeline.name)} at {lake.table_path(lakehouse, predictions_table(ctx.pipeline.name))}",
