@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("run", help="run a named sequence: nightly = ingest, features, score")
     p.add_argument("sequence", choices=["nightly"])
     _common(p, date=True)
+    p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
+    p.add_argument("--to", dest="date_to", type=_date, help="backfill: last date to score, inclusive")
 
     p = verbs.add_parser("status", help="tables (version, rows, last write), the last runs and the champion")
     _common(p)
@@ -154,7 +156,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.verb == "promote":
             _print(stages.promote(ctx, args.version, args.reason, args.alias))
         elif args.verb == "run":
-            _print(stages.nightly(ctx, args.date))
+            if args.date and (args.date_from or args.date_to):
+                raise LakeforgeError("give either --date or --from/--to, not both")
+            if args.date_to and not args.date_from:
+                raise LakeforgeError("--to needs --from (the first date of the backfill)")
+            _print(stages.nightly(ctx, args.date or args.date_from, args.date_to))
         elif args.verb == "status":
             from lakeforge.demo.summary import format_status
 

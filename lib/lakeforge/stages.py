@@ -207,12 +207,22 @@ def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMP
         return {"stage": "promote", "alias": alias, "from": previous, "to": version}
 
 
-def nightly(ctx: Context, score_date: dt.date | None = None) -> dict:
-    """Ingest new files, build features for the date, score it."""
+def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | None = None) -> dict:
+    """Ingest new files, then build features and score each date from score_date to until (one date by default).
+
+    A backfill builds the features of every date in one pass and scores the dates one by one, so
+    each date is its own rerunnable run in ops.runs.
+    """
     summary = {"ingest": ingest(ctx)}
-    score_date = score_date or _default_score_date(ctx)
-    summary["features"] = build_features(ctx, [score_date])
-    summary["score"] = score(ctx, score_date)
+    first = score_date or _default_score_date(ctx)
+    dates = [first + dt.timedelta(days=i) for i in range(((until or first) - first).days + 1)]
+    if not dates:
+        raise DataError(f"--to {until} is before --from {first}")
+    summary["features"] = build_features(ctx, dates)
+    scored = [score(ctx, d) for d in dates]
+    summary["score"] = scored[0] if len(scored) == 1 else {"dates": len(scored), "rows": sum(s["rows"] for s in scored),
+                                                           "first": scored[0]["score_date"],
+                                                           "last": scored[-1]["score_date"]}
     return summary
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 
 from lakeforge import config, lake, registry, stages
 from lakeforge.errors import DataError
@@ -47,6 +50,19 @@ def test_weaker_model_becomes_challenger_and_promotion_is_audited(ctx_for, spark
     predictions = lake.read(spark, lakehouse, "gold.churn_predictions")
     assert predictions.select("model_version").distinct().collect()[0][0] == 1
     assert predictions.count() == scored["rows"]
+
+    # Backfill the two days before, then rerun the last day: it is replaced, the others are untouched.
+    last = dt.date.fromisoformat(scored["score_date"])
+    backfill = stages.nightly(strong, last - dt.timedelta(days=2), last - dt.timedelta(days=1))["score"]
+    assert backfill["dates"] == 2
+    before = lake.version(spark, lakehouse, "gold.churn_predictions")
+    stages.score(strong, last)
+    after = lake.read(spark, lakehouse, "gold.churn_predictions")
+    old = lake.read(spark, lakehouse, "gold.churn_predictions", version=before)
+    stable = ["customer_id", "prediction", "score_date", "model_version"]
+    assertDataFrameEqual(after.select(stable), old.select(stable))        # the rerun gives identical rows
+    assertDataFrameEqual(after.where(F.col("score_date") < last), old.where(F.col("score_date") < last))
+    assert after.where(F.col("score_date") == last).select("run_id").distinct().count() == 1
 
     stages.promote(strong, 2, "rollout test")
     assert registry.alias_version(client, "churn", registry.CHAMPION) == 2
