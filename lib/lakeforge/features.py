@@ -1,9 +1,13 @@
-"""Features as of a date, from the pipeline's own pandas function, on Spark or on pandas.
+"""Features as of a date, from the pipeline's own pandas function, on Spark or on pandas; labels and training sets.
 
 As-of semantics: the row for (entity, d) sees only what was known before d: entity attributes
 whose event time is before d (the latest such version) and events in [d - lookback, d). Many
-dates are built in one pass (the dates are a small broadcast table joined to the events), so a
-backfill does not scan the events once per date.
+dates are built in one pass (the dates are a small broadcast table joined to the events, which
+are read once and pruned to the backfill's overall window), so a backfill does not scan the
+events once per date. The label for (entity, d) looks only at [d, d + horizon).
+
+Every Spark function here has a pandas twin (`*_pandas`) with the same rules, for a notebook or a
+test; the parity tests prove both give the same rows.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from pyspark.sql.types import StructType
 
 from lakeforge import lake
 from lakeforge.config import Pipeline
-from lakeforge.pandas_on_spark import apply_grouped, apply_grouped_pandas, import_function
+from lakeforge.errors import ConfigError, DataError
+from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
+                                       import_function, prepare, schema_of)
 
 AS_OF = "as_of_date"
 
@@ -29,12 +35,17 @@ def features_table(pipeline: Pipeline) -> str:
 
 def output_schema(pipeline: Pipeline) -> StructType:
     """The feature function's declared output columns."""
-    return StructType.fromDDL(", ".join(f"`{n}` {t}" for n, t in pipeline.features.columns.items()))
+    return schema_of(pipeline.features.columns.items())
 
 
 def feature_columns(pipeline: Pipeline) -> list[str]:
     """Model inputs: the output columns except the entity key and the as-of date."""
     return [c for c in pipeline.features.columns if c not in (pipeline.features.entity, AS_OF)]
+
+
+def feature_mode(pipeline: Pipeline) -> str:
+    """`grouped` (the default: whole entity groups, events joined) or `rowwise` (one row per entity and date)."""
+    return getattr(pipeline.features, "mode", None) or "grouped"
 
 
 def in_population(features: DataFrame, pipeline: Pipeline) -> DataFrame:
@@ -43,67 +54,151 @@ def in_population(features: DataFrame, pipeline: Pipeline) -> DataFrame:
     return features.where(population) if population else features
 
 
+def in_population_pandas(features: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
+    """The same filter on pandas (`DataFrame.query`: comparisons, `and`, `or` read the same in SQL and pandas)."""
+    population = pipeline.features.population
+    if not population:
+        return features
+    try:
+        return features.query(population).reset_index(drop=True)
+    except Exception as exc:  # pandas raises many types for an expression it cannot read
+        raise ConfigError(f"features.population '{population}' cannot be evaluated by pandas ({exc}); "
+                          f"write it as a comparison pandas and SQL both read, e.g. `orders_90d > 0`") from None
+
+
+# ---------------------------------------------------------------- the function's input
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _events(pipeline: Pipeline):
+    """The events joined to each entity and date; None for a row-wise function (no events)."""
+    events = getattr(pipeline.features, "events", None)
+    if feature_mode(pipeline) == "rowwise":
+        if events is not None:
+            raise ConfigError(f"pipeline {pipeline.name}: features.mode rowwise gets one row per entity and as-of "
+                              f"date, without events; remove features.events or use mode grouped")
+        return None
+    return events
+
+
+def _spine_columns(pipeline: Pipeline) -> list[str]:
+    feat = pipeline.features
+    return _unique([feat.spine.since, *feat.spine.columns])
+
+
+def _typed(pipeline: Pipeline, source: str, names: list[str]) -> list[tuple[str, str]]:
+    """(name, Spark type) of columns of a source, or an error naming the column and the source."""
+    declared = pipeline.sources[source].columns
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise ConfigError(f"pipeline {pipeline.name}: features use column '{unknown[0]}', which source '{source}' "
+                          f"does not declare (its columns: {', '.join(declared)})")
+    return [(n, declared[n]) for n in names]
+
+
+def input_schema(pipeline: Pipeline) -> StructType:
+    """The feature function's input columns: entity, as-of date, spine attributes, events (typed by their sources)."""
+    feat = pipeline.features
+    spine = _typed(pipeline, feat.spine.source, [feat.entity, *_spine_columns(pipeline)])
+    columns = [spine[0], (AS_OF, "date"), *[c for c in spine[1:] if c[0] != AS_OF]]
+    events = _events(pipeline)
+    if events is not None:
+        clash = [c for c in events.columns if c in dict(columns) and c != feat.entity]
+        if clash:
+            raise ConfigError(f"pipeline {pipeline.name}: column '{clash[0]}' is both a spine column and an event "
+                              f"column; keep it in one of features.spine.columns and features.events.columns")
+        columns += _typed(pipeline, events.source, [c for c in events.columns if c != feat.entity])
+    return schema_of(columns)
+
+
+def input_order(pipeline: Pipeline) -> list[str]:
+    """The canonical row order of the function's input: entity, date, event time, then every other column."""
+    names = input_schema(pipeline).fieldNames()
+    events = _events(pipeline)
+    event_time = pipeline.sources[events.source].event_time if events is not None else None
+    first = [pipeline.features.entity, AS_OF] + ([event_time] if event_time in names else [])
+    return _unique(first + names)
+
+
+def as_dates(dates) -> list[dt.date]:
+    """Sorted distinct dates (accepts dates, datetimes, pandas Timestamps or ISO strings)."""
+    return sorted({pd.Timestamp(d).date() for d in dates})
+
+
 def dates_frame(spark: SparkSession, dates: list[dt.date]) -> DataFrame:
-    return spark.createDataFrame([(d,) for d in sorted(set(dates))], f"{AS_OF} date")
+    """One row per date (built from literals: no Python worker, no RDD)."""
+    return spark.range(1).select(F.explode(F.array(*[F.lit(d) for d in as_dates(dates)])).alias(AS_OF))
 
 
-def as_of_rows(spine_history: DataFrame, events: DataFrame, dates: DataFrame, pipeline: Pipeline) -> DataFrame:
+# ---------------------------------------------------------------- Spark
+
+
+def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[dt.date],
+               pipeline: Pipeline) -> DataFrame:
     """Each known entity per as-of date, with its events in the lookback window (a pure transform).
 
     An entity with no event in the window gets one row whose event columns are null.
     """
     feat = pipeline.features
+    dates = as_dates(dates)
+    if not dates:
+        raise DataError("no as-of dates to build features for")
+    on_dates = F.broadcast(dates_frame(spine_history.sparkSession, dates))
+    cutoff = F.col(AS_OF).cast("timestamp")
     spine_time = pipeline.sources[feat.spine.source].event_time
-    event_time = pipeline.sources[feat.events.source].event_time
-    known = (spine_history.join(F.broadcast(dates), how="inner",
-                                on=(F.col(spine_time) < F.col(AS_OF).cast("timestamp"))
-                                & (F.col(feat.spine.since) < F.col(AS_OF)))
-             .withColumn("_rank", F.row_number().over(
-                 Window.partitionBy(feat.entity, AS_OF).orderBy(F.col(spine_time).desc())))
-             .where("_rank = 1")
-             .select(feat.entity, AS_OF, feat.spine.since, *feat.spine.columns))
-    window_start = F.date_sub(F.col(AS_OF), feat.events.lookback_days).cast("timestamp")
-    in_window = (events.select(feat.entity, *feat.events.columns)
-                 .join(F.broadcast(dates), how="inner",
-                       on=(F.col(event_time) < F.col(AS_OF).cast("timestamp")) & (F.col(event_time) >= window_start)))
-    return known.join(in_window, on=[feat.entity, AS_OF], how="left")
+    # Ties on the event time are broken on the other columns, the same way as on pandas.
+    latest = Window.partitionBy(feat.entity, AS_OF).orderBy(
+        *[F.col(c).desc_nulls_last() for c in _unique([spine_time, *_spine_columns(pipeline)])])
+    rows = (spine_history.where(F.col(feat.entity).isNotNull())
+            .join(on_dates, how="inner", on=(F.col(spine_time) < cutoff) & (F.col(feat.spine.since) < F.col(AS_OF)))
+            .withColumn("_rank", F.row_number().over(latest))
+            .where("_rank = 1")
+            .select(feat.entity, AS_OF, *_spine_columns(pipeline)))
+    spec = _events(pipeline)
+    if spec is not None:
+        event_time = pipeline.sources[spec.source].event_time
+        lookback = spec.lookback_days
+        # Read only the backfill's overall window (file skipping), then give each event every date it serves.
+        first = F.lit(dates[0] - dt.timedelta(days=lookback)).cast("timestamp")
+        in_window = (events.where(F.col(feat.entity).isNotNull() & (F.col(event_time) >= first)
+                                  & (F.col(event_time) < F.lit(dates[-1]).cast("timestamp")))
+                     .select(*_unique([feat.entity, event_time, *spec.columns]))
+                     .join(on_dates, how="inner",
+                           on=(F.col(event_time) < cutoff)
+                           & (F.col(event_time) >= F.date_sub(F.col(AS_OF), lookback).cast("timestamp"))))
+        rows = rows.join(in_window, on=[feat.entity, AS_OF], how="left")
+    return rows.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in input_schema(pipeline).fields])
+
+
+def compute_features(spine_history: DataFrame, events: DataFrame | None, dates: list[dt.date], pipeline: Pipeline,
+                     buckets: int) -> DataFrame:
+    """Feature rows for every known entity and date: the as-of rows through the pipeline's function (pure)."""
+    rows = as_of_rows(spine_history, events, dates, pipeline)
+    fn = import_function(pipeline.features.function)
+    if feature_mode(pipeline) == "rowwise":
+        return apply_rowwise(rows, fn, output_schema(pipeline))
+    # Grouping by date too keeps each call small in a backfill; the function sees whole (entity, date) groups.
+    return apply_grouped(rows, fn, pipeline.features.entity, output_schema(pipeline), buckets,
+                         by=[AS_OF], order_by=input_order(pipeline))
 
 
 def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date]) -> DataFrame:
     """Feature rows for every known entity and each date, computed on Spark by the pipeline's pandas function."""
     feat = pipeline.features
     spine_history = lake.read(spark, lakehouse, f"bronze.{feat.spine.source}")
-    events = lake.read(spark, lakehouse, f"silver.{feat.events.source}")
-    rows = as_of_rows(spine_history, events, dates_frame(spark, dates), pipeline)
+    spec = _events(pipeline)
+    events = lake.read(spark, lakehouse, f"silver.{spec.source}") if spec is not None else None
     buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
-    return apply_grouped(rows, import_function(feat.function), feat.entity, output_schema(pipeline), buckets)
-
-
-def build_features_pandas(spine_history: pd.DataFrame, events: pd.DataFrame, dates: list[dt.date],
-                          pipeline: Pipeline) -> pd.DataFrame:
-    """The same rows on pandas (a notebook or a test): same as-of rules, same function."""
-    feat = pipeline.features
-    spine_time = pipeline.sources[feat.spine.source].event_time
-    event_time = pipeline.sources[feat.events.source].event_time
-    frames = []
-    for d in sorted(set(dates)):
-        cutoff = pd.Timestamp(d)
-        known = spine_history[(pd.to_datetime(spine_history[spine_time]) < cutoff)
-                              & (pd.to_datetime(spine_history[feat.spine.since]) < cutoff)]
-        known = (known.sort_values(spine_time).groupby(feat.entity, as_index=False).tail(1)
-                 [[feat.entity, feat.spine.since, *feat.spine.columns]].assign(**{AS_OF: d}))
-        times = pd.to_datetime(events[event_time])
-        window = events[(times < cutoff) & (times >= cutoff - pd.Timedelta(days=feat.events.lookback_days))]
-        frames.append(known.merge(window[[feat.entity, *feat.events.columns]], on=feat.entity, how="left"))
-    rows = pd.concat(frames, ignore_index=True)
-    fn = import_function(feat.function)
-    return apply_grouped_pandas(rows, fn, output_schema(pipeline))
+    return compute_features(spine_history, events, dates, pipeline, buckets)
 
 
 def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline: Pipeline,
                    dates: list[dt.date], owner: str) -> None:
     """Replace exactly these dates in gold.<pipeline>_features (a rerun rewrites them, nothing else)."""
-    listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(set(dates)))
+    listed = ", ".join(f"DATE'{d.isoformat()}'" for d in as_dates(dates))
     lake.replace_where(spark, df, lakehouse, features_table(pipeline), f"{AS_OF} IN ({listed})",
                        partition_by=[AS_OF],
                        properties={"lakeforge.description": f"{pipeline.name} features, one row per "
@@ -113,12 +208,12 @@ def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline
 
 def event_date_range(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -> tuple[dt.date, dt.date]:
     """First and last event dates of the pipeline's event source (what the data covers)."""
-    source = pipeline.features.events.source
+    spec = _events(pipeline)
+    source = spec.source if spec is not None else pipeline.label.events
     column = pipeline.sources[source].event_time
     row = lake.read(spark, lakehouse, f"silver.{source}").agg(
         F.min(F.to_date(column)).alias("first"), F.max(F.to_date(column)).alias("last")).first()
     if row["first"] is None:
-        from lakeforge.errors import DataError
         raise DataError(f"silver.{source} is empty: ingest landing files first (`lakeforge ingest`)")
     return row["first"], row["last"]
 
@@ -135,3 +230,81 @@ def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
               .select(feat.entity, AS_OF).distinct().withColumn("_active", F.lit(1)))
     return (keys.select(feat.entity, AS_OF).join(active, on=[feat.entity, AS_OF], how="left")
             .select(feat.entity, AS_OF, F.when(F.col("_active").isNull(), 1).otherwise(0).alias(label.name)))
+
+
+def training_set(features: DataFrame, events: DataFrame, pipeline: Pipeline) -> DataFrame:
+    """Point-in-time training rows: the population's feature rows as of each date with the label that follows it."""
+    keys = in_population(features, pipeline)
+    return keys.join(labels(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")
+
+
+# ---------------------------------------------------------------- pandas twins
+
+
+def _source_frame(pdf: pd.DataFrame, pipeline: Pipeline, source: str, names: list[str]) -> pd.DataFrame:
+    """The columns of a source frame with Spark's dtypes (text from files is parsed), keyed rows only."""
+    frame = prepare(pdf, schema_of(_typed(pipeline, source, _unique(names))))
+    return frame[frame[pipeline.features.entity].notna()]
+
+
+def as_of_rows_pandas(spine_history: pd.DataFrame, events: pd.DataFrame | None, dates: list[dt.date],
+                      pipeline: Pipeline) -> pd.DataFrame:
+    """The same as-of rows on pandas (same rules, same tie-breaks, same dtypes)."""
+    feat = pipeline.features
+    dates = as_dates(dates)
+    spine_time = pipeline.sources[feat.spine.source].event_time
+    ties = _unique([spine_time, *_spine_columns(pipeline)])
+    spine = _source_frame(spine_history, pipeline, feat.spine.source, [feat.entity, *ties])
+    spine = spine.assign(_time=pd.to_datetime(spine[spine_time]), _since=pd.to_datetime(spine[feat.spine.since]))
+    per_date = spine.merge(pd.DataFrame({AS_OF: dates, "_cutoff": pd.to_datetime(dates)}), how="cross")
+    known = per_date[(per_date["_time"] < per_date["_cutoff"]) & (per_date["_since"] < per_date["_cutoff"])]
+    rows = (known.sort_values(ties, kind="mergesort", na_position="first")
+            .drop_duplicates([feat.entity, AS_OF], keep="last")[[feat.entity, AS_OF, *_spine_columns(pipeline)]])
+    spec = _events(pipeline)
+    if spec is not None:
+        event_time = pipeline.sources[spec.source].event_time
+        frame = _source_frame(events, pipeline, spec.source, [feat.entity, event_time, *spec.columns])
+        times = pd.to_datetime(frame[event_time])
+        columns = _unique([feat.entity, *spec.columns])
+        windows = []
+        for d in dates:
+            cutoff = pd.Timestamp(d)
+            in_window = (times < cutoff) & (times >= cutoff - pd.Timedelta(days=spec.lookback_days))
+            windows.append(frame.loc[in_window, columns].assign(**{AS_OF: d}))
+        window = pd.concat(windows, ignore_index=True) if windows else pd.DataFrame(columns=[*columns, AS_OF])
+        rows = rows.merge(window, on=[feat.entity, AS_OF], how="left")
+    return prepare(rows, input_schema(pipeline), input_order(pipeline))
+
+
+def build_features_pandas(spine_history: pd.DataFrame, events: pd.DataFrame | None, dates: list[dt.date],
+                          pipeline: Pipeline) -> pd.DataFrame:
+    """The same feature rows on pandas (a notebook or a test): same as-of rules, same function, same dtypes."""
+    rows = as_of_rows_pandas(spine_history, events, dates, pipeline)
+    fn = import_function(pipeline.features.function)
+    # The rows already have Spark's dtypes and the canonical order: one call with every row, as is.
+    if feature_mode(pipeline) == "rowwise":
+        return apply_rowwise_pandas(rows, fn, output_schema(pipeline))
+    return apply_grouped_pandas(rows, fn, output_schema(pipeline))
+
+
+def labels_pandas(events: pd.DataFrame, keys: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
+    """The same labels on pandas: 1 when the entity has no event in [as_of, as_of + horizon)."""
+    feat, label = pipeline.features, pipeline.label
+    event_time = pipeline.sources[label.events].event_time
+    frame = _source_frame(events, pipeline, label.events, [feat.entity, event_time])
+    times = pd.to_datetime(frame[event_time])
+    active = []
+    for d in as_dates(keys[AS_OF].unique()):
+        start = pd.Timestamp(d)
+        seen = frame.loc[(times >= start) & (times < start + pd.Timedelta(days=label.horizon_days)), feat.entity]
+        active.append(pd.DataFrame({feat.entity: seen.unique(), AS_OF: d}))
+    active = pd.concat(active, ignore_index=True) if active else pd.DataFrame(columns=[feat.entity, AS_OF])
+    out = keys[[feat.entity, AS_OF]].merge(active.assign(_active=1), on=[feat.entity, AS_OF], how="left")
+    # int32: what Spark's `when(...).otherwise(...)` of integer literals gives.
+    return out.assign(**{label.name: out["_active"].isna().astype("int32")}).drop(columns="_active")
+
+
+def training_set_pandas(features: pd.DataFrame, events: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
+    """The same point-in-time training rows on pandas."""
+    keys = in_population_pandas(features, pipeline)
+    return keys.merge(labels_pandas(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")

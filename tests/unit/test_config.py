@@ -50,7 +50,9 @@ def test_missing_base_file_names_it(conf):
 
 
 def test_unknown_env_lists_the_known_ones(conf):
-    with pytest.raises(ConfigError, match=r"unknown environment 'prod'.*prod\.yaml.*cluster, local, test"):
+    known = ", ".join(config.available_envs(conf))
+    assert {"cluster", "local", "test"} <= set(known.split(", "))
+    with pytest.raises(ConfigError, match=rf"unknown environment 'prod'.*prod\.yaml.*environments here: {known};"):
         config.load_settings("prod", None, conf)
 
 

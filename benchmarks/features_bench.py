@@ -1,0 +1,215 @@
+"""The churn feature function on pandas (one process) and on Spark (all cores), over growing data sizes.
+
+    .venv/bin/python benchmarks/features_bench.py [--customers 2000 8000 32000] [--days 180]
+
+For each size: generate the demo data, clean it once with pandas (`lakeforge.demo.churn.read_*`)
+into two Parquet files (customer history, orders), then build the features for every training
+snapshot date of that data (what `lakeforge train` builds), each engine in a fresh process:
+`features.build_features_pandas`, and `features.compute_features` on a `local[*]` Spark session
+(forced by an aggregate over every output row; no table write). Reported per engine: the wall
+time of the feature build (reading the Parquet included; for Spark the first build in a new
+session, plus a second "warm" build and the session start-up apart), the peak resident memory of
+the process and all of its children (for Spark: the JVM and the Python workers), and the output
+rows with a checksum that must agree. The last line is one JSON object with every figure and the
+smallest size from which Spark beats pandas (null if it never does in the sizes measured).
+
+Linux only (memory is read from /proc). Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all of its descendants, in MB."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(frontier)
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError):
+            pass
+    return total / 2**20
+
+
+def measure(args: list[str], log: Path) -> dict:
+    """Run this script in a child process, sampling its process tree's memory; returns its JSON plus the peak."""
+    peak = 0.0
+    with open(log, "a") as stderr:
+        child = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        while child.poll() is None:
+            peak = max(peak, tree_rss_mb(child.pid))
+            time.sleep(0.1)
+        out = child.stdout.read()
+    if child.returncode != 0:
+        raise SystemExit(f"benchmark run {args} failed (exit {child.returncode}); see {log}")
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": round(peak)}
+
+
+# ---------------------------------------------------------------- one engine, in its own process
+
+
+def load_inputs(data: Path):
+    from lakeforge import config
+
+    pipeline = config.load_pipeline("churn")
+    meta = json.loads((data / "meta.json").read_text())
+    return pipeline, [dt.date.fromisoformat(d) for d in meta["dates"]]
+
+
+def run_pandas(data: Path) -> dict:
+    import pandas as pd
+
+    from lakeforge import features
+
+    pipeline, dates = load_inputs(data)
+    started = time.perf_counter()
+    out = features.build_features_pandas(pd.read_parquet(data / "customers.parquet"),
+                                         pd.read_parquet(data / "orders.parquet"), dates, pipeline)
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "rows": len(out), "orders_180d": int(out["orders_180d"].sum()),
+            "spend_90d": float(out["spend_90d"].sum())}
+
+
+def run_spark(data: Path, driver_memory: str) -> dict:
+    from pyspark.sql import functions as F
+
+    from lakeforge import config, features
+    from lakeforge.spark import build_session
+
+    pipeline, dates = load_inputs(data)
+    cores = os.cpu_count() or 2
+    settings = config.load_settings("local", [f"paths.lakehouse={data / 'lakehouse'}", "spark.ui_enabled=false",
+                                              f"spark.shuffle_partitions={2 * cores}", "spark.log_level=ERROR",
+                                              f"spark.driver_memory={driver_memory}"])
+    started = time.perf_counter()
+    spark = build_session(settings, app_name="features-bench")
+    startup = time.perf_counter() - started
+
+    def read(name: str, source: str):
+        frame = spark.read.parquet(str(data / f"{name}.parquet"))
+        return frame.select(*[F.col(c).cast(t) for c, t in pipeline.sources[source].columns.items()
+                              if c in frame.columns])
+
+    def build():
+        started = time.perf_counter()
+        out = features.compute_features(read("customers", "customers"), read("orders", "orders"), dates, pipeline,
+                                        buckets=2 * cores)
+        row = out.agg(F.count("*").alias("rows"), F.sum("orders_180d").alias("orders_180d"),
+                      F.sum("spend_90d").alias("spend_90d")).first()
+        return time.perf_counter() - started, row
+
+    # The first build pays the JVM's warm-up and the Python workers' start; a second one in the same session does not.
+    cold, row = build()
+    warm, _ = build()
+    spark.stop()
+    return {"seconds": round(cold, 2), "warm_seconds": round(warm, 2), "startup_seconds": round(startup, 2),
+            "rows": row["rows"], "orders_180d": int(row["orders_180d"]), "spend_90d": float(row["spend_90d"])}
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def prepare_size(folder: Path, customers: int, days: int, seed: int) -> dict:
+    """Generate the demo data and write the cleaned inputs both engines read."""
+    import pandas as pd
+
+    from lakeforge import config, training
+    from lakeforge.demo import churn
+    from lakeforge.demo.generator import DemoSpec, generate_demo
+    from lakeforge.pandas_on_spark import prepare, schema_of
+
+    pipeline = config.load_pipeline("churn")
+    generate_demo(folder / "landing", DemoSpec(seed=seed, customers=customers, stores=max(4, customers // 150),
+                                               days=days))
+    history = churn.read_customers(folder / "landing")
+    orders = churn.read_orders(folder / "landing", pipeline.sources["orders"])
+    for name, frame, source in (("customers", history, "customers"), ("orders", orders, "orders")):
+        typed = prepare(frame, schema_of(pipeline.sources[source].columns.items()))
+        typed.to_parquet(folder / f"{name}.parquet", index=False, coerce_timestamps="us")
+    train, holdout = training.snapshot_dates(orders["order_ts"].min().date(), orders["order_ts"].max().date(),
+                                             pipeline)
+    dates = train + holdout
+    (folder / "meta.json").write_text(json.dumps({"dates": [d.isoformat() for d in dates]}))
+    window = pd.Timedelta(days=pipeline.features.events.lookback_days)
+    in_windows = sum(int(orders["order_ts"].between(pd.Timestamp(d) - window, pd.Timestamp(d), inclusive="left").sum())
+                     for d in dates)
+    return {"customers": customers, "customer_rows": len(history), "orders": len(orders), "dates": len(dates),
+            "order_rows_in_windows": in_windows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, nargs="+", default=[2000, 8000, 32000])
+    parser.add_argument("--days", type=int, default=180)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--driver-memory", default="2g")
+    parser.add_argument("--run", choices=["pandas", "spark"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:  # a child process: one engine on one prepared size
+        result = run_pandas(args.data) if args.run == "pandas" else run_spark(args.data, args.driver_memory)
+        print(json.dumps(result))
+        return
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="features-bench-") as tmp:
+        log = Path(tmp) / "children.log"
+        for customers in sorted(args.customers):
+            folder = Path(tmp) / f"c{customers}"
+            folder.mkdir()
+            size = prepare_size(folder, customers, args.days, args.seed)
+            pandas_run = measure(["--run", "pandas", "--data", str(folder)], log)
+            spark_run = measure(["--run", "spark", "--data", str(folder), "--driver-memory", args.driver_memory], log)
+            spend = pandas_run["spend_90d"]
+            same = (pandas_run["rows"] == spark_run["rows"] and pandas_run["orders_180d"] == spark_run["orders_180d"]
+                    and abs(spend - spark_run["spend_90d"]) <= 1e-6 * max(1.0, spend))  # sums in another order
+            if not same:
+                raise SystemExit(f"pandas and Spark disagree at {customers} customers: {pandas_run} vs {spark_run}")
+            results.append({**size, "feature_rows": pandas_run["rows"],
+                            "pandas": {k: pandas_run[k] for k in ("seconds", "peak_rss_mb")},
+                            "spark": {k: spark_run[k] for k in ("seconds", "warm_seconds", "startup_seconds",
+                                                                "peak_rss_mb")}})
+            print(f"{customers:>9,} customers {size['orders']:>10,} orders {size['dates']:>3} dates "
+                  f"{pandas_run['rows']:>10,} feature rows | pandas {pandas_run['seconds']:7.1f} s "
+                  f"{pandas_run['peak_rss_mb']:>6,} MB | spark {spark_run['seconds']:7.1f} s "
+                  f"(warm {spark_run['warm_seconds']:.1f} s, +{spark_run['startup_seconds']:.0f} s start-up) "
+                  f"{spark_run['peak_rss_mb']:>6,} MB", flush=True)
+    print(json.dumps({"benchmark": "features", "pipeline": "churn", "cores": os.cpu_count(), "days": args.days,
+                      "spark_master": "local[*]", "load_average_1m": round(os.getloadavg()[0], 1), "sizes": results,
+                      "spark_overtakes_pandas_at_customers": crossover(results, "seconds"),
+                      "warm_spark_overtakes_pandas_at_customers": crossover(results, "warm_seconds")}))
+
+
+def crossover(results: list[dict], spark_time: str) -> int | None:
+    """The smallest size from which Spark is faster than pandas at every larger size measured (None: never)."""
+    faster = [r["customers"] for i, r in enumerate(results)
+              if all(later["spark"][spark_time] < later["pandas"]["seconds"] for later in results[i:])]
+    return faster[0] if faster else None
+
+
+if __name__ == "__main__":
+    main()
