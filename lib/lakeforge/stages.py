@@ -113,6 +113,9 @@ def train(ctx: Context) -> dict:
             F.col(feats.AS_OF).isin(dates)), pipeline)
         labelled = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events), keys, pipeline),
                              on=[pipeline.features.entity, feats.AS_OF], how="inner").toPandas()
+        # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
+        # sorting makes the same data, config and seed give the same model and metrics.
+        labelled = labelled.sort_values([feats.AS_OF, pipeline.features.entity], kind="mergesort").reset_index(drop=True)
         is_holdout = labelled[feats.AS_OF].isin(holdout_dates)
         columns, label = feats.feature_columns(pipeline), pipeline.label.name
         run.log(f"training set: {int((~is_holdout).sum()):,} rows, holdout: {int(is_holdout.sum()):,} rows")
