@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
-BYTES_PER_CUSTOMER = 1430  # landing bytes per demo customer over 180 days (measured: 20,000 customers ~ 27 MB)
+BYTES_PER_CUSTOMER = 1370  # landing bytes per demo customer over 180 days (measured: 791,572 customers = 984 MB)
 GOAL_MB = 1024
 
 
@@ -121,7 +121,8 @@ def main() -> None:
             "plain_rows": plain_rows, "master": settings.spark.master, "cores": os.cpu_count(),
             "warmup_s": round(warm_s, 1), "plain_s": round(plain_s, 1), "plain_mb_s": round(mb / plain_s, 2),
             "ingest_s": round(ingest_s, 1), "ingest_mb_s": round(mb / ingest_s, 2),
-            "ratio_ingest_to_plain": round(plain_s / ingest_s, 3),
+            "ratio_ingest_to_plain": round(plain_s / ingest_s, 3),  # speed: 1.0 = as fast as the plain copy
+            "ingest_time_over_plain": round(ingest_s / plain_s, 3), "goal_time_ratio": 1.3,
             "rerun_no_new_files_s": round(rerun_s, 1), "rerun_committed_nothing": before == after,
         }
         print(json.dumps(figures))
