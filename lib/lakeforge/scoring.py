@@ -41,7 +41,8 @@ def predict(features: DataFrame, model_payload, key: tuple[str, int], entity: st
         for batch in batches:
             yield pd.DataFrame({entity: batch[entity], "prediction": model.predict(None, batch[feature_cols])})
 
-    return features.select(entity, *feature_cols).mapInPandas(score_batches, schema)
+    # A routing model (one model per group) reads its group key, which may be the entity key itself.
+    return features.select(*dict.fromkeys([entity, *feature_cols])).mapInPandas(score_batches, schema)
 
 
 def stamp(predictions: DataFrame, score_date: dt.date, model_name: str, model_version: int, run_id: str) -> DataFrame:

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeforge import features as feats
 from lakeforge import ingest as ingestion
-from lakeforge import lake, registry, runs, scoring, training
+from lakeforge import distributed, lake, many_models, models, plots, registry, runs, scoring, training, tuning
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
@@ -94,8 +97,29 @@ def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
         return {"stage": "features", "dates": listed, "rows": rows}
 
 
+class SimulatedCrash(BaseException):
+    """Raised at a named point when LAKEFORGE_TEST_CRASH_AFTER names it (tests kill a stage mid-way with it)."""
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get("LAKEFORGE_TEST_CRASH_AFTER") == name:
+        raise SimulatedCrash(f"simulated crash after {name} (LAKEFORGE_TEST_CRASH_AFTER)")
+
+
+@dataclass
+class Trained:
+    """What fitting produced: the model to register, its parameters, and what to log and record with it."""
+
+    model: object
+    params: dict
+    train_rows: int
+    figures_from: object = None   # the estimator whose feature importance is plotted
+    groups: object = None         # per_group: one row per group (train rows, model or fallback)
+
+
 def train(ctx: Context) -> dict:
-    """Build the point-in-time training set, fit, evaluate on a later holdout, register, set @champion."""
+    """Build the point-in-time training set, fit (search, per group or distributed as configured), evaluate on a
+    later holdout, log everything to MLflow, register a new version and send it through the gate."""
     pipeline = ctx.pipeline
     with ctx.recorded("train") as run:
         first, last = feats.event_date_range(ctx.spark, ctx.lakehouse, pipeline)
@@ -111,51 +135,167 @@ def train(ctx: Context) -> dict:
         run.input(ctx.spark, ctx.lakehouse, table)
         keys = feats.in_population(lake.read(ctx.spark, ctx.lakehouse, table, version=run.inputs[table]).where(
             F.col(feats.AS_OF).isin(dates)), pipeline)
-        labelled = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events), keys, pipeline),
-                             on=[pipeline.features.entity, feats.AS_OF], how="inner").toPandas()
+        labelled_df = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events, version=run.inputs[events]),
+                                             keys, pipeline), on=[pipeline.features.entity, feats.AS_OF], how="inner")
+        columns, label, task = feats.feature_columns(pipeline), pipeline.label.name, pipeline.label.task
+        is_train = ~F.col(feats.AS_OF).isin(holdout_dates)
         # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
         # sorting makes the same data, config and seed give the same model and metrics.
-        labelled = labelled.sort_values([feats.AS_OF, pipeline.features.entity], kind="mergesort").reset_index(drop=True)
-        is_holdout = labelled[feats.AS_OF].isin(holdout_dates)
-        columns, label = feats.feature_columns(pipeline), pipeline.label.name
-        run.log(f"training set: {int((~is_holdout).sum()):,} rows, holdout: {int(is_holdout.sum()):,} rows")
-        model = training.fit(labelled[~is_holdout], columns, label, pipeline)
-        metrics = training.evaluate(model, labelled[is_holdout], columns, label)
-        run.log(f"holdout AUC {metrics['auc']:.3f}, log loss {metrics['log_loss']:.3f}")
-        tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
-                "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
-                "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
-                "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
-                **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
-        params = {"estimator": pipeline.model.estimator, "seed": pipeline.training.seed, **pipeline.model.params}
-        logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
-                                           registry.ProbabilityModel(model, columns), labelled[columns],
-                                           params, metrics, tags)
-        holdout = labelled[is_holdout]
-        champion_auc = _champion_auc(ctx, holdout, label)
-        decision = registry.decide(metrics["auc"], champion_auc, pipeline.gate)
+        order = [feats.AS_OF, pipeline.features.entity]
+        holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
+        train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
+        with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root) as mlflow_run_id:
+            trained = _fit(ctx, run, labelled_df.where(is_train), train_rows, train_dates, columns, label, order)
+            run.log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
+            predictions = trained.model.predict(None, holdout)
+            metrics = training.metrics_for(task, predictions, holdout[label], pipeline.model.top_k)
+            run.log("holdout " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "rows"))
+            groups = None
+            if trained.groups is not None:
+                groups = _group_metrics(trained.groups, holdout, predictions, pipeline.model.group_key, label)
+                metrics.update({f"{pipeline.model.group_key}.{g}.{m}": float(r[m]) for g, r in
+                                groups.set_index(pipeline.model.group_key).iterrows() for m in ("mae", "mape")
+                                if r["holdout_rows"] > 0})
+            _log_details(ctx, run, trained, holdout, predictions, groups, label, task)
+            tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
+                    "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
+                    "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
+                    "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
+                    **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
+            params = {"estimator": pipeline.model.estimator, "pattern": pipeline.model.pattern,
+                      "distributed": pipeline.model.distributed, "seed": pipeline.training.seed, **trained.params}
+            example = holdout if len(holdout) else train_rows
+            logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
+                                               trained.model, example, params, metrics, tags)
+        if groups is not None:
+            _write_manifest(ctx, groups, logged, run.run_id)
+        _crash_point("train.model_logged")
+        champion_value = _champion_metric(ctx, holdout, label)
+        metric = pipeline.model.metric
+        decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)
         previous = registry.set_alias(ctx.mlflow, pipeline.name, decision.alias, logged.version)
         runs.record_alias_change(ctx.spark, ctx.lakehouse, pipeline.name, decision.alias, previous, logged.version,
                                  f"train: {decision.reason}", run.run_id)
         run.details.update(model=pipeline.name, version=logged.version, alias=decision.alias, previous=previous,
-                           gate=decision.reason, champion_auc=champion_auc, mlflow_run_id=logged.run_id,
-                           **{f"holdout_{k}": v for k, v in metrics.items()})
-        run.rows.update(train_rows=int((~is_holdout).sum()), holdout_rows=int(is_holdout.sum()))
+                           gate=decision.reason, **{f"champion_{metric}": champion_value},
+                           mlflow_run_id=logged.run_id,
+                           **{f"holdout_{k}": v for k, v in metrics.items() if "." not in k})
+        run.rows.update(train_rows=trained.train_rows, holdout_rows=len(holdout))
         run.log(f"registered {pipeline.name} version {logged.version} as @{decision.alias} "
                 f"(was {previous}): {decision.reason}")
         return {"stage": "train", "version": logged.version, "alias": decision.alias,
-                "mlflow_run_id": logged.run_id, **metrics}
+                "mlflow_run_id": logged.run_id, "params": trained.params, **metrics}
 
 
-def _champion_auc(ctx: Context, holdout, label: str) -> float | None:
-    """The current champion's AUC on this holdout, None if there is none or it cannot read these features."""
+def _sorted(frame, order: list[str]):
+    return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+
+
+def _fit(ctx: Context, run, train_df, train_rows, train_dates: list[dt.date], columns: list[str], label: str,
+         order: list[str]) -> Trained:
+    """Fit as the pipeline's model section says: distributed, or a search then global / per-group models."""
+    pipeline, model = ctx.pipeline, ctx.pipeline.model
+    task = pipeline.label.task
+    if model.distributed:
+        estimator = distributed.fit_logistic(train_df, columns, label, model.mllib_params)
+        run.log("fitted Spark MLlib LogisticRegression on the executors (no training rows on the driver)")
+        return Trained(registry.ProbabilityModel(estimator, columns), {"learner": "spark.ml.LogisticRegression",
+                                                                        **distributed.DEFAULTS, **model.mllib_params},
+                       train_df.count(), estimator)
+    best: dict = {}
+    if model.search_space:
+        fit_dates, valid_dates = training.validation_split(train_dates, pipeline, model.tuning.validation_snapshots)
+        in_fit = train_rows[feats.AS_OF].isin(fit_dates)
+        in_valid = train_rows[feats.AS_OF].isin(valid_dates)
+        result = tuning.search(train_rows[in_fit], train_rows[in_valid], columns, label, task,
+                               training.estimator_params(pipeline), model.search_space, model.tuning.max_evals,
+                               model.tuning.parallelism, pipeline.training.seed, spark=ctx.spark,
+                               timeout_s=model.tuning.timeout_s)
+        tuning.log_trials(result)
+        best = result.best_params
+        run.log(f"search: {len(result.trials)} trials (parallelism {result.parallelism}) in {result.seconds:.1f}s, "
+                f"best validation loss {result.best_loss:.4f} with {best}")
+    fallback = training.fit(train_rows, columns, label, pipeline, best)
+    if model.pattern == "global":
+        wrap = registry.ProbabilityModel if task == "classification" else models.RegressionModel
+        return Trained(wrap(fallback, columns), {**model.params, **best}, len(train_rows), fallback)
+    key = model.group_key
+    fitted = many_models.fit_per_group(train_df, key, columns, label, task, training.estimator_params(pipeline, best),
+                                       model.min_group_rows, order).toPandas()
+    per_group = many_models.unpickle(fitted, key)
+    run.log(f"{len(per_group)} of {len(fitted)} {key} groups got their own model; the others use the fallback")
+    groups = fitted[[key, "train_rows"]].assign(own_model=fitted[key].isin(list(per_group)))
+    return Trained(models.RoutingModel(per_group, fallback, key, columns, task), {**model.params, **best},
+                   len(train_rows), fallback, groups)
+
+
+def _group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key: str, label: str) -> pd.DataFrame:
+    """Per group: training rows, whether it has its own model, holdout rows, MAE and MAPE (new groups included)."""
+    actual = holdout[label].astype("float64").to_numpy()
+    errors = pd.DataFrame({key: holdout[key].to_numpy(), "abs_error": abs(predictions - actual),
+                           "pct_error": abs(predictions - actual) / pd.Series(actual).clip(lower=1.0).to_numpy()})
+    per = errors.groupby(key).agg(holdout_rows=("abs_error", "size"), mae=("abs_error", "mean"),
+                                  mape=("pct_error", "mean")).reset_index()
+    out = groups.merge(per, on=key, how="outer")
+    out["train_rows"] = out["train_rows"].fillna(0).astype("int64")
+    out["own_model"] = out["own_model"].fillna(False).astype(bool)
+    out["holdout_rows"] = out["holdout_rows"].fillna(0).astype("int64")
+    out = out.sort_values(key, kind="mergesort").reset_index(drop=True)
+    out.attrs["errors"] = errors
+    return out
+
+
+def _log_details(ctx: Context, run, trained: Trained, holdout, predictions, groups, label: str, task: str) -> None:
+    """Plots, the input Delta tables (mlflow.data) and the per-group metrics table of this training run."""
+    figures = {}
+    if task == "classification" and len(holdout):
+        figures.update(plots.classification_plots(predictions, holdout[label].astype("int64").to_numpy()))
+    if trained.figures_from is not None:
+        figures.update(plots.importance_plot(trained.figures_from, feats.feature_columns(ctx.pipeline)))
+    if groups is not None:
+        figures.update(plots.group_error_plot(groups.attrs["errors"], ctx.pipeline.model.group_key))
+        mlflow.log_dict({"groups": groups.to_dict(orient="records")}, "per_group_metrics.json")
+    registry.log_figures(figures)
+    plots.close(figures)
+    registry.log_inputs([(name, str(lake.table_path(ctx.lakehouse, name)), version,
+                          lake.read(ctx.spark, ctx.lakehouse, name, version=version))
+                         for name, version in sorted(run.inputs.items())])
+
+
+def models_table(pipeline) -> str:
+    return f"gold.{pipeline.name}_models"
+
+
+def _write_manifest(ctx: Context, groups, logged, run_id: str) -> None:
+    """gold.<pipeline>_models: one row per group of this model version (rerunnable: replaces the version's rows)."""
+    key = ctx.pipeline.model.group_key
+    rows = groups.assign(model_name=ctx.pipeline.name, model_version=logged.version,
+                         fallback_used=~groups["own_model"], mlflow_run_id=logged.run_id, run_id=run_id)
+    rows = rows.rename(columns={key: "group"})[["model_name", "model_version", "group", "fallback_used", "train_rows",
+                                                "holdout_rows", "mae", "mape", "mlflow_run_id", "run_id"]]
+    schema = ("model_name string, model_version int, group string, fallback_used boolean, train_rows bigint, "
+              "holdout_rows bigint, mae double, mape double, mlflow_run_id string, run_id string")
+    records = [tuple(None if (isinstance(v, float) and v != v) else (v.item() if hasattr(v, "item") else v)
+                     for v in r) for r in rows.itertuples(index=False, name=None)]
+    df = (ctx.spark.createDataFrame(records, schema).withColumnRenamed("group", key)
+          .withColumn("trained_at", F.current_timestamp()))
+    lake.replace_where(ctx.spark, df, ctx.lakehouse, models_table(ctx.pipeline), f"model_version = {logged.version}",
+                       properties={"lakeforge.description": f"{ctx.pipeline.name}: one row per {key} per model "
+                                                            f"version (rows, holdout metrics, fallback used)",
+                                   "lakeforge.owner": ctx.settings.owner,
+                                   "lakeforge.source": f"models:/{ctx.pipeline.name}"})
+
+
+def _champion_metric(ctx: Context, holdout, label: str) -> float | None:
+    """The current champion's gate metric on this holdout, None if there is none or it cannot read these features."""
     version = registry.alias_version(ctx.mlflow, ctx.pipeline.name, registry.CHAMPION)
     if version is None:
         return None
     model = registry.load_python_model(ctx.pipeline.name, version)
     if any(c not in holdout.columns for c in model.feature_names):
         return None
-    return training.metrics_of(model.predict(None, holdout), holdout[label])["auc"]
+    return training.metrics_for(ctx.pipeline.label.task, model.predict(None, holdout), holdout[label],
+                                ctx.pipeline.model.top_k)[ctx.pipeline.model.metric]
 
 
 def score(ctx: Context, score_date: dt.date | None = None) -> dict:
