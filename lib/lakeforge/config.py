@@ -81,22 +81,114 @@ SparkType = str  # a Spark SQL type name: string, int, bigint, double, boolean, 
 
 
 class Expectation(Frozen):
-    column: str
-    rule: Literal["not_null", "range", "accepted_values"]
-    min: float | None = None
-    max: float | None = None
-    values: list[str] | None = None
+    """One data-contract rule of a source, and what happens to what breaks it.
+
+    Row rules judge each row: not_null, range, accepted_values, pattern, unique (the value
+    occurs once in its landing file). File rules judge each landing file: freshness (its newest
+    `column` value is at most `max_age_hours` old when it is ingested) and min_rows (it has at
+    least `min` rows); their action is warn or fail. Nulls pass every rule but not_null.
+    """
+
+    rule: Literal["not_null", "range", "accepted_values", "pattern", "unique", "freshness", "min_rows"]
+    column: str | None = None  # every rule but min_rows; freshness defaults to the source's event_time
+    min: float | dt.datetime | dt.date | None = None  # range: inclusive bounds; min_rows: the least rows per file
+    max: float | dt.datetime | dt.date | None = None
+    values: list[str | bool | int | float] | None = None  # accepted_values
+    pattern: str | None = None  # a Java regular expression the value must contain (anchor it with ^...$)
+    max_age_hours: float | None = Field(None, gt=0)  # freshness
     action: Literal["warn", "drop", "quarantine", "fail"] = "quarantine"
+
+    def model_post_init(self, _context: Any) -> None:
+        """Each rule gets exactly the settings it uses (a typo'd rule is an error, not a silent pass)."""
+        uses = {"not_null": set(), "range": {"min", "max"}, "accepted_values": {"values"},
+                "pattern": {"pattern"}, "unique": set(), "freshness": {"max_age_hours"}, "min_rows": {"min"}}[self.rule]
+        stray = sorted(f for f in {"min", "max", "values", "pattern", "max_age_hours"} - uses if getattr(self, f) is not None)
+        if stray:
+            raise ValueError(f"rule {self.rule} does not use {', '.join(stray)}")
+        if self.column is None and self.rule not in ("freshness", "min_rows"):
+            raise ValueError(f"rule {self.rule} needs a column")
+        if self.rule == "range":
+            if self.min is None and self.max is None:
+                raise ValueError("rule range needs min, max or both")
+            if self.min is not None and self.max is not None and type(self.min) is type(self.max) and self.min > self.max:
+                raise ValueError(f"rule range: min {self.min} is above max {self.max}")
+        if self.rule == "accepted_values" and not self.values:
+            raise ValueError("rule accepted_values needs a non-empty list of values")
+        if self.rule == "pattern" and not self.pattern:
+            raise ValueError("rule pattern needs a pattern (a regular expression)")
+        if self.rule == "freshness" and self.max_age_hours is None:
+            raise ValueError("rule freshness needs max_age_hours")
+        if self.rule == "min_rows" and not (isinstance(self.min, float) and self.min.is_integer() and self.min >= 0):
+            raise ValueError("rule min_rows needs min: a whole number of rows (>= 0)")
+        if self.rule in ("freshness", "min_rows") and self.action not in ("warn", "fail"):
+            raise ValueError(f"rule {self.rule} judges whole files: its action must be warn or fail, not {self.action}")
+        if self.rule == "min_rows" and self.column is not None:
+            raise ValueError("rule min_rows counts the rows of each file: it takes no column")
 
 
 class Source(Frozen):
+    """A landing source: where its files are, how to read them, their columns, key and contracts."""
+
     path: str  # folder under paths.landing
-    format: Literal["csv", "json", "parquet"]
+    format: Literal["csv", "json", "parquet"]  # json means JSON lines: one object per line
     columns: dict[str, SparkType]
     primary_key: list[str]
-    event_time: str
+    event_time: str  # orders the versions of a key: silver keeps the latest
     description: str = ""
     expectations: list[Expectation] = Field(default_factory=list)
+    on_new_column: Literal["add", "fail"] = "add"  # a column the files carry but `columns` lacks
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra Spark reader options
+
+    def model_post_init(self, _context: Any) -> None:
+        """Names, types, the key and every expectation must fit the declared columns."""
+        import re
+
+        simple = (r"(tinyint|byte|smallint|short|int|integer|bigint|long|float|real|double|boolean|string|binary|"
+                  r"date|timestamp|timestamp_ltz|timestamp_ntz|variant|(decimal|dec|numeric)(\(\d+(,\s*\d+)?\))?|"
+                  r"(var)?char\(\d+\))")
+        numeric = r"(tinyint|byte|smallint|short|int|integer|bigint|long|float|real|double|decimal|dec|numeric)\b.*"
+        temporal = r"(date|timestamp|timestamp_ltz|timestamp_ntz)"
+        reserved = {"_ingested_at", "_source_file", "_batch_id"}
+        if not self.columns:
+            raise ValueError("columns: declare at least one column")
+        for name, kind in self.columns.items():
+            if not name or re.search(r"[ ,;{}()\n\t=]", name) or name in reserved or name.startswith("_lf_"):
+                raise ValueError(f"column name {name!r}: Delta column names cannot contain any of ' ,;{{}}()=', "
+                                 f"tabs or newlines, and {', '.join(sorted(reserved))} and _lf_* are lakeforge's")
+            text = kind.strip().lower()
+            if not (re.fullmatch(simple, text) or text.startswith(("array<", "map<", "struct<"))):
+                raise ValueError(f"column {name}: unknown type {kind!r} (expected a Spark SQL type such as string, "
+                                 f"int, bigint, double, decimal(10,2), boolean, date, timestamp)")
+        missing = [k for k in self.primary_key if k not in self.columns]
+        if not self.primary_key or missing or len(set(self.primary_key)) != len(self.primary_key):
+            raise ValueError(f"primary_key {self.primary_key}: must be distinct declared columns "
+                             f"(declared: {', '.join(self.columns)})")
+        if self.event_time not in self.columns:
+            raise ValueError(f"event_time {self.event_time!r} is not a declared column ({', '.join(self.columns)})")
+        for i, e in enumerate(self.expectations):
+            column = e.column or (self.event_time if e.rule == "freshness" else None)
+            if column is None:
+                continue
+            if column not in self.columns:
+                raise ValueError(f"expectations[{i}] ({e.rule}): column {column!r} is not declared "
+                                 f"({', '.join(self.columns)})")
+            kind = self.columns[column].strip().lower()
+            bounds = [b for b in (e.min, e.max) if b is not None]
+            if e.rule == "range" and re.fullmatch(numeric, kind) and not all(isinstance(b, float) for b in bounds):
+                raise ValueError(f"expectations[{i}] (range on {column}, {kind}): min/max must be numbers")
+            if e.rule == "range" and re.fullmatch(temporal, kind) and not all(isinstance(b, dt.date) for b in bounds):
+                raise ValueError(f"expectations[{i}] (range on {column}, {kind}): min/max must be dates or times")
+            if e.rule == "range" and not re.fullmatch(f"{numeric}|{temporal}", kind):
+                raise ValueError(f"expectations[{i}]: range needs a numeric, date or timestamp column; "
+                                 f"{column} is {kind}")
+            if e.rule == "freshness" and not re.fullmatch(temporal, kind):
+                raise ValueError(f"expectations[{i}]: freshness needs a date or timestamp column; {column} is {kind}")
+        lakeforge_owned = {"header", "mode", "columnnameofcorruptrecord", "enforceschema", "inferschema",
+                           "samplingratio", "multiline" if self.format == "json" else "", "pathglobfilter"}
+        taken = sorted(k for k in self.options if k.lower() in lakeforge_owned)
+        if taken:
+            raise ValueError(f"options {', '.join(taken)}: set by lakeforge, not configurable "
+                             f"(json sources are JSON lines; csv files have a header row)")
 
 
 class Spine(Frozen):

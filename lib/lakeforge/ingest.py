@@ -1,151 +1,673 @@
-"""Ingest landing files into bronze (raw + audit columns) and silver (typed, deduplicated, MERGEd).
+"""Ingest landing files into bronze (typed rows + audit columns) and silver (deduplicated, MERGEd).
 
-Exactly-once per landing file: the file ledger `ops.ingested_files` is written last, and every
-write before it is idempotent for the files of the batch (quarantine and bronze replace the rows
-of those files, silver MERGEs latest-wins). A crash anywhere leaves the files unrecorded, and the
-rerun redoes the batch without duplicating a row.
+Exactly-once per landing file: the file ledger `ops.ingested_files` is committed last. Before its
+first commit a load leaves a marker `<lakehouse>/_ingest/<source>.pending`, removed after the
+ledger commit. Normally quarantine, bronze and ops.quality rows are appended; when the marker is
+still there (the previous load was killed or failed after some commits), the rows of the batch's
+files are replaced instead, and silver is MERGEd latest-wins in both cases. So a crash anywhere
+leaves its files unrecorded, and the rerun loads them without losing or duplicating a row. A rerun
+with no new files commits nothing.
+
+A landing file is identified by its name. A new file whose bytes equal a file already loaded
+(or an earlier file of the same batch) is recorded as a duplicate delivery and loads nothing.
+A file that cannot be read (not valid gzip or Parquet, no CSV header, a directory or broken
+link) is recorded as unreadable with the reason; it is retried when its size or modification
+time changes.
+
+Test hook: with LAKEFORGE_TEST_CRASH_AFTER=<step> in the environment, the process kills itself
+with SIGKILL right after that write (steps: quarantine, bronze, silver, quality, ledger), so the
+crash tests can stop a load between two commits.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
 import hashlib
-from dataclasses import dataclass
+import json
+import os
+import re
+import signal
+import stat
+import zlib
+from dataclasses import dataclass, replace
+from functools import reduce
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from lakeforge import lake, quality
 from lakeforge.config import Source
 from lakeforge.errors import DataError
+from lakeforge.quality import FILE, MALFORMED, NEW_KEYS, OUTCOME, RAW, REASON, sql_string
 
 FILE_LEDGER = "ops.ingested_files"
 QUARANTINE = "ops.quarantine"
-EXTENSIONS = {"csv": (".csv",), "json": (".json", ".jsonl"), "parquet": (".parquet",)}
-CORRUPT = "_corrupt_record"
 AUDIT_COLUMNS = ["_ingested_at", "_source_file", "_batch_id"]
+EXTENSIONS = {"csv": (".csv",), "json": (".json", ".jsonl", ".ndjson"), "parquet": (".parquet",)}
+CRASH_AFTER = "LAKEFORGE_TEST_CRASH_AFTER"
+CORRUPT = "_lf_corrupt"
+LEDGER_SCHEMA = ("source string, file string, batch_id string, status string, ingested_at timestamp, bytes bigint, "
+                 "modified_at timestamp, content_sha256 string, duplicate_of string, error string, rows_read bigint, "
+                 "rows_kept bigint, rows_quarantined bigint, rows_dropped bigint, new_columns array<string>")
+# A column that starts in one type may be read as a wider one (Parquet files); anything else is a type change.
+WIDER = {"tinyint": {"smallint", "int", "bigint"}, "smallint": {"int", "bigint"}, "int": {"bigint"},
+         "float": {"double"}, "timestamp_ntz": {"timestamp"}}
 
 
 @dataclass(frozen=True)
 class IngestResult:
+    """What one source's ingest did: its batch, files and row accounting."""
+
     source: str
     batch_id: str | None
-    files: int
+    files: int  # files loaded by this batch (empty ones included)
     rows_read: int
     rows_kept: int
     rows_quarantined: int
     rows_dropped: int
+    duplicates: tuple[str, ...] = ()  # new files whose bytes were already delivered: recorded, nothing loaded
+    unreadable: tuple[str, ...] = ()  # new files that could not be read: recorded, retried when they change
+    new_columns: tuple[str, ...] = ()  # columns added to bronze/silver by this batch
+    warnings: tuple[str, ...] = ()  # broken `warn` expectations
 
 
-def source_schema(source: Source) -> StructType:
-    """The declared columns as a StructType (the explicit contract of the landing files)."""
-    return StructType.fromDDL(", ".join(f"`{name}` {kind}" for name, kind in source.columns.items()))
+@dataclass(frozen=True)
+class LandingFile:
+    """A landing file as found: its fingerprint, and what reading it needs (or why it cannot be read)."""
+
+    path: Path
+    bytes: int | None
+    modified_at: dt.datetime | None
+    sha256: str | None = None
+    problem: str | None = None  # why it cannot be read; None when it can
+    header: tuple[str, ...] = ()  # csv: the header row, as declared column names where they match
+    types: tuple[tuple[str, str | None], ...] = ()  # parquet: (column, Spark type) as stored in the file
+    duplicate_of: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
-def landing_files(landing: Path, source: Source) -> list[Path]:
-    """The source's landing files, by name; hidden and underscore files are not data."""
+# ---------------------------------------------------------------- finding and inspecting landing files
+
+
+def _data_name(name: str, fmt: str) -> bool:
+    lower = name.lower()
+    if fmt != "parquet" and lower.endswith(".gz"):
+        lower = lower[:-3]
+    return lower.endswith(EXTENSIONS[fmt])
+
+
+def landing_entries(landing: Path, source: Source) -> list[Path]:
+    """The source's landing files by name (csv and json may be .gz); names starting with . or _ are not data."""
     folder = landing / source.path
     if not folder.is_dir():
         return []
-    suffixes = EXTENSIONS[source.format]
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix in suffixes and not p.name.startswith((".", "_")))
+                  if not p.name.startswith((".", "_")) and _data_name(p.name, source.format))
 
 
-def loaded_files(spark: SparkSession, lakehouse: Path, source_name: str) -> set[str]:
-    """Names of the files of this source already in the ledger."""
-    if not lake.exists(lakehouse, FILE_LEDGER):
-        return set()
-    rows = lake.read(spark, lakehouse, FILE_LEDGER).where(F.col("source") == source_name).select("file").collect()
-    return {row["file"] for row in rows}
+def _fingerprint(path: Path) -> tuple[int | None, dt.datetime | None]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).replace(microsecond=0)
 
 
-def read_files(spark: SparkSession, files: list[Path], source: Source) -> DataFrame:
-    """Parse the files with the declared schema; a line that does not fit keeps its raw text in _corrupt_record."""
-    schema = source_schema(source)
-    paths = [str(f) for f in files]
+def _options(source: Source) -> dict[str, str]:
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in source.options.items()}
+
+
+def inspect_file(path: Path, source: Source, known: dict[str, str]) -> LandingFile:
+    """Fingerprint, hash and check that the file can be read; `known` maps lower-case names to column names."""
+    size, modified = _fingerprint(path)
+    found = LandingFile(path, size, modified)
+    if size is None:
+        return replace(found, problem="cannot be opened (a broken symbolic link?)")
+    if not stat.S_ISREG(path.stat().st_mode):
+        return replace(found, problem="not a regular file (a directory?)")
+    try:
+        with open(path, "rb") as fh:
+            found = replace(found, sha256=hashlib.file_digest(fh, "sha256").hexdigest())
+    except OSError as exc:
+        return replace(found, problem=f"cannot be read: {exc.strerror or exc}")
+    if size == 0:
+        return found  # an empty delivery: loaded, zero rows
+    compressed = source.format != "parquet" and path.name.lower().endswith(".gz")
+    if compressed:
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 22):
+                    pass
+        except (OSError, EOFError, zlib.error) as exc:
+            return replace(found, problem=f"not a valid gzip file ({exc})")
+    if source.format == "csv":
+        return _inspect_csv(found, source, known, compressed)
     if source.format == "parquet":
-        df = spark.read.schema(schema).parquet(*paths).withColumn(CORRUPT, F.lit(None).cast("string"))
-    else:
-        reader = (spark.read.schema(schema.add(CORRUPT, "string"))
-                  .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT))
-        if source.format == "csv":
-            df = reader.option("header", True).option("enforceSchema", False).csv(paths)
-        else:
-            df = reader.json(paths)
-    return df.withColumn("_source_file", F.regexp_extract(F.col("_metadata.file_path"), r"([^/]+)$", 1))
+        return _inspect_parquet(found)
+    return found
 
 
-def batch_id_for(source_name: str, files: list[Path]) -> str:
+def _inspect_csv(found: LandingFile, source: Source, known: dict[str, str], compressed: bool) -> LandingFile:
+    options = {k.lower(): v for k, v in _options(source).items()}
+    opener = gzip.open if compressed else open
+    with opener(found.path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    encoding = options.get("encoding", options.get("charset", "utf-8"))
+    try:
+        text = first.decode("utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding).rstrip("\r\n")
+    except (UnicodeDecodeError, LookupError):
+        return replace(found, problem=f"the header row is not valid {encoding}")
+    sep = options.get("sep", options.get("delimiter", ","))
+    quote = options.get("quote", '"')
+    try:
+        names = [n.strip() for n in next(csv.reader([text], delimiter=sep, quotechar=quote or None), [])]
+    except csv.Error as exc:
+        return replace(found, problem=f"the header row does not parse as CSV ({exc})")
+    header = tuple(known.get(n.lower(), n) for n in names)
+    if not any(n.lower() in known for n in names):
+        return replace(found, problem=f"no header row naming the declared columns (first line: {text[:80]!r})")
+    if "" in header or len({h.lower() for h in header}) != len(header):
+        return replace(found, problem=f"the header row has an empty or repeated column name ({text[:80]!r})")
+    return replace(found, header=header)
+
+
+def _arrow_to_spark(t) -> str | None:
+    """The Spark type a Parquet column is read as; None when Spark cannot read it as such."""
+    import pyarrow.types as pt
+
+    simple = [(pt.is_int8, "tinyint"), (pt.is_int16, "smallint"), (pt.is_int32, "int"), (pt.is_int64, "bigint"),
+              (pt.is_uint8, "smallint"), (pt.is_uint16, "int"), (pt.is_uint32, "bigint"),
+              (pt.is_float32, "float"), (pt.is_float64, "double"), (pt.is_boolean, "boolean"),
+              (pt.is_string, "string"), (pt.is_large_string, "string"), (pt.is_binary, "binary"),
+              (pt.is_large_binary, "binary"), (pt.is_date32, "date")]
+    for test, name in simple:
+        if test(t):
+            return name
+    if pt.is_timestamp(t):
+        return None if t.unit == "ns" else ("timestamp" if t.tz else "timestamp_ntz")
+    if pt.is_decimal(t):
+        return f"decimal({t.precision},{t.scale})"
+    return f"?{t}"  # nested and rare types: left to Spark
+
+
+def _inspect_parquet(found: LandingFile) -> LandingFile:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(found.path)
+    except Exception as exc:  # pyarrow raises several types for a bad footer
+        return replace(found, problem=f"not a valid Parquet file ({str(exc).splitlines()[0][:200]})")
+    return replace(found, types=tuple((f.name, _arrow_to_spark(f.type)) for f in schema))
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+def _ledger_entries(spark: SparkSession, lakehouse: Path, source_name: str) -> dict[str, dict]:
+    """The latest ledger entry of each file of this source."""
+    if not lake.exists(lakehouse, FILE_LEDGER):
+        return {}
+    rows = (lake.read(spark, lakehouse, FILE_LEDGER).where(F.col("source") == source_name)
+            .select("file", "status", "ingested_at", "bytes", "modified_at", "content_sha256").collect())
+    latest: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["ingested_at"]):
+        latest[row["file"]] = row.asDict()
+    return latest
+
+
+def _same_fingerprint(entry: dict, path: Path) -> bool:
+    """True when the file still has the size and modification time the ledger recorded."""
+    size, modified = _fingerprint(path)
+    recorded = entry["modified_at"]  # naive local time, as PySpark returns timestamps
+    same_time = (recorded is None and modified is None) or (
+        recorded is not None and modified is not None and int(recorded.timestamp()) == int(modified.timestamp()))
+    return entry["bytes"] == size and same_time
+
+
+# ---------------------------------------------------------------- reading a batch
+
+
+def _spark_path(path: Path) -> str:
+    """The path for a Spark reader: glob characters in a file name are literal."""
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", str(path))
+
+
+def _file_name() -> Column:
+    # Spark reports the name URI-encoded ("a b" as "a%20b"); a '+' there is literal, not a space.
+    return F.url_decode(F.replace(F.col("_metadata.file_name"), F.lit("+"), F.lit("%2B"))).alias(FILE)
+
+
+def _ddl(columns: dict[str, str]) -> str:
+    return ", ".join(f"`{name}` {kind}" for name, kind in columns.items())
+
+
+def read_batch(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
+    """Parse the files with the schema `columns`: the typed columns, `_source_file`, `_lf_malformed` (why a
+    record does not parse, else null), `_lf_raw` (its original text where the reader has it) and, for JSON,
+    `_lf_new_keys` (keys the schema does not know)."""
+    readable = [f for f in files if f.bytes]
+    if not readable:
+        empty = ", ".join([_ddl(columns), f"`{FILE}` string, `{MALFORMED}` string, `{RAW}` string"])
+        return spark.createDataFrame([], empty)
+    if source.format == "json":
+        return _read_json(spark, readable, source, columns)
+    if source.format == "csv":
+        return _read_csv(spark, readable, source, columns)
+    return _read_parquet(spark, readable, columns)
+
+
+def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
+    value = F.col("value")
+    options = {**_options(source), "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    lines = (spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name())
+             .where(~value.rlike(r"^\s*$")))  # blank lines are not records
+    record = F.col("_lf_record")
+    parsed = lines.select(value, FILE, F.from_json(value, _ddl(columns) + f", `{CORRUPT}` string", options)
+                          .alias("_lf_record"))
+    corrupt = record[CORRUPT].isNotNull()
+    # A record with a value of the wrong type: the key is there (not JSON null) but the typed field is null.
+    mismatched = F.concat_ws(", ", *[
+        F.when(record[name].isNull() & F.get_json_object(value, f"$['{name}']").isNotNull(),
+               F.lit(f"{name} (expected {kind})"))
+        for name, kind in columns.items() if kind != "string" and "'" not in name])
+    # Spark stops at the end of the first JSON value and ignores the rest of the line; as the
+    # first item of an array, anything after it (a second object, garbage) makes the array invalid.
+    one_value = F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) == 2
+    malformed = (F.when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
+                 .when(~value.rlike(r"^\s*\{"), F.lit("malformed JSON line: not a JSON object"))
+                 .when(corrupt & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
+                 .when(corrupt, F.lit("malformed JSON line: does not parse"))
+                 .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
+    known = [name.lower() for name in columns]
+    new_keys = F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known))
+    return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
+                         F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
+
+
+def _read_csv(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
+    options = _options(source)
+    lowered = {k.lower(): v for k, v in options.items()}
+    sep = lowered.get("sep", lowered.get("delimiter", ","))
+    by_header: dict[tuple[str, ...], list[LandingFile]] = {}
+    for f in files:
+        by_header.setdefault(f.header, []).append(f)
+    frames = []
+    for header, group in by_header.items():
+        # Spark applies a CSV schema by position, so each header order is read on its own.
+        kinds = [(name, columns[name]) for name in header]
+        df = (spark.read.schema(_ddl(dict(kinds)) + f", `{CORRUPT}` string").options(**options)
+              .option("header", True).option("enforceSchema", True).option("mode", "PERMISSIVE")
+              .option("columnNameOfCorruptRecord", CORRUPT).csv([_spark_path(f.path) for f in group]))
+        corrupt = F.col(CORRUPT)
+        n = len(header)
+        fields = F.size(F.split(F.regexp_replace(corrupt, r'"[^"]*"', ""), re.escape(sep), -1))
+        tokens = F.from_csv(corrupt, ", ".join(f"`_lf_t{j}` string" for j in range(n)),
+                            {k: v for k, v in options.items() if k.lower() in ("sep", "delimiter", "quote", "escape")})
+        mismatched = F.concat_ws(", ", *[
+            F.when(F.col(f"`{name}`").isNull() & tokens[f"_lf_t{j}"].isNotNull(), F.lit(f"{name} (expected {kind})"))
+            for j, (name, kind) in enumerate(kinds) if kind != "string"])
+        text = [F.col(f"`{name}`") for name, kind in kinds if kind == "string"]
+        replaced = F.concat_ws("", *text).contains("\ufffd") if text else F.lit(False)
+        wrong_count = F.concat(F.lit("malformed CSV record: "), fields.cast("string"), F.lit(f" fields, expected {n}"))
+        malformed = (F.when(corrupt.isNotNull() & (fields != n), wrong_count)
+                     .when(corrupt.isNotNull() & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
+                     .when(corrupt.isNotNull(), F.lit("malformed CSV record: does not parse"))
+                     .when(replaced, F.lit("malformed CSV record: not valid UTF-8")))
+        frames.append(df.select(*[F.col(f"`{name}`") if name in header else F.lit(None).cast(kind).alias(name)
+                                  for name, kind in columns.items()],
+                                _file_name(), malformed.alias(MALFORMED), corrupt.alias(RAW)))
+    return reduce(DataFrame.unionByName, frames)
+
+
+def _read_parquet(spark: SparkSession, files: list[LandingFile], columns: dict[str, str]) -> DataFrame:
+    df = spark.read.schema(_ddl(columns)).parquet(*[_spark_path(f.path) for f in files])
+    return df.select(*[F.col(f"`{name}`") for name in columns], _file_name(),
+                     F.lit(None).cast("string").alias(MALFORMED), F.lit(None).cast("string").alias(RAW))
+
+
+# ---------------------------------------------------------------- schema: declared, stored, new
+
+
+def declared_types(source: Source) -> dict[str, str]:
+    """The declared columns with Spark's names for their types (`integer` -> `int`)."""
+    schema = StructType.fromDDL(_ddl(source.columns))
+    return {f.name: f.dataType.simpleString() for f in schema.fields}
+
+
+def _stored_types(spark: SparkSession, lakehouse: Path, table: str) -> dict[str, str]:
+    if not lake.exists(lakehouse, table):
+        return {}
+    return {f.name: f.dataType.simpleString() for f in lake.read(spark, lakehouse, table).schema.fields
+            if f.name not in AUDIT_COLUMNS}
+
+
+def effective_columns(spark: SparkSession, lakehouse: Path, source_name: str, source: Source) -> dict[str, str]:
+    """The declared columns, then those added to bronze earlier; a declared type unlike the stored one fails."""
+    declared = declared_types(source)
+    stored = _stored_types(spark, lakehouse, f"bronze.{source_name}")
+    changed = [(name, kind, stored[name]) for name, kind in declared.items() if name in stored and stored[name] != kind]
+    if changed:
+        detail = "; ".join(f"{name} is declared {kind} but stored as {old}" for name, kind, old in changed)
+        raise DataError(f"source {source_name}: type change in bronze.{source_name}: {detail}. lakeforge does not "
+                        f"change a stored column's type: declare the stored type again in the pipeline YAML, or rebuild the "
+                        f"source (delete bronze.{source_name}, silver.{source_name} and its rows in {FILE_LEDGER}, "
+                        f"then ingest again).")
+    return {**declared, **{name: kind for name, kind in stored.items() if name not in declared}}
+
+
+def _parquet_columns(source_name: str, files: list[LandingFile], columns: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Check each Parquet file's column types against the schema; return the columns it does not know."""
+    lowered = {name.lower(): name for name in columns}
+    new: dict[str, dict[str, str]] = {}  # column -> {file: type}
+    for f in files:
+        for name, kind in f.types:
+            if kind is None:
+                raise DataError(f"source {source_name}: file {f.name}: column {name} holds nanosecond timestamps, "
+                                f"which Spark cannot read; write the file with microsecond timestamps "
+                                f"(pandas: df.to_parquet(path, coerce_timestamps='us')).")
+            target = lowered.get(name.lower())
+            if target is None and kind.startswith("?"):
+                raise DataError(f"source {source_name}: file {f.name}: new column {name} has the Parquet type "
+                                f"{kind[1:]}, which lakeforge does not add by itself; declare it under "
+                                f"sources.{source_name}.columns with its Spark type (e.g. array<int>).")
+            if target is None:  # a new column; naive timestamps are stored like the declared ones
+                new.setdefault(name, {})[f.name] = "timestamp" if kind == "timestamp_ntz" else kind
+                continue
+            expected = columns[target]
+            if kind.startswith("?") or kind == expected or expected in WIDER.get(kind, ()):
+                continue
+            raise DataError(f"source {source_name}: type change in file {f.name}: column {name} is {kind} in the "
+                            f"file but {expected} in the source's schema. Fix the file, or declare the column's "
+                            f"type in the pipeline YAML (a stored column's type cannot change).")
+    return new
+
+
+def _checked_new_columns(source_name: str, source: Source, new: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The new columns to add (name -> type), or an error when the source forbids them or a name cannot be one."""
+    if not new:
+        return {}
+    where = "; ".join(f"{name} in {', '.join(sorted(files))}" for name, files in sorted(new.items()))
+    if source.on_new_column == "fail":
+        raise DataError(f"source {source_name}: new column(s) not in the pipeline YAML ({where}); nothing was loaded. "
+                        f"Declare them under sources.{source_name}.columns, or set on_new_column: add.")
+    bad = [n for n in new if not n or re.search(r"[ ,;{}()\n\t=]", n) or n.startswith("_lf_") or n in AUDIT_COLUMNS]
+    if bad:
+        raise DataError(f"source {source_name}: new column(s) {', '.join(map(repr, bad))} ({where}) cannot be added: "
+                        f"Delta column names cannot contain ' ,;{{}}()=', tabs or newlines, nor be lakeforge's "
+                        f"(_lf_*, {', '.join(AUDIT_COLUMNS)}). Rename them in the files, or set on_new_column: fail.")
+    return {name: sorted(kinds.values())[0] for name, kinds in sorted(new.items())}
+
+
+def _add_columns(spark: SparkSession, lakehouse: Path, table: str, columns: dict[str, str]) -> None:
+    """Add nullable columns to an existing table, those it lacks (lake.py has no schema-evolution helper)."""
+    if not columns or not lake.exists(lakehouse, table):
+        return
+    stored = {f.name.lower() for f in lake.read(spark, lakehouse, table).schema.fields}
+    missing = {n: k for n, k in columns.items() if n.lower() not in stored}
+    if missing:
+        path = str(lake.table_path(lakehouse, table)).replace("`", "``")
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({_ddl(missing)})")
+
+
+# ---------------------------------------------------------------- the batch
+
+
+def _crash_point(step: str) -> None:
+    """Test-only: LAKEFORGE_TEST_CRASH_AFTER=<step> kills this process right after that write."""
+    if os.environ.get(CRASH_AFTER) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _props(description: str, owner: str, source: str) -> dict[str, str]:
+    return {"lakeforge.description": description, "lakeforge.owner": owner, "lakeforge.source": source}
+
+
+def _in_files(column: str, names: list[str]) -> str:
+    return f"{column} IN ({', '.join(sql_string(n) for n in names)})"
+
+
+def batch_id_for(source_name: str, files: list[LandingFile]) -> str:
     """A deterministic batch id: the same files give the same id on a rerun."""
-    digest = hashlib.sha256("\n".join([source_name] + [f.name for f in files]).encode()).hexdigest()
-    return f"{source_name}-{digest[:12]}"
+    parts = [source_name] + [f"{f.name}:{f.sha256}" for f in files]
+    return f"{source_name}-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:12]}"
+
+
+def _prepare(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str],
+             now: dt.datetime, batch_id: str) -> DataFrame:
+    """Read and check the batch, keeping what the writes and counts need (persisted: one read of the files)."""
+    checked = quality.check(read_batch(spark, files, source, columns), source)
+    data = [F.col(f"`{name}`") for name in columns]
+    raw = F.when(F.col(OUTCOME) == "quarantine", F.coalesce(F.col(RAW), F.to_json(F.struct(*data))))
+    flags = [c for c in checked.columns if c.startswith("_lf_fail_")]
+    extra = [NEW_KEYS] if NEW_KEYS in checked.columns else []
+    return checked.select(*data, F.lit(now).alias("_ingested_at"), FILE, F.lit(batch_id).alias("_batch_id"),
+                          OUTCOME, REASON, raw.alias(RAW), MALFORMED, quality.NULL_KEY, quality.NULL_EVENT,
+                          *flags, *extra).persist()
+
+
+def _validate_patterns(spark: SparkSession, source_name: str, source: Source) -> None:
+    for e in source.expectations:
+        if e.rule == "pattern":
+            try:
+                spark.sparkContext._jvm.java.util.regex.Pattern.compile(e.pattern)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[-1][:200]
+                raise DataError(f"source {source_name}: expectation '{quality.describe_expectation(e)}': not a valid "
+                                f"Java regular expression ({first}); fix it in the pipeline YAML.") from None
 
 
 def ingest_source(spark: SparkSession, source_name: str, source: Source, landing: Path,
                   lakehouse: Path, owner: str, log=print) -> IngestResult:
     """Load the source's new landing files into bronze and silver; bad rows go to ops.quarantine."""
-    new_files = [f for f in landing_files(landing, source) if f.name not in loaded_files(spark, lakehouse, source_name)]
-    if not new_files:
+    ledger = _ledger_entries(spark, lakehouse, source_name)
+    candidates = []
+    for path in landing_entries(landing, source):
+        entry = ledger.get(path.name)
+        if entry is None:
+            candidates.append(path)
+        elif entry["status"] == "unreadable":
+            if not _same_fingerprint(entry, path):
+                candidates.append(path)  # changed since it was found unreadable: try again
+        elif not _same_fingerprint(entry, path):
+            log(f"{source_name}: WARNING {path.name} changed after it was loaded ({entry['status']} "
+                f"{entry['ingested_at']}); the change is ignored: deliver corrections under a new file name")
+    if not candidates:
         return IngestResult(source_name, None, 0, 0, 0, 0, 0)
-    batch_id = batch_id_for(source_name, new_files)
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    parsed = read_files(spark, new_files, source).withColumn("_ingested_at", F.lit(now)).withColumn(
-        "_batch_id", F.lit(batch_id))
-    checked = quality.check(parsed, source).persist()
-    try:
-        counts = quality.count_outcomes(checked, source)
-        quality.raise_on_failures(counts, source_name)  # `fail` expectations stop here, before any write
-        file_names = [f.name for f in new_files]
-        where_files = "_source_file IN ({})".format(", ".join(f"'{n}'" for n in file_names))
 
-        quarantined = quality.quarantine_rows(checked, source_name)
-        lake.replace_where(spark, quarantined, lakehouse, QUARANTINE,
-                           f"source = '{source_name}' AND file IN ({', '.join(repr(n) for n in file_names)})",
-                           properties=_props("Rows that broke a data contract, with the reason", owner, "lakeforge"))
-        kept = checked.where("_outcome = 'keep'").select(*source.columns, *AUDIT_COLUMNS)
+    declared_lower = {name.lower(): name for name in source.columns}
+    found = [inspect_file(p, source, declared_lower) for p in candidates]
+    loaded_hashes = {e["content_sha256"]: name for name, e in ledger.items()
+                     if e["status"] == "loaded" and e["content_sha256"] and e["bytes"]}
+    to_load, duplicates, unreadable = [], [], []
+    for f in found:
+        if f.problem:
+            unreadable.append(f)
+            log(f"{source_name}: WARNING {f.name} is unreadable: {f.problem}; recorded in {FILE_LEDGER}, "
+                f"retried when the file changes")
+        elif f.bytes and f.sha256 in loaded_hashes:
+            duplicates.append(replace(f, duplicate_of=loaded_hashes[f.sha256]))
+            log(f"{source_name}: {f.name} has the same bytes as {loaded_hashes[f.sha256]}: "
+                f"a duplicate delivery, recorded and not loaded")
+        else:
+            to_load.append(f)
+            if f.bytes:
+                loaded_hashes[f.sha256] = f.name
+    batch_id = batch_id_for(source_name, to_load + duplicates + unreadable)
+    now = dt.datetime.now(dt.timezone.utc)
+    counts: dict[str, quality.FileCounts] = {}
+    added: dict[str, str] = {}
+    carried: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    if to_load:
+        log(f"{source_name}: loading {len(to_load)} file(s), {sum(f.bytes or 0 for f in to_load) / 2**20:,.1f} MB "
+            f"(batch {batch_id})")
+        counts, added, carried, warnings = _load(spark, source_name, source, to_load, landing, lakehouse, owner,
+                                                 batch_id, now, log)
+    ledger_rows = _ledger_rows(spark, source_name, batch_id, now, to_load, duplicates, unreadable, counts, carried)
+    lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
+                properties=_props("Landing files seen, once each: loaded (with their row accounting), "
+                                  "duplicate deliveries and unreadable files", owner, "lakeforge"))
+    _crash_point("ledger")
+    if to_load:
+        _pending(lakehouse, source_name).unlink(missing_ok=True)
+    total = quality.FileCounts(*(sum(getattr(c, k) for c in counts.values())
+                                 for k in ("read", "kept", "quarantined", "dropped")))
+    log(f"{source_name}: {len(to_load)} new file(s), {total.read:,} rows read = {total.kept:,} kept + "
+        f"{total.quarantined:,} quarantined + {total.dropped:,} dropped"
+        + (f"; {len(duplicates)} duplicate deliveries" if duplicates else "")
+        + (f"; {len(unreadable)} unreadable" if unreadable else ""))
+    return IngestResult(source_name, batch_id, len(to_load), total.read, total.kept, total.quarantined, total.dropped,
+                        tuple(f.name for f in duplicates), tuple(f.name for f in unreadable), tuple(added),
+                        tuple(warnings))
+
+
+def _load(spark: SparkSession, source_name: str, source: Source, files: list[LandingFile], landing: Path,
+          lakehouse: Path, owner: str, batch_id: str, now: dt.datetime, log):
+    """Read, check and write one batch: everything is decided before the first commit."""
+    _validate_patterns(spark, source_name, source)
+    columns = effective_columns(spark, lakehouse, source_name, source)
+    lowered = {name.lower(): name for name in columns}
+    files = [replace(f, header=tuple(lowered.get(h.lower(), h) for h in f.header)) for f in files]
+    new: dict[str, dict[str, str]] = {}  # column -> {file: type}
+    for f in files:
+        for name in f.header:
+            if name.lower() not in lowered:
+                new.setdefault(name, {})[f.name] = "string"
+    if source.format == "parquet":
+        new = _parquet_columns(source_name, files, columns)
+    added = _checked_new_columns(source_name, source, new)
+    columns = {**columns, **added}
+    names = [f.name for f in files]
+
+    checked = _prepare(spark, files, source, columns, now, batch_id)
+    try:
+        counts = quality.count_files(checked, source, now)
+        json_new = {}
+        for name, c in counts.items():
+            for key in c.new_keys:
+                json_new.setdefault(key, {})[name] = "string"
+        if json_new:  # keys first seen in the data: read the batch again with them as columns
+            more = _checked_new_columns(source_name, source, json_new)
+            added, columns, new = {**added, **more}, {**columns, **more}, {**new, **json_new}
+            checked.unpersist()
+            checked = _prepare(spark, files, source, columns, now, batch_id)
+            counts = quality.count_files(checked, source, now)
+        strays = set(counts) - set(names)
+        if strays:
+            raise RuntimeError(f"rows attributed to files outside the batch: {sorted(strays)}")
+        results = quality.evaluate(counts, names, source)
+        quality.raise_on_failures(results, source_name)  # `fail` stops here, before any commit
+        warnings = [quality.summarize(check, failed, results)
+                    for check, failed in quality.broken(results, "warn").items()]
+        for warning in warnings:
+            log(f"{source_name}: WARNING expectation {warning}")
+        if added:
+            log(f"{source_name}: new column(s) added to bronze/silver: "
+                f"{', '.join(f'{n} {k}' for n, k in added.items())}")
         bronze, silver = f"bronze.{source_name}", f"silver.{source_name}"
+        resuming = _mark_pending(lakehouse, source_name, batch_id, names)
+        if resuming:
+            log(f"{source_name}: an earlier load stopped before its ledger commit: this one replaces its rows")
+        undeclared = {name: kind for name, kind in columns.items() if name not in source.columns}
+        for table in (bronze, silver):  # every undeclared column, in case a load stopped between the two
+            _add_columns(spark, lakehouse, table, undeclared)
+
+        quarantined = checked.where(F.col(OUTCOME) == "quarantine").select(
+            F.lit(source_name).alias("source"), F.col(FILE).alias("file"), F.col(RAW).alias("raw_record"),
+            F.col(REASON).alias("reason"), F.col("_batch_id").alias("batch_id"),
+            F.col("_ingested_at").alias("quarantined_at"))
+        _write_rows_of_files(spark, quarantined, lakehouse, QUARANTINE,
+                             f"source = {sql_string(source_name)} AND {_in_files('file', names)}",
+                             any(c.quarantined for c in counts.values()), resuming, create=False,
+                             properties=_props("Rows that broke a data contract, with the raw record and the reason",
+                                               owner, "lakeforge"))
+        _crash_point("quarantine")
+
+        kept = checked.where(F.col(OUTCOME) == "keep").select(*[F.col(f"`{n}`") for n in columns], *AUDIT_COLUMNS)
+        any_kept = any(c.kept for c in counts.values())
         props = _props(source.description or f"{source_name} landing files", owner, str(landing / source.path))
-        lake.replace_where(spark, kept, lakehouse, bronze, where_files, properties=props)
-        order = [source.event_time, "_ingested_at", "_source_file"] if source.event_time else ["_ingested_at", "_source_file"]
-        lake.merge_latest(spark, kept, lakehouse, silver, source.primary_key, order, properties=props)
-        quality.record(spark, counts, source_name, batch_id, lakehouse, owner)
-        ledger = _ledger_rows(spark, checked, source_name, batch_id, new_files, now)
-        lake.append(spark, ledger, lakehouse, FILE_LEDGER,
-                    properties=_props("Landing files loaded, once each, with their row accounting", owner, "lakeforge"))
+        _write_rows_of_files(spark, _aligned(spark, kept, lakehouse, bronze), lakehouse, bronze,
+                             _in_files(FILE, names), any_kept, resuming, create=True, properties=props)
+        _crash_point("bronze")
+        order = [source.event_time, "_ingested_at", FILE]
+        if not lake.exists(lakehouse, silver):  # the first load: nothing to merge with, a plain insert
+            lake.append(spark, lake.latest_per_key(kept, source.primary_key, order), lakehouse, silver,
+                        properties=props)
+        elif any_kept:
+            lake.merge_latest(spark, _aligned(spark, kept, lakehouse, silver), lakehouse, silver,
+                              source.primary_key, order, properties=props)
+        _crash_point("silver")
+        quality.record(spark, results, source_name, batch_id, names, lakehouse, owner, now, replace=resuming)
+        _crash_point("quality")
     finally:
         checked.unpersist()
-    result = IngestResult(source_name, batch_id, len(new_files), counts.read, counts.kept,
-                          counts.quarantined, counts.dropped)
-    log(f"{source_name}: {len(new_files)} new files, {counts.read:,} rows read = {counts.kept:,} kept + "
-        f"{counts.quarantined:,} quarantined + {counts.dropped:,} dropped")
-    return result
+    carried = {}  # file -> the new columns it carries
+    for column, files_with in new.items():
+        for name in files_with:
+            carried.setdefault(name, []).append(column)
+    return counts, added, carried, warnings
 
 
-def _ledger_rows(spark: SparkSession, checked: DataFrame, source_name: str, batch_id: str,
-                 files: list[Path], now: dt.datetime) -> DataFrame:
-    """One ledger row per file, with its own accounting (an empty file has zero rows, but is recorded)."""
-    per_file = {row["_source_file"]: row for row in checked.groupBy("_source_file").agg(
-        F.count("*").alias("read"),
-        F.sum(F.when(F.col("_outcome") == "keep", 1).otherwise(0)).alias("kept"),
-        F.sum(F.when(F.col("_outcome") == "quarantine", 1).otherwise(0)).alias("quarantined"),
-        F.sum(F.when(F.col("_outcome") == "drop", 1).otherwise(0)).alias("dropped"),
-    ).collect()}
+def _has_rows(spark: SparkSession, lakehouse: Path, table: str, where: str) -> bool:
+    """True when the table has rows matching `where` (left by an earlier, interrupted load of the same files)."""
+    return lake.exists(lakehouse, table) and lake.read(spark, lakehouse, table).where(where).limit(1).count() > 0
+
+
+def _pending(lakehouse: Path, source_name: str) -> Path:
+    return lakehouse / "_ingest" / f"{source_name}.pending"
+
+
+def _mark_pending(lakehouse: Path, source_name: str, batch_id: str, names: list[str]) -> bool:
+    """Note, before the first commit, that a load of these files is under way; True when an earlier one was
+    interrupted (its marker is still there: it may have committed rows of files the ledger does not list)."""
+    marker = _pending(lakehouse, source_name)
+    interrupted = marker.exists()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with open(marker, "w") as fh:
+        fh.write(json.dumps({"batch_id": batch_id, "files": names,
+                             "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return interrupted
+
+
+def _write_rows_of_files(spark: SparkSession, df: DataFrame, lakehouse: Path, table: str, where: str,
+                         has_rows: bool, resuming: bool, create: bool, properties: dict[str, str]) -> None:
+    """Write a batch's rows: appended, or, after an interrupted load, replacing whatever it left for these files."""
+    missing = create and not lake.exists(lakehouse, table)
+    if not resuming:
+        if has_rows or missing:
+            lake.append(spark, df, lakehouse, table, properties=properties)
+    elif has_rows or missing or _has_rows(spark, lakehouse, table, where):
+        lake.replace_where(spark, df, lakehouse, table, where, properties=properties)
+
+
+def _aligned(spark: SparkSession, df: DataFrame, lakehouse: Path, table: str) -> DataFrame:
+    """`df`'s columns in the table's order (columns added later sit at the end of the table)."""
+    if not lake.exists(lakehouse, table):
+        return df
+    return df.select(*[F.col(f"`{c}`") for c in lake.read(spark, lakehouse, table).columns])
+
+
+def _ledger_rows(spark: SparkSession, source_name: str, batch_id: str, now: dt.datetime,
+                 loaded: list[LandingFile], duplicates: list[LandingFile], unreadable: list[LandingFile],
+                 counts: dict[str, quality.FileCounts], carried: dict[str, list[str]]) -> DataFrame:
+    """One ledger row per file of the batch, with its own accounting (an empty file is recorded with zero rows)."""
     rows = []
-    for f in files:
-        r = per_file.get(f.name)
-        rows.append((source_name, f.name, batch_id, now, f.stat().st_size,
-                     int(r["read"]) if r else 0, int(r["kept"]) if r else 0,
-                     int(r["quarantined"]) if r else 0, int(r["dropped"]) if r else 0))
-    return spark.createDataFrame(rows, "source string, file string, batch_id string, ingested_at timestamp, "
-                                       "bytes bigint, rows_read bigint, rows_kept bigint, "
-                                       "rows_quarantined bigint, rows_dropped bigint")
-
-
-def _props(description: str, owner: str, source: str) -> dict[str, str]:
-    return {"lakeforge.description": description, "lakeforge.owner": owner, "lakeforge.source": source}
+    for status, files in (("loaded", loaded), ("duplicate", duplicates), ("unreadable", unreadable)):
+        for f in files:
+            c = counts.get(f.name, quality.FileCounts())
+            rows.append((source_name, f.name, batch_id, status, now, f.bytes, f.modified_at, f.sha256, f.duplicate_of,
+                         f.problem, c.read, c.kept, c.quarantined, c.dropped,
+                         sorted(carried.get(f.name, []))))
+    return spark.createDataFrame(rows, LEDGER_SCHEMA)
 
 
 def ingest_all(spark: SparkSession, sources: dict[str, Source], landing: Path, lakehouse: Path,

@@ -8,6 +8,9 @@ driver). A rerun replaces exactly the score_date partition, in one commit.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
+from pathlib import Path
 from typing import Iterator
 
 import cloudpickle
@@ -15,6 +18,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
+
+# Test hook: with this set to a file path, a scoring task creates the file after its first batch and
+# then hangs, so a test can kill the job while its write is in progress.
+STALL_AFTER_FIRST_BATCH = "LAKEFORGE_TEST_STALL_SCORING"
 
 # A worker process keeps the models it has unpickled, keyed by (name, version): one load per worker.
 _WORKER_MODELS: dict[tuple[str, int], object] = {}
@@ -38,8 +45,12 @@ def predict(features: DataFrame, model_payload, key: tuple[str, int], entity: st
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _model_on_worker(key, model_payload)
+        stall = os.environ.get(STALL_AFTER_FIRST_BATCH)
         for batch in batches:
             yield pd.DataFrame({entity: batch[entity], "prediction": model.predict(None, batch[feature_cols])})
+            if stall:
+                Path(stall).touch()
+                time.sleep(3600)
 
     # A routing model (one model per group) reads its group key, which may be the entity key itself.
     return features.select(*dict.fromkeys([entity, *feature_cols])).mapInPandas(score_batches, schema)

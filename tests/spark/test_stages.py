@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lakeforge import config, lake, registry, stages
+from lakeforge import config, lake, registry, scoring, stages
 from lakeforge.errors import DataError
 
 pytestmark = pytest.mark.spark
@@ -72,3 +77,45 @@ def test_weaker_model_becomes_challenger_and_promotion_is_audited(ctx_for, spark
                                          ("champion", 1, 2, "promote")]
     with pytest.raises(DataError, match=r"registered model 'churn' has no version 9"):
         stages.promote(strong, 9, "typo")
+
+
+def test_killing_scoring_mid_write_leaves_the_partition_as_it_was(ctx_for, spark, lakehouse, tmp_path):
+    """SIGKILL the whole score job (driver, JVM, Python workers) while its write task runs: the table
+    keeps its version and the date its old rows; a rerun then replaces that date and no other."""
+    ctx = ctx_for()
+    stages.ingest(ctx)
+    stages.train(ctx)
+    last = dt.date.fromisoformat(stages.nightly(ctx)["score"]["score_date"])
+    stages.nightly(ctx, last - dt.timedelta(days=1), last - dt.timedelta(days=1))
+    table = "gold.churn_predictions"
+    before = lake.version(spark, lakehouse, table)
+    old = lake.read(spark, lakehouse, table, version=before)
+
+    s = ctx.settings
+    marker = tmp_path / "write-task-started"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "lakeforge", "score", "--pipeline", "churn", "--env", "test", "--date", str(last),
+         "--set", f"paths.landing={s.paths.landing}", "--set", f"paths.lakehouse={s.paths.lakehouse}",
+         "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
+         "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}"],
+        env={**os.environ, scoring.STALL_AFTER_FIRST_BATCH: str(marker)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert job.poll() is None, f"score exited with {job.returncode} before its write:\n{job.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "the score job never reached its write"
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    assert job.wait(timeout=60) == -signal.SIGKILL
+
+    assert lake.version(spark, lakehouse, table) == before
+    assertDataFrameEqual(lake.read(spark, lakehouse, table), old)  # every date, every column, as it was
+    killed = lake.read(spark, lakehouse, "ops.runs").where("job = 'score' AND status = 'running'").collect()
+    assert [(r.run_date, r.ended_at) for r in killed] == [(last, None)]  # the ledger shows a run that never ended
+
+    stages.score(ctx, last)
+    after = lake.read(spark, lakehouse, table)
+    assert lake.version(spark, lakehouse, table) == before + 1
+    stable = ["customer_id", "prediction", "score_date", "model_version"]
+    assertDataFrameEqual(after.select(stable), old.select(stable))
+    assertDataFrameEqual(after.where(F.col("score_date") < last), old.where(F.col("score_date") < last))

@@ -1,0 +1,76 @@
+"""Source and expectation declarations: each mistake is one clear error naming the key (no Spark)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lakeforge import config
+from lakeforge.errors import ConfigError
+
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture
+def pipeline_with(tmp_path):
+    """Load the churn pipeline with its orders source changed by a function of the source's dict."""
+    shutil.copytree(REPO_CONF, tmp_path / "conf")
+    path = tmp_path / "conf" / "pipelines" / "churn.yaml"
+    original = yaml.safe_load(path.read_text())
+
+    def load(change):
+        tree = yaml.safe_load(yaml.safe_dump(original))
+        change(tree["sources"]["orders"])
+        path.write_text(yaml.safe_dump(tree))
+        return config.load_pipeline("churn", directory=tmp_path / "conf")
+
+    return load
+
+
+def test_the_demo_contracts_load_with_every_new_rule(pipeline_with):
+    def add_rules(orders):
+        orders["expectations"] += [
+            {"rule": "unique", "column": "order_id", "action": "warn"},
+            {"rule": "pattern", "column": "order_id", "pattern": "^O\\d{9}$", "action": "quarantine"},
+            {"rule": "freshness", "max_age_hours": 36, "action": "warn"},
+            {"rule": "min_rows", "min": 1, "action": "fail"},
+            {"rule": "range", "column": "order_ts", "min": "2020-01-01", "action": "drop"}]
+        orders["on_new_column"] = "fail"
+        orders["options"] = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss"}
+
+    source = pipeline_with(add_rules).sources["orders"]
+    assert [e.rule for e in source.expectations][-5:] == ["unique", "pattern", "freshness", "min_rows", "range"]
+    assert source.on_new_column == "fail" and source.expectations[-2].min == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: o["expectations"].append({"rule": "range", "column": "amount"}),
+     "key 'sources.orders.expectations.4': value error, rule range needs min, max or both"),
+    (lambda o: o["expectations"].append({"rule": "min_rows", "min": 10, "action": "quarantine"}),
+     "rule min_rows judges whole files: its action must be warn or fail, not quarantine"),
+    (lambda o: o["expectations"].append({"rule": "accepted_values", "column": "channel", "values": ["a"], "max": 3}),
+     "rule accepted_values does not use max"),
+    (lambda o: o["expectations"].append({"rule": "pattern", "column": "channel"}),
+     "rule pattern needs a pattern"),
+    (lambda o: o["expectations"].append({"rule": "not_null", "column": "coupon"}),
+     "expectations[4] (not_null): column 'coupon' is not declared"),
+    (lambda o: o["expectations"].append({"rule": "range", "column": "order_ts", "max": 5}),
+     "expectations[4] (range on order_ts, timestamp): min/max must be dates or times"),
+    (lambda o: o["expectations"].append({"rule": "freshness", "column": "amount", "max_age_hours": 1,
+                                         "action": "warn"}),
+     "freshness needs a date or timestamp column; amount is double"),
+    (lambda o: o["columns"].update({"items": "integr"}), "column items: unknown type 'integr'"),
+    (lambda o: o["columns"].update({"promo code": "string"}), "column name 'promo code'"),
+    (lambda o: o.update({"primary_key": ["id"]}), "primary_key ['id']: must be distinct declared columns"),
+    (lambda o: o.update({"event_time": "ts"}), "event_time 'ts' is not a declared column"),
+    (lambda o: o.update({"options": {"mode": "FAILFAST"}}), "options mode: set by lakeforge, not configurable"),
+    (lambda o: o.update({"on_new_column": "ignore"}), "key 'sources.orders.on_new_column': input should be"),
+])
+def test_a_bad_source_is_one_error_naming_the_key(pipeline_with, change, message):
+    with pytest.raises(ConfigError) as error:
+        pipeline_with(change)
+    assert message in str(error.value)
+    assert "churn.yaml" in str(error.value)
