@@ -124,7 +124,27 @@ def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env:
                    duration_s=round(time.monotonic() - t0, 3), inputs=run.inputs, outputs=run.outputs,
                    rows=run.rows, details=json.dumps(run.details, default=str, sort_keys=True))
         _upsert(spark, lakehouse, row)
-        run.log(f"{status} in {row['duration_s']:.1f}s (run {run.run_id})")
+        run.log(f"{status} in {row['duration_s']:.1f}s (run {run.run_id})", run_id=run.run_id, pipeline=pipeline,
+                status=status, duration_s=row["duration_s"], rows=run.rows, error=error)
+
+
+def pipeline_health(rows: list[dict]) -> dict[str, dict]:
+    """Per pipeline, from ops.runs rows: the latest run of each job and a health word.
+
+    `failing` when the latest run of some job failed (the next successful run of that job clears
+    it), `running` when one is still open (or crashed without an end), else `ok`.
+    """
+    latest: dict[str, dict[str, dict]] = {}
+    for row in sorted(rows, key=lambda r: r["started_at"]):
+        latest.setdefault(row["pipeline"], {})[row["job"]] = row
+    health = {}
+    for pipeline, jobs in sorted(latest.items()):
+        failed = sorted(job for job, r in jobs.items() if r["status"] == "failed")
+        running = sorted(job for job, r in jobs.items() if r["status"] == "running")
+        state = "failing" if failed else "running" if running else "ok"
+        health[pipeline] = {"health": state, "failed_jobs": failed, "running_jobs": running,
+                            "last_run": max(jobs.values(), key=lambda r: r["started_at"])}
+    return health
 
 
 AUDIT = "ops.audit"

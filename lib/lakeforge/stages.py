@@ -370,15 +370,23 @@ def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | No
 
 
 def status(ctx: Context) -> dict:
-    """Tables (version, rows, last write), the last runs, and the champion."""
+    """Tables (version, rows, last write), the last runs, and each pipeline's health and champion."""
+    from lakeforge.config import available_pipelines
+
     tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
-    last_runs = []
+    all_runs = []
     if lake.exists(ctx.lakehouse, runs.RUNS):
-        last_runs = [r.asDict() for r in lake.read(ctx.spark, ctx.lakehouse, runs.RUNS)
-                     .orderBy(F.col("started_at").desc()).limit(10)
-                     .select("started_at", "job", "pipeline", "status", "duration_s", "error").collect()]
-    return {"tables": tables, "runs": last_runs,
-            "champion": registry.alias_version(ctx.mlflow, ctx.pipeline.name, registry.CHAMPION)}
+        all_runs = [r.asDict() for r in lake.read(ctx.spark, ctx.lakehouse, runs.RUNS)
+                    .select("started_at", "job", "pipeline", "status", "run_date", "duration_s", "error").collect()]
+    last_runs = sorted(all_runs, key=lambda r: r["started_at"], reverse=True)[:10]
+    health = runs.pipeline_health(all_runs)
+    names = sorted({ctx.pipeline.name, *available_pipelines(), *health})
+    pipelines = {name: {**health.get(name, {"health": "never run", "failed_jobs": [], "running_jobs": [],
+                                             "last_run": None}),
+                        "champion": registry.alias_version(ctx.mlflow, name, registry.CHAMPION)}
+                 for name in names}
+    return {"tables": tables, "runs": last_runs, "pipelines": pipelines,
+            "champion": pipelines[ctx.pipeline.name]["champion"]}
 
 
 def reset_local_state(settings: Settings) -> None:

@@ -60,6 +60,21 @@ def format_status(status: dict) -> str:
     for r in status["runs"]:
         took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         lines.append(f"  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['job']:<9} {r['pipeline']:<8} {r['status']:<9} "
-                     f"{took:>8}  {r['error'] or ''}")
-    lines += ["", f"champion: version {status['champion']}" if status["champion"] else "champion: none yet"]
+                     f"{took:>8}  {_one_line(r['error'])}")
+    lines += ["", "pipelines:"]
+    for name, p in status["pipelines"].items():
+        health = p["health"] + (f" ({', '.join(p['failed_jobs'])} failed)" if p["failed_jobs"] else "")
+        last = p["last_run"]
+        last = f"last run {last['started_at']:%Y-%m-%d %H:%M:%S} {last['job']} {last['status']}" if last else "no runs"
+        champion = f"champion: version {p['champion']}" if p["champion"] is not None else "champion: none yet"
+        lines.append(f"  {name:<10} {health:<24} {last:<45} {champion}")
     return "\n".join(lines)
+
+
+def _one_line(error: str | None, width: int = 160) -> str:
+    """An error on one line: its first line and, for a traceback, its last (the exception raised)."""
+    lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= width else text[:width - 3] + "..."
