@@ -72,14 +72,21 @@ def _requirements() -> list[str]:
         f"lakeforge=={__version__}"]
 
 
+BASELINE_ARTIFACT = "monitoring/baseline.json"
+
+
 def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, model: ProbabilityModel,
-                     example: pd.DataFrame, params: dict, metrics: dict[str, float], tags: dict[str, str]) -> LoggedModel:
-    """Log one training run (params, metrics, tags, model with signature) and register a new model version."""
+                     example: pd.DataFrame, params: dict, metrics: dict[str, float], tags: dict[str, str],
+                     baseline: dict | None = None) -> LoggedModel:
+    """Log one training run (params, metrics, tags, model with signature, the training baseline for
+    monitoring) and register a new model version."""
     mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
     with mlflow.start_run(run_name=f"train-{pipeline}") as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
+        if baseline is not None:
+            mlflow.log_dict(baseline, BASELINE_ARTIFACT)
         example = example[model.feature_names].head(5)
         signature = infer_signature(example, model.predict(None, example))
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
@@ -158,3 +165,19 @@ def champion(client: MlflowClient, name: str) -> ModelVersion:
 def load_python_model(name: str, version: int):
     """The champion's Python model object (unwrapped from pyfunc), to ship to executors once."""
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+def version_run(client: MlflowClient, name: str, version: int):
+    """The MLflow run that logged a registered version (its metrics, tags and artifacts)."""
+    return client.get_run(client.get_model_version(name, str(version)).run_id)
+
+
+def load_baseline(client: MlflowClient, name: str, version: int) -> dict:
+    """The training baseline logged with a version, or an error that says how to get one."""
+    run = version_run(client, name, version)
+    try:
+        return mlflow.artifacts.load_dict(f"{run.info.artifact_uri.rstrip('/')}/{BASELINE_ARTIFACT}")
+    except (MlflowException, OSError):
+        raise DataError(f"{name} version {version} has no training baseline ({BASELINE_ARTIFACT} in MLflow run "
+                        f"{run.info.run_id}); it predates monitoring: retrain with `lakeforge train --pipeline "
+                        f"{name}`") from None
