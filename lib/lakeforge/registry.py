@@ -8,6 +8,7 @@ create ./mlflow.db wherever it runs).
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class ProbabilityModel(mlflow.pyfunc.PythonModel):
 def connect(settings: MlflowSettings) -> MlflowClient:
     """Point MLflow at the configured tracking and registry store (and keep its INFO chatter out of our progress)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per baseline read, every night
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Integer feature columns are intended (counts); MLflow's hint about missing values does not apply.
     warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")

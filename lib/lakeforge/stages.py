@@ -1,4 +1,4 @@
-"""The stages a user runs (ingest, features, train, score, promote, status, nightly, demo).
+"""The stages a user runs (ingest, features, train, score, monitor, retrain, promote, status, nightly, demo).
 
 Each stage opens one recorded run in ops.runs, calls the stage modules with the values they
 need, reports progress and returns a small summary dict. The CLI and jobs/*.py call these.
@@ -250,7 +250,11 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         day = run.run_date = monitor_date or _default_score_date(ctx)
         version = int(registry.champion(ctx.mlflow, pipeline.name).version)
         champion_run = registry.version_run(ctx.mlflow, pipeline.name, version)
-        baseline = registry.load_baseline(ctx.mlflow, pipeline.name, version)
+        try:
+            baseline = registry.load_baseline(ctx.mlflow, pipeline.name, version)
+        except DataError as exc:  # a model trained before monitoring existed: performance still counts
+            baseline = None
+            run.log(f"no drift today: {exc}")
         metric, horizon = pipeline.model.metric, pipeline.label.horizon_days
         validation = champion_run.data.metrics.get(metric)
         trained_as_of = champion_run.data.tags.get("lakeforge.trained_as_of")
@@ -272,7 +276,7 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         scored = _read_pandas(ctx, predictions, F.col("score_date") == F.lit(day), [entity, "prediction"])
         if current.empty:
             run.log(f"{features_table} has no rows for {day}: no feature drift today")
-        else:
+        elif baseline is not None:
             drift = monitoring.drift_rows(baseline, current, scored.prediction.to_numpy()
                                           if scored is not None and len(scored) else None)
             for r in drift.itertuples(index=False):
