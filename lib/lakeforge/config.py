@@ -278,6 +278,29 @@ class Gate(Frozen):
     min_improvement: float = 0.0                 # over the champion's metric on the same holdout rows
 
 
+class Monitoring(Frozen):
+    """What `lakeforge monitor` measures beyond drift of every feature (see lakeforge.monitoring)."""
+
+    window_days: int = Field(7, ge=1)            # score dates pooled into one matured performance window
+    segments: list[str] = Field(default_factory=list)  # columns of the features or of segment_source to break down by
+    segment_source: str | None = None            # source keyed by the entity with segment columns (default: spine)
+    report: bool = True                          # write the HTML report (and log it to MLflow)
+
+
+class Retrain(Frozen):
+    """When `run nightly` retrains: drift on watched features for some days, or matured performance breaches."""
+
+    psi_threshold: float = Field(0.2, gt=0)
+    psi_features: list[str] = Field(default_factory=list)
+    psi_days: int = Field(3, ge=0)               # 0 turns the drift trigger off
+    performance_margin: float = Field(0.05, ge=0)
+    windows: int = Field(5, ge=1)
+    breaches: int = Field(2, ge=0)               # 0 turns the performance trigger off
+    window_days: int = Field(42, ge=1)           # retrain on as-of dates of the last N days with matured labels
+    snapshot_every_days: int | None = Field(None, ge=1)  # default: training.snapshot_every_days
+    cooldown_days: int = Field(14, ge=0)         # no retrain while the champion's training is this recent
+
+
 class Pipeline(Frozen):
     name: str
     description: str = ""
@@ -288,6 +311,8 @@ class Pipeline(Frozen):
     model: Model = Model()
     training: Training = Training()
     gate: Gate = Gate()
+    monitoring: Monitoring = Monitoring()
+    retrain: Retrain | None = None               # no policy: `run nightly` never retrains on its own
 
     def config_hash(self) -> str:
         """A short, stable hash of this pipeline's configuration (logged with each model)."""

@@ -8,6 +8,7 @@ create ./mlflow.db wherever it runs).
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -44,6 +45,7 @@ class ProbabilityModel(mlflow.pyfunc.PythonModel):
 def connect(settings: MlflowSettings) -> MlflowClient:
     """Point MLflow at the configured tracking and registry store (and keep its INFO chatter out of our progress)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per baseline read, every night
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Integer feature columns are intended (counts); MLflow's hint about missing values does not apply.
     warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")
@@ -75,6 +77,9 @@ def _requirements() -> list[str]:
         f"lakeforge=={__version__}"]
 
 
+BASELINE_ARTIFACT = "monitoring/baseline.json"
+
+
 @contextmanager
 def training_run(client: MlflowClient, pipeline: str, artifact_root: str) -> Iterator[str]:
     """The parent MLflow run of one training (search trials nest under it); yields its run id."""
@@ -97,8 +102,10 @@ def log_figures(figures: dict[str, object], folder: str = "plots") -> None:
 
 
 def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, model, example: pd.DataFrame,
-                     params: dict, metrics: dict[str, float], tags: dict[str, str]) -> LoggedModel:
-    """Log params, metrics, tags and the model (signature, input example) and register a new model version.
+                     params: dict, metrics: dict[str, float], tags: dict[str, str],
+                     baseline: dict | None = None) -> LoggedModel:
+    """Log params, metrics, tags, the model (signature, input example) and the training baseline for
+    monitoring, and register a new model version.
 
     Logs into the active run (the parent run of `training_run`), or into a new run when none is active.
     """
@@ -109,6 +116,8 @@ def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, mo
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
+        if baseline is not None:
+            mlflow.log_dict(baseline, BASELINE_ARTIFACT)
         example = example[model.feature_names].head(5)
         signature = infer_signature(example, model.predict(None, example))
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
@@ -200,3 +209,19 @@ def champion(client: MlflowClient, name: str) -> ModelVersion:
 def load_python_model(name: str, version: int):
     """The champion's Python model object (unwrapped from pyfunc), to ship to executors once."""
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+def version_run(client: MlflowClient, name: str, version: int):
+    """The MLflow run that logged a registered version (its metrics, tags and artifacts)."""
+    return client.get_run(client.get_model_version(name, str(version)).run_id)
+
+
+def load_baseline(client: MlflowClient, name: str, version: int) -> dict:
+    """The training baseline logged with a version, or an error that says how to get one."""
+    run = version_run(client, name, version)
+    try:
+        return mlflow.artifacts.load_dict(f"{run.info.artifact_uri.rstrip('/')}/{BASELINE_ARTIFACT}")
+    except (MlflowException, OSError):
+        raise DataError(f"{name} version {version} has no training baseline ({BASELINE_ARTIFACT} in MLflow run "
+                        f"{run.info.run_id}); it predates monitoring: retrain with `lakeforge train --pipeline "
+                        f"{name}`") from None

@@ -13,18 +13,27 @@ from lakeforge.config import Pipeline
 from lakeforge.errors import DataError
 
 
-def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline) -> tuple[list[dt.date], list[dt.date]]:
+def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline, since: dt.date | None = None,
+                   every_days: int | None = None) -> tuple[list[dt.date], list[dt.date]]:
     """Training and holdout as-of dates, holdout last; never a random split across time.
 
     A date is usable only once its label window [d, d + horizon) is fully observed, and a
     training date's window must end before the first holdout date, so no training label
-    peeks into the holdout period.
+    peeks into the holdout period. `since` keeps only dates from then on (a retrain on a recent
+    window); snapshots then step back from the latest usable date, so the newest labels are used.
     """
     horizon = dt.timedelta(days=pipeline.label.horizon_days)
-    step = dt.timedelta(days=pipeline.training.snapshot_every_days)
+    step = dt.timedelta(days=every_days or pipeline.training.snapshot_every_days)
     latest = last_event + dt.timedelta(days=1) - horizon
-    dates, d = [], first_event + dt.timedelta(days=pipeline.training.first_snapshot_after_days)
-    while d <= latest:
+    earliest = first_event + dt.timedelta(days=pipeline.training.first_snapshot_after_days)
+    dates, d = [], earliest
+    if since is not None:
+        earliest = max(earliest, since)
+        d = latest
+        while d >= earliest:
+            dates.insert(0, d)
+            d -= step
+    while since is None and d <= latest:
         dates.append(d)
         d += step
     n_holdout = pipeline.training.holdout_snapshots
