@@ -1,4 +1,5 @@
-"""spark-submit entry point: the nightly sequence (ingest new files, build features, score the date).
+"""spark-submit entry point: the nightly sequence (ingest new files, build features, score and monitor the
+date; retrain when the policy fires).
 
     spark-submit jobs/nightly.py --pipeline churn --date 2026-11-26 [--env cluster]
 

@@ -66,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("score", help="score a date with <pipeline>@champion into gold.<pipeline>_predictions")
     _common(p, date=True)
 
+    p = verbs.add_parser("monitor", help="drift, matured performance and the retrain decision for a date into "
+                                         "ops.monitoring, with an HTML report")
+    _common(p, date=True)
+
     p = verbs.add_parser("promote", help="point an alias (default champion) at a model version, with a reason")
     _common(p)
     p.add_argument("--version", type=int, required=True, help="registered model version")
     p.add_argument("--reason", required=True, help="why (recorded in ops.runs)")
     p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
 
-    p = verbs.add_parser("run", help="run a named sequence: nightly = ingest, features, score")
+    p = verbs.add_parser("run", help="run a named sequence: nightly = ingest, features, score, monitor "
+                                     "(and retrain when the policy fires)")
     p.add_argument("sequence", choices=["nightly"])
     _common(p, date=True)
     p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
@@ -153,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
             _print(stages.train(ctx))
         elif args.verb == "score":
             _print(stages.score(ctx, args.date))
+        elif args.verb == "monitor":
+            _print(stages.monitor(ctx, args.date))
         elif args.verb == "promote":
             _print(stages.promote(ctx, args.version, args.reason, args.alias))
         elif args.verb == "run":

@@ -217,10 +217,17 @@ class Features(Frozen):
 
 
 class Label(Frozen):
+    """The target: churn-like (1 when no event within the horizon) or a count of events within it (demand)."""
+
     name: str
-    rule: Literal["no_event_within_horizon"]
+    rule: Literal["no_event_within_horizon", "event_count_within_horizon"]
     events: str
     horizon_days: int = Field(ge=1)
+
+    @property
+    def task(self) -> str:
+        """`classification` for a 0/1 label, `regression` for a count."""
+        return "classification" if self.rule == "no_event_within_horizon" else "regression"
 
 
 class Training(Frozen):
@@ -230,17 +237,68 @@ class Training(Frozen):
     seed: int = 7
 
 
+class SearchParam(Frozen):
+    """One hyperparameter's prior for the TPE search (hyperopt's hp.<type>)."""
+
+    type: Literal["uniform", "loguniform", "quniform", "choice"]
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None          # quniform: step (values are cast to int when q is a whole number)
+    values: list[Any] | None = None  # choice
+
+
+class Tuning(Frozen):
+    """Hyperparameter search: TPE over model.search_space, trials run by Spark when parallelism > 1."""
+
+    max_evals: int = Field(20, ge=1)
+    parallelism: int = Field(2, ge=1)     # 1: sequential hyperopt Trials; >1: SparkTrials(parallelism)
+    validation_snapshots: int = Field(2, ge=1)  # the last training dates, purged, score each trial
+    timeout_s: int | None = Field(None, ge=1)
+
+
 class Model(Frozen):
     estimator: Literal["lightgbm"] = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
-    metric: Literal["auc"] = "auc"
+    metric: Literal["auc", "mae"] = "auc"   # what the gate compares (auc: higher is better, mae: lower)
+    top_k: float = Field(0.1, gt=0, le=1)   # precision at the top k share of scores (classification)
+    search_space: dict[str, SearchParam] = Field(default_factory=dict)  # empty: no search, params as given
+    tuning: Tuning = Tuning()
+    pattern: Literal["global", "per_group"] = "global"  # one model, or one model per value of group_key
+    group_key: str | None = None            # per_group: the column that picks the model (e.g. store_id)
+    min_group_rows: int = Field(30, ge=1)   # per_group: fewer training rows and the group uses the fallback
+    distributed: bool = False               # train with Spark MLlib on the executors instead of on the driver
+    mllib_params: dict[str, Any] = Field(default_factory=dict)  # distributed: LogisticRegression's (e.g. regParam)
 
 
 class Gate(Frozen):
     """When a newly trained version may replace @champion (compared on the same holdout)."""
 
-    min_auc: float = Field(0.5, ge=0, le=1)      # absolute floor
-    min_improvement: float = 0.0                 # over the champion's AUC on the same holdout rows
+    min_auc: float = Field(0.5, ge=0, le=1)      # absolute floor (metric auc)
+    max_mae: float | None = Field(None, ge=0)    # absolute ceiling (metric mae)
+    min_improvement: float = 0.0                 # over the champion's metric on the same holdout rows
+
+
+class Monitoring(Frozen):
+    """What `lakeforge monitor` measures beyond drift of every feature (see lakeforge.monitoring)."""
+
+    window_days: int = Field(7, ge=1)            # score dates pooled into one matured performance window
+    segments: list[str] = Field(default_factory=list)  # columns of the features or of segment_source to break down by
+    segment_source: str | None = None            # source keyed by the entity with segment columns (default: spine)
+    report: bool = True                          # write the HTML report (and log it to MLflow)
+
+
+class Retrain(Frozen):
+    """When `run nightly` retrains: drift on watched features for some days, or matured performance breaches."""
+
+    psi_threshold: float = Field(0.2, gt=0)
+    psi_features: list[str] = Field(default_factory=list)
+    psi_days: int = Field(3, ge=0)               # 0 turns the drift trigger off
+    performance_margin: float = Field(0.05, ge=0)
+    windows: int = Field(5, ge=1)
+    breaches: int = Field(2, ge=0)               # 0 turns the performance trigger off
+    window_days: int = Field(42, ge=1)           # retrain on as-of dates of the last N days with matured labels
+    snapshot_every_days: int | None = Field(None, ge=1)  # default: training.snapshot_every_days
+    cooldown_days: int = Field(14, ge=0)         # no retrain while the champion's training is this recent
 
 
 class Pipeline(Frozen):
@@ -253,6 +311,8 @@ class Pipeline(Frozen):
     model: Model = Model()
     training: Training = Training()
     gate: Gate = Gate()
+    monitoring: Monitoring = Monitoring()
+    retrain: Retrain | None = None               # no policy: `run nightly` never retrains on its own
 
     def config_hash(self) -> str:
         """A short, stable hash of this pipeline's configuration (logged with each model)."""
@@ -424,4 +484,32 @@ def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path
         raise ConfigError(f"unknown pipeline '{name}': no file {path} (pipelines here: {known})")
     tree = _read_yaml(path, f"pipeline '{name}'")
     cli = parse_overrides(overrides).get("pipeline", {})
-    return _validate(Pipeline, [(str(path), tree), ("--set", cli), ("name", {"name": name})])
+    pipeline: Pipeline = _validate(Pipeline, [(str(path), tree), ("--set", cli), ("name", {"name": name})])
+    _check_model(pipeline, path)
+    return pipeline
+
+
+def _check_model(pipeline: Pipeline, path: Path) -> None:
+    """Model settings that are valid alone but not together."""
+    model, task = pipeline.model, pipeline.label.task
+    wanted = {"classification": "auc", "regression": "mae"}[task]
+    if model.metric != wanted:
+        raise ConfigError(f"{path}: key 'model.metric': label.rule {pipeline.label.rule} is a {task} target, "
+                          f"so the metric must be {wanted} (got {model.metric})")
+    if model.pattern == "per_group":
+        if not model.group_key:
+            raise ConfigError(f"{path}: key 'model.group_key' is required when model.pattern is per_group "
+                              f"(the column that picks each row's model, e.g. store_id)")
+        if model.group_key not in pipeline.features.columns:
+            raise ConfigError(f"{path}: key 'model.group_key': '{model.group_key}' is not a column of "
+                              f"features.columns ({', '.join(pipeline.features.columns)})")
+    if model.distributed and (model.pattern == "per_group" or model.search_space or task != "classification"):
+        raise ConfigError(f"{path}: key 'model.distributed': the distributed learner trains one global "
+                          f"classifier without a search; unset model.search_space and use pattern global")
+    for key, param in model.search_space.items():
+        ok = param.values if param.type == "choice" else (param.low is not None and param.high is not None
+                                                          and param.low < param.high)
+        if not ok or (param.type == "quniform" and not param.q):
+            raise ConfigError(f"{path}: key 'model.search_space.{key}': {param.type} needs "
+                              + ("values" if param.type == "choice" else "low < high" + (" and q" if param.type
+                                                                                        == "quniform" else "")))

@@ -219,10 +219,21 @@ def event_date_range(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -
 
 
 def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
-    """(entity, as_of_date, label): 1 when the entity has no event in [as_of, as_of + horizon) (a pure transform)."""
+    """(entity, as_of_date, label) from the events in [as_of, as_of + horizon) (a pure transform).
+
+    no_event_within_horizon: 1 when the entity has no such event; event_count_within_horizon: how many.
+    """
     feat, label = pipeline.features, pipeline.label
     event_time = pipeline.sources[label.events].event_time
     dates = keys.select(AS_OF).distinct()
+    if label.rule == "event_count_within_horizon":
+        counts = (events.select(feat.entity, event_time)
+                  .join(F.broadcast(dates), how="inner",
+                        on=(F.col(event_time) >= F.col(AS_OF).cast("timestamp"))
+                        & (F.col(event_time) < F.date_add(F.col(AS_OF), label.horizon_days).cast("timestamp")))
+                  .groupBy(feat.entity, AS_OF).agg(F.count(F.lit(1)).alias("_count")))
+        return (keys.select(feat.entity, AS_OF).join(counts, on=[feat.entity, AS_OF], how="left")
+                .select(feat.entity, AS_OF, F.coalesce(F.col("_count"), F.lit(0)).cast("bigint").alias(label.name)))
     active = (events.select(feat.entity, event_time)
               .join(F.broadcast(dates), how="inner",
                     on=(F.col(event_time) >= F.col(AS_OF).cast("timestamp"))
@@ -288,11 +299,20 @@ def build_features_pandas(spine_history: pd.DataFrame, events: pd.DataFrame | No
 
 
 def labels_pandas(events: pd.DataFrame, keys: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
-    """The same labels on pandas: 1 when the entity has no event in [as_of, as_of + horizon)."""
+    """The same labels on pandas (no event, or the count of events, in [as_of, as_of + horizon))."""
     feat, label = pipeline.features, pipeline.label
     event_time = pipeline.sources[label.events].event_time
     frame = _source_frame(events, pipeline, label.events, [feat.entity, event_time])
     times = pd.to_datetime(frame[event_time])
+    if label.rule == "event_count_within_horizon":
+        counts = []
+        for d in as_dates(keys[AS_OF].unique()):
+            start = pd.Timestamp(d)
+            seen = frame.loc[(times >= start) & (times < start + pd.Timedelta(days=label.horizon_days)), feat.entity]
+            counts.append(seen.value_counts().rename("_count").rename_axis(feat.entity).reset_index().assign(**{AS_OF: d}))
+        counts = pd.concat(counts, ignore_index=True) if counts else pd.DataFrame(columns=[feat.entity, AS_OF, "_count"])
+        out = keys[[feat.entity, AS_OF]].merge(counts, on=[feat.entity, AS_OF], how="left")
+        return out.assign(**{label.name: out["_count"].fillna(0).astype("int64")}).drop(columns="_count")
     active = []
     for d in as_dates(keys[AS_OF].unique()):
         start = pd.Timestamp(d)

@@ -8,11 +8,15 @@ create ./mlflow.db wherever it runs).
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Iterator
 
 import mlflow
+import mlflow.data
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -41,6 +45,7 @@ class ProbabilityModel(mlflow.pyfunc.PythonModel):
 def connect(settings: MlflowSettings) -> MlflowClient:
     """Point MLflow at the configured tracking and registry store (and keep its INFO chatter out of our progress)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per baseline read, every night
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Integer feature columns are intended (counts); MLflow's hint about missing values does not apply.
     warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")
@@ -72,14 +77,47 @@ def _requirements() -> list[str]:
         f"lakeforge=={__version__}"]
 
 
-def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, model: ProbabilityModel,
-                     example: pd.DataFrame, params: dict, metrics: dict[str, float], tags: dict[str, str]) -> LoggedModel:
-    """Log one training run (params, metrics, tags, model with signature) and register a new model version."""
+BASELINE_ARTIFACT = "monitoring/baseline.json"
+
+
+@contextmanager
+def training_run(client: MlflowClient, pipeline: str, artifact_root: str) -> Iterator[str]:
+    """The parent MLflow run of one training (search trials nest under it); yields its run id."""
     mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
     with mlflow.start_run(run_name=f"train-{pipeline}") as run:
+        yield run.info.run_id
+
+
+def log_inputs(datasets: list[tuple[str, str, int, object]]) -> None:
+    """Log each input Delta table (name, path, version, Spark DataFrame as of that version) with mlflow.data."""
+    for name, path, version, df in datasets:
+        dataset = mlflow.data.from_spark(df, path=path, version=str(version), name=name, digest=f"{name}@v{version}")
+        mlflow.log_input(dataset, context="training")
+
+
+def log_figures(figures: dict[str, object], folder: str = "plots") -> None:
+    """Save matplotlib figures as run artifacts under `folder/`."""
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"{folder}/{name}")
+
+
+def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, model, example: pd.DataFrame,
+                     params: dict, metrics: dict[str, float], tags: dict[str, str],
+                     baseline: dict | None = None) -> LoggedModel:
+    """Log params, metrics, tags, the model (signature, input example) and the training baseline for
+    monitoring, and register a new model version.
+
+    Logs into the active run (the parent run of `training_run`), or into a new run when none is active.
+    """
+    active = mlflow.active_run()
+    if active is None:
+        mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
+    with (nullcontext(active) if active is not None else mlflow.start_run(run_name=f"train-{pipeline}")) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
+        if baseline is not None:
+            mlflow.log_dict(baseline, BASELINE_ARTIFACT)
         example = example[model.feature_names].head(5)
         signature = infer_signature(example, model.predict(None, example))
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
@@ -129,17 +167,30 @@ class Decision:
     reason: str
 
 
-def decide(new_auc: float, champion_auc: float | None, gate: Gate) -> Decision:
-    """The validation gate: absolute floor, then a minimum improvement over the champion on the same rows."""
-    if new_auc < gate.min_auc:
-        return Decision(CHALLENGER, f"holdout AUC {new_auc:.4f} below the floor {gate.min_auc:.4f}")
-    if champion_auc is None:
-        return Decision(CHAMPION, f"holdout AUC {new_auc:.4f} >= floor {gate.min_auc:.4f} and no usable champion")
-    needed = champion_auc + gate.min_improvement
-    if new_auc >= needed:
-        return Decision(CHAMPION, f"holdout AUC {new_auc:.4f} >= champion's {champion_auc:.4f} + "
+def decide(new_value: float, champion_value: float | None, gate: Gate, metric: str = "auc") -> Decision:
+    """The validation gate: absolute bound, then a minimum improvement over the champion on the same rows.
+
+    metric auc: higher is better, floor gate.min_auc; metric mae: lower is better, ceiling gate.max_mae.
+    """
+    name = metric.upper()
+    higher = metric == "auc"
+    bound = gate.min_auc if higher else gate.max_mae
+    if bound is not None and (new_value < bound if higher else new_value > bound):
+        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} {'below the floor' if higher else 'above the ceiling'} "
+                                    f"{bound:.4f}")
+    if champion_value is None:
+        limit = f" {'>=' if higher else '<='} {'floor' if higher else 'ceiling'} {bound:.4f}" if bound is not None else ""
+        return Decision(CHAMPION, f"holdout {name} {new_value:.4f}{limit} and no usable champion")
+    if higher:
+        if new_value >= champion_value + gate.min_improvement:
+            return Decision(CHAMPION, f"holdout {name} {new_value:.4f} >= champion's {champion_value:.4f} + "
+                                      f"{gate.min_improvement:.4f} on the same rows")
+        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} < champion's {champion_value:.4f} + "
+                                    f"{gate.min_improvement:.4f} on the same rows; champion kept")
+    if new_value <= champion_value - gate.min_improvement:
+        return Decision(CHAMPION, f"holdout {name} {new_value:.4f} <= champion's {champion_value:.4f} - "
                                   f"{gate.min_improvement:.4f} on the same rows")
-    return Decision(CHALLENGER, f"holdout AUC {new_auc:.4f} < champion's {champion_auc:.4f} + "
+    return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} > champion's {champion_value:.4f} - "
                                 f"{gate.min_improvement:.4f} on the same rows; champion kept")
 
 
@@ -158,3 +209,19 @@ def champion(client: MlflowClient, name: str) -> ModelVersion:
 def load_python_model(name: str, version: int):
     """The champion's Python model object (unwrapped from pyfunc), to ship to executors once."""
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+def version_run(client: MlflowClient, name: str, version: int):
+    """The MLflow run that logged a registered version (its metrics, tags and artifacts)."""
+    return client.get_run(client.get_model_version(name, str(version)).run_id)
+
+
+def load_baseline(client: MlflowClient, name: str, version: int) -> dict:
+    """The training baseline logged with a version, or an error that says how to get one."""
+    run = version_run(client, name, version)
+    try:
+        return mlflow.artifacts.load_dict(f"{run.info.artifact_uri.rstrip('/')}/{BASELINE_ARTIFACT}")
+    except (MlflowException, OSError):
+        raise DataError(f"{name} version {version} has no training baseline ({BASELINE_ARTIFACT} in MLflow run "
+                        f"{run.info.run_id}); it predates monitoring: retrain with `lakeforge train --pipeline "
+                        f"{name}`") from None

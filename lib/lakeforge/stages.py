@@ -1,4 +1,4 @@
-"""The stages a user runs (ingest, features, train, score, promote, status, nightly, demo).
+"""The stages a user runs (ingest, features, train, score, monitor, retrain, promote, status, nightly, demo).
 
 Each stage opens one recorded run in ops.runs, calls the stage modules with the values they
 need, reports progress and returns a small summary dict. The CLI and jobs/*.py call these.
@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeforge import features as feats
 from lakeforge import ingest as ingestion
-from lakeforge import lake, registry, runs, scoring, training
+from lakeforge import distributed, lake, many_models, models, monitoring, plots, registry, runs, scoring, training, tuning
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
@@ -94,12 +97,43 @@ def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
         return {"stage": "features", "dates": listed, "rows": rows}
 
 
-def train(ctx: Context) -> dict:
-    """Build the point-in-time training set, fit, evaluate on a later holdout, register, set @champion."""
+class SimulatedCrash(BaseException):
+    """Raised at a named point when LAKEFORGE_TEST_CRASH_AFTER names it (tests kill a stage mid-way with it)."""
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get("LAKEFORGE_TEST_CRASH_AFTER") == name:
+        raise SimulatedCrash(f"simulated crash after {name} (LAKEFORGE_TEST_CRASH_AFTER)")
+
+
+@dataclass
+class Trained:
+    """What fitting produced: the model to register, its parameters, and what to log and record with it."""
+
+    model: object
+    params: dict
+    train_rows: int
+    figures_from: object = None   # the estimator whose feature importance is plotted
+    groups: object = None         # per_group: one row per group (train rows, model or fallback)
+
+
+def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = None, why: str = "train") -> dict:
+    """Build the point-in-time training set, fit (search, per group or distributed as configured), evaluate on a
+    later holdout, log everything to MLflow, register a new version and send it through the gate.
+
+    `as_of` trains as the night of that date would: only events before it (a retrain, or a backfill);
+    `window_days` keeps only as-of dates of the last N days whose labels have matured.
+    """
     pipeline = ctx.pipeline
-    with ctx.recorded("train") as run:
+    with ctx.recorded(why, run_date=as_of) as run:
         first, last = feats.event_date_range(ctx.spark, ctx.lakehouse, pipeline)
-        train_dates, holdout_dates = training.snapshot_dates(first, last, pipeline)
+        if as_of is not None:
+            last = min(last, as_of - dt.timedelta(days=1))
+        since = every = None
+        if window_days is not None:
+            since = last + dt.timedelta(days=1 - pipeline.label.horizon_days - window_days)
+            every = pipeline.retrain.snapshot_every_days if pipeline.retrain else None
+        train_dates, holdout_dates = training.snapshot_dates(first, last, pipeline, since=since, every_days=every)
         run.log(f"{len(train_dates)} training dates {train_dates[0]}..{train_dates[-1]}, "
                 f"holdout {holdout_dates[0]}..{holdout_dates[-1]}")
         dates = train_dates + holdout_dates
@@ -111,51 +145,176 @@ def train(ctx: Context) -> dict:
         run.input(ctx.spark, ctx.lakehouse, table)
         keys = feats.in_population(lake.read(ctx.spark, ctx.lakehouse, table, version=run.inputs[table]).where(
             F.col(feats.AS_OF).isin(dates)), pipeline)
-        labelled = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events), keys, pipeline),
-                             on=[pipeline.features.entity, feats.AS_OF], how="inner").toPandas()
+        labelled_df = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events, version=run.inputs[events]),
+                                             keys, pipeline), on=[pipeline.features.entity, feats.AS_OF], how="inner")
+        columns, label, task = feats.feature_columns(pipeline), pipeline.label.name, pipeline.label.task
+        is_train = ~F.col(feats.AS_OF).isin(holdout_dates)
         # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
         # sorting makes the same data, config and seed give the same model and metrics.
-        labelled = labelled.sort_values([feats.AS_OF, pipeline.features.entity], kind="mergesort").reset_index(drop=True)
-        is_holdout = labelled[feats.AS_OF].isin(holdout_dates)
-        columns, label = feats.feature_columns(pipeline), pipeline.label.name
-        run.log(f"training set: {int((~is_holdout).sum()):,} rows, holdout: {int(is_holdout.sum()):,} rows")
-        model = training.fit(labelled[~is_holdout], columns, label, pipeline)
-        metrics = training.evaluate(model, labelled[is_holdout], columns, label)
-        run.log(f"holdout AUC {metrics['auc']:.3f}, log loss {metrics['log_loss']:.3f}")
-        tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
-                "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
-                "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
-                "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
-                **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
-        params = {"estimator": pipeline.model.estimator, "seed": pipeline.training.seed, **pipeline.model.params}
-        logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
-                                           registry.ProbabilityModel(model, columns), labelled[columns],
-                                           params, metrics, tags)
-        holdout = labelled[is_holdout]
-        champion_auc = _champion_auc(ctx, holdout, label)
-        decision = registry.decide(metrics["auc"], champion_auc, pipeline.gate)
+        order = [feats.AS_OF, pipeline.features.entity]
+        holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
+        train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
+        with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root) as mlflow_run_id:
+            trained = _fit(ctx, run, labelled_df.where(is_train), train_rows, train_dates, columns, label, order)
+            run.log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
+            predictions = trained.model.predict(None, holdout)
+            metrics = training.metrics_for(task, predictions, holdout[label], pipeline.model.top_k)
+            run.log("holdout " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "rows"))
+            groups = None
+            if trained.groups is not None:
+                groups = _group_metrics(trained.groups, holdout, predictions, pipeline.model.group_key, label)
+                metrics.update({f"{pipeline.model.group_key}.{g}.{m}": float(r[m]) for g, r in
+                                groups.set_index(pipeline.model.group_key).iterrows() for m in ("mae", "mape")
+                                if r["holdout_rows"] > 0})
+            _log_details(ctx, run, trained, holdout, predictions, groups, label, task)
+            tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
+                    "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
+                    "lakeforge.trained_as_of": (last + dt.timedelta(days=1)).isoformat(), "lakeforge.trigger": why,
+                    "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
+                    "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
+                    **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
+            params = {"estimator": pipeline.model.estimator, "pattern": pipeline.model.pattern,
+                      "distributed": pipeline.model.distributed, "seed": pipeline.training.seed, **trained.params}
+            example = holdout if len(holdout) else train_rows
+            baseline = None  # what monitoring compares each night with (not kept for a distributed fit)
+            if train_rows is not None:
+                categorical = {c for c in columns if pipeline.features.columns[c] in ("string", "boolean")}
+                baseline = monitoring.build_baseline(train_rows, columns, trained.model.predict(None, train_rows),
+                                                     categorical)
+            logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
+                                               trained.model, example, params, metrics, tags, baseline=baseline)
+        if groups is not None:
+            _write_manifest(ctx, groups, logged, run.run_id)
+        _crash_point("train.model_logged")
+        champion_value = _champion_metric(ctx, holdout, label)
+        metric = pipeline.model.metric
+        decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)
         previous = registry.set_alias(ctx.mlflow, pipeline.name, decision.alias, logged.version)
         runs.record_alias_change(ctx.spark, ctx.lakehouse, pipeline.name, decision.alias, previous, logged.version,
-                                 f"train: {decision.reason}", run.run_id)
+                                 f"{why}: {decision.reason}", run.run_id)
         run.details.update(model=pipeline.name, version=logged.version, alias=decision.alias, previous=previous,
-                           gate=decision.reason, champion_auc=champion_auc, mlflow_run_id=logged.run_id,
-                           **{f"holdout_{k}": v for k, v in metrics.items()})
-        run.rows.update(train_rows=int((~is_holdout).sum()), holdout_rows=int(is_holdout.sum()))
+                           gate=decision.reason, **{f"champion_{metric}": champion_value},
+                           mlflow_run_id=logged.run_id,
+                           **{f"holdout_{k}": v for k, v in metrics.items() if "." not in k})
+        run.rows.update(train_rows=trained.train_rows, holdout_rows=len(holdout))
         run.log(f"registered {pipeline.name} version {logged.version} as @{decision.alias} "
                 f"(was {previous}): {decision.reason}")
-        return {"stage": "train", "version": logged.version, "alias": decision.alias,
-                "mlflow_run_id": logged.run_id, **metrics}
+        return {"stage": why, "version": logged.version, "alias": decision.alias, "gate": decision.reason,
+                "mlflow_run_id": logged.run_id, "params": trained.params,
+                "train_dates": f"{train_dates[0]}..{train_dates[-1]}",
+                "holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}", f"champion_{metric}": champion_value,
+                **metrics}
 
 
-def _champion_auc(ctx: Context, holdout, label: str) -> float | None:
-    """The current champion's AUC on this holdout, None if there is none or it cannot read these features."""
+def _sorted(frame, order: list[str]):
+    return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+
+
+def _fit(ctx: Context, run, train_df, train_rows, train_dates: list[dt.date], columns: list[str], label: str,
+         order: list[str]) -> Trained:
+    """Fit as the pipeline's model section says: distributed, or a search then global / per-group models."""
+    pipeline, model = ctx.pipeline, ctx.pipeline.model
+    task = pipeline.label.task
+    if model.distributed:
+        estimator = distributed.fit_logistic(train_df, columns, label, model.mllib_params)
+        run.log("fitted Spark MLlib LogisticRegression on the executors (no training rows on the driver)")
+        return Trained(registry.ProbabilityModel(estimator, columns), {"learner": "spark.ml.LogisticRegression",
+                                                                        **distributed.DEFAULTS, **model.mllib_params},
+                       train_df.count(), estimator)
+    best: dict = {}
+    if model.search_space:
+        fit_dates, valid_dates = training.validation_split(train_dates, pipeline, model.tuning.validation_snapshots)
+        in_fit = train_rows[feats.AS_OF].isin(fit_dates)
+        in_valid = train_rows[feats.AS_OF].isin(valid_dates)
+        result = tuning.search(train_rows[in_fit], train_rows[in_valid], columns, label, task,
+                               training.estimator_params(pipeline), model.search_space, model.tuning.max_evals,
+                               model.tuning.parallelism, pipeline.training.seed, spark=ctx.spark,
+                               timeout_s=model.tuning.timeout_s)
+        tuning.log_trials(result)
+        best = result.best_params
+        run.log(f"search: {len(result.trials)} trials (parallelism {result.parallelism}) in {result.seconds:.1f}s, "
+                f"best validation loss {result.best_loss:.4f} with {best}")
+    fallback = training.fit(train_rows, columns, label, pipeline, best)
+    if model.pattern == "global":
+        wrap = registry.ProbabilityModel if task == "classification" else models.RegressionModel
+        return Trained(wrap(fallback, columns), {**model.params, **best}, len(train_rows), fallback)
+    key = model.group_key
+    fitted = many_models.fit_per_group(train_df, key, columns, label, task, training.estimator_params(pipeline, best),
+                                       model.min_group_rows, order).toPandas()
+    per_group = many_models.unpickle(fitted, key)
+    run.log(f"{len(per_group)} of {len(fitted)} {key} groups got their own model; the others use the fallback")
+    groups = fitted[[key, "train_rows"]].assign(own_model=fitted[key].isin(list(per_group)))
+    return Trained(models.RoutingModel(per_group, fallback, key, columns, task), {**model.params, **best},
+                   len(train_rows), fallback, groups)
+
+
+def _group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key: str, label: str) -> pd.DataFrame:
+    """Per group: training rows, whether it has its own model, holdout rows, MAE and MAPE (new groups included)."""
+    actual = holdout[label].astype("float64").to_numpy()
+    errors = pd.DataFrame({key: holdout[key].to_numpy(), "abs_error": abs(predictions - actual),
+                           "pct_error": abs(predictions - actual) / pd.Series(actual).clip(lower=1.0).to_numpy()})
+    per = errors.groupby(key).agg(holdout_rows=("abs_error", "size"), mae=("abs_error", "mean"),
+                                  mape=("pct_error", "mean")).reset_index()
+    out = groups.merge(per, on=key, how="outer")
+    out["train_rows"] = out["train_rows"].fillna(0).astype("int64")
+    out["own_model"] = out["own_model"].fillna(False).astype(bool)
+    out["holdout_rows"] = out["holdout_rows"].fillna(0).astype("int64")
+    out = out.sort_values(key, kind="mergesort").reset_index(drop=True)
+    out.attrs["errors"] = errors
+    return out
+
+
+def _log_details(ctx: Context, run, trained: Trained, holdout, predictions, groups, label: str, task: str) -> None:
+    """Plots, the input Delta tables (mlflow.data) and the per-group metrics table of this training run."""
+    figures = {}
+    if task == "classification" and len(holdout):
+        figures.update(plots.classification_plots(predictions, holdout[label].astype("int64").to_numpy()))
+    if trained.figures_from is not None:
+        figures.update(plots.importance_plot(trained.figures_from, feats.feature_columns(ctx.pipeline)))
+    if groups is not None:
+        figures.update(plots.group_error_plot(groups.attrs["errors"], ctx.pipeline.model.group_key))
+        mlflow.log_dict({"groups": groups.to_dict(orient="records")}, "per_group_metrics.json")
+    registry.log_figures(figures)
+    plots.close(figures)
+    registry.log_inputs([(name, str(lake.table_path(ctx.lakehouse, name)), version,
+                          lake.read(ctx.spark, ctx.lakehouse, name, version=version))
+                         for name, version in sorted(run.inputs.items())])
+
+
+def models_table(pipeline) -> str:
+    return f"gold.{pipeline.name}_models"
+
+
+def _write_manifest(ctx: Context, groups, logged, run_id: str) -> None:
+    """gold.<pipeline>_models: one row per group of this model version (rerunnable: replaces the version's rows)."""
+    key = ctx.pipeline.model.group_key
+    rows = groups.assign(model_name=ctx.pipeline.name, model_version=logged.version,
+                         fallback_used=~groups["own_model"], mlflow_run_id=logged.run_id, run_id=run_id)
+    rows = rows.rename(columns={key: "group"})[["model_name", "model_version", "group", "fallback_used", "train_rows",
+                                                "holdout_rows", "mae", "mape", "mlflow_run_id", "run_id"]]
+    schema = ("model_name string, model_version int, group string, fallback_used boolean, train_rows bigint, "
+              "holdout_rows bigint, mae double, mape double, mlflow_run_id string, run_id string")
+    records = [tuple(None if (isinstance(v, float) and v != v) else (v.item() if hasattr(v, "item") else v)
+                     for v in r) for r in rows.itertuples(index=False, name=None)]
+    df = (ctx.spark.createDataFrame(records, schema).withColumnRenamed("group", key)
+          .withColumn("trained_at", F.current_timestamp()))
+    lake.replace_where(ctx.spark, df, ctx.lakehouse, models_table(ctx.pipeline), f"model_version = {logged.version}",
+                       properties={"lakeforge.description": f"{ctx.pipeline.name}: one row per {key} per model "
+                                                            f"version (rows, holdout metrics, fallback used)",
+                                   "lakeforge.owner": ctx.settings.owner,
+                                   "lakeforge.source": f"models:/{ctx.pipeline.name}"})
+
+
+def _champion_metric(ctx: Context, holdout, label: str) -> float | None:
+    """The current champion's gate metric on this holdout, None if there is none or it cannot read these features."""
     version = registry.alias_version(ctx.mlflow, ctx.pipeline.name, registry.CHAMPION)
     if version is None:
         return None
     model = registry.load_python_model(ctx.pipeline.name, version)
     if any(c not in holdout.columns for c in model.feature_names):
         return None
-    return training.metrics_of(model.predict(None, holdout), holdout[label])["auc"]
+    return training.metrics_for(ctx.pipeline.label.task, model.predict(None, holdout), holdout[label],
+                                ctx.pipeline.model.top_k)[ctx.pipeline.model.metric]
 
 
 def score(ctx: Context, score_date: dt.date | None = None) -> dict:
@@ -198,6 +357,192 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version}
 
 
+def _read_pandas(ctx: Context, name: str, where=None, columns: list[str] | None = None):
+    """A (small) slice of a table on the driver; None when the table does not exist yet."""
+    if not lake.exists(ctx.lakehouse, name):
+        return None
+    df = lake.read(ctx.spark, ctx.lakehouse, name)
+    df = df.where(where) if where is not None else df
+    return (df.select(*columns) if columns else df).toPandas()
+
+
+def _segments(ctx: Context, keys, as_of_column: str):
+    """The pipeline's segment columns for each (entity, date) key: from the features, else from the segment source."""
+    pipeline, entity = ctx.pipeline, ctx.pipeline.features.entity
+    wanted = pipeline.monitoring.segments
+    in_features = [c for c in wanted if c in pipeline.features.columns]
+    if in_features:
+        table = lake.read(ctx.spark, ctx.lakehouse, feats.features_table(pipeline)).select(
+            entity, F.col(feats.AS_OF).alias(as_of_column), *in_features)
+        keys = keys.join(table, on=[entity, as_of_column], how="left")
+    source = pipeline.monitoring.segment_source or pipeline.features.spine.source
+    declared = pipeline.sources[source].columns if source in pipeline.sources else {}
+    from_source = [c for c in wanted if c not in in_features and c in declared]
+    if from_source and lake.exists(ctx.lakehouse, f"silver.{source}"):
+        keys = keys.join(lake.read(ctx.spark, ctx.lakehouse, f"silver.{source}").select(entity, *from_source),
+                         on=[entity], how="left")
+    return keys
+
+
+def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
+    """Drift, prediction drift, matured performance, quality trend and the retrain decision for a date, into
+    ops.monitoring (a rerun replaces the date) and an HTML report (also logged to MLflow)."""
+    import pandas as pd
+
+    pipeline, entity = ctx.pipeline, ctx.pipeline.features.entity
+    with ctx.recorded("monitor", run_date=monitor_date) as run:
+        day = run.run_date = monitor_date or _default_score_date(ctx)
+        version = int(registry.champion(ctx.mlflow, pipeline.name).version)
+        champion_run = registry.version_run(ctx.mlflow, pipeline.name, version)
+        try:
+            baseline = registry.load_baseline(ctx.mlflow, pipeline.name, version)
+        except DataError as exc:  # a model trained before monitoring existed: performance still counts
+            baseline = None
+            run.log(f"no drift today: {exc}")
+        metric, horizon = pipeline.model.metric, pipeline.label.horizon_days
+        validation = champion_run.data.metrics.get(metric)
+        trained_as_of = champion_run.data.tags.get("lakeforge.trained_as_of")
+        features_table, predictions = feats.features_table(pipeline), scoring.predictions_table(pipeline.name)
+        events = f"silver.{pipeline.label.events}"
+        run.input(ctx.spark, ctx.lakehouse, features_table, predictions, events, "ops.quality", monitoring.MONITORING)
+        policy = pipeline.retrain
+        watched = set(policy.psi_features) if policy else set()
+        rows: list[dict] = []
+
+        def add(**row):
+            rows.append({"monitor_date": day, "pipeline": pipeline.name, "model_version": version, "segment": "",
+                         "window_start": None, "window_end": None, "threshold": None, "breached": None,
+                         "rows": None, "detail": "", "run_id": run.run_id, **row})
+
+        # Drift of today's population and of today's predictions against the champion's training baseline.
+        current = _read_pandas(ctx, features_table, F.col(feats.AS_OF) == F.lit(day))
+        current = feats.in_population_pandas(current, pipeline) if current is not None else pd.DataFrame()
+        scored = _read_pandas(ctx, predictions, F.col("score_date") == F.lit(day), [entity, "prediction"])
+        if current.empty:
+            run.log(f"{features_table} has no rows for {day}: no feature drift today")
+        elif baseline is not None:
+            drift = monitoring.drift_rows(baseline, current, scored.prediction.to_numpy()
+                                          if scored is not None and len(scored) else None)
+            for r in drift.itertuples(index=False):
+                threshold = policy.psi_threshold if policy and r.metric == "psi" and r.name in watched else None
+                add(kind=r.kind, name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
+                    threshold=threshold, breached=None if threshold is None else bool(r.value >= threshold))
+
+        # Performance on the newest matured window only (score date + horizon <= today), per model version.
+        start, end = monitoring.matured_window(day, horizon, pipeline.monitoring.window_days)
+        labelled = pd.DataFrame()
+        if lake.exists(ctx.lakehouse, predictions):
+            keys = (lake.read(ctx.spark, ctx.lakehouse, predictions)
+                    .where(F.col("score_date").between(F.lit(start), F.lit(end)))
+                    .select(entity, F.col("score_date").alias(feats.AS_OF), "prediction", "model_version"))
+            keys = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events), keys, pipeline),
+                             on=[entity, feats.AS_OF], how="inner")
+            labelled = _segments(ctx, keys, feats.AS_OF).toPandas()
+        if not labelled.empty:
+            labelled = monitoring.matured(labelled, day, horizon, pipeline.monitoring.window_days, feats.AS_OF)
+            perf = monitoring.performance_rows(labelled, pipeline.label.name, metric, pipeline.monitoring.segments)
+            floor = None
+            if validation is not None:
+                margin = policy.performance_margin if policy else 0.0
+                floor = validation - margin if monitoring.HIGHER_IS_BETTER.get(metric, True) else validation + margin
+            for r in perf.itertuples(index=False):
+                value = None if r.value is None or pd.isna(r.value) else float(r.value)
+                threshold = floor if r.model_version == version and r.kind == "performance" else None
+                breached = None if threshold is None or value is None else bool(
+                    value < threshold if monitoring.HIGHER_IS_BETTER.get(metric, True) else value > threshold)
+                add(model_version=r.model_version, kind=r.kind, name=r.name, segment=r.segment, metric=r.metric,
+                    value=value, rows=int(r.rows), window_start=start, window_end=end, threshold=threshold,
+                    breached=breached)
+
+        quality = _read_pandas(ctx, "ops.quality")
+        if quality is not None:
+            for r in monitoring.quality_trend(quality).itertuples(index=False):
+                add(kind="quality", name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
+                    detail=r.detail)
+
+        # The policy looks at this champion's history: earlier dates from ops.monitoring, plus today.
+        earlier = _read_pandas(ctx, monitoring.MONITORING, (F.col("pipeline") == pipeline.name)
+                               & (F.col("monitor_date") < F.lit(day)))
+        today = pd.DataFrame(rows, columns=monitoring.COLUMNS)
+        history = pd.concat([earlier, today], ignore_index=True) if earlier is not None and len(earlier) else today
+        decision = _retrain_decision(pipeline, day, history, version, validation, trained_as_of)
+        add(kind="decision", name="retrain", metric="fire", value=float(decision.fire),
+            detail=f"{decision.trigger or 'none'}: {decision.reason}")
+        frame = pd.DataFrame(rows, columns=monitoring.COLUMNS)
+        lake.replace_where(ctx.spark, ctx.spark.createDataFrame(frame.astype(object).where(frame.notna(), None),
+                                                                monitoring.SCHEMA),
+                           ctx.lakehouse, monitoring.MONITORING,
+                           f"pipeline = '{pipeline.name}' AND monitor_date = DATE'{day}'",
+                           properties={"lakeforge.description": "Drift, matured performance, quality trend and "
+                                                                "retrain decisions per pipeline and monitor date",
+                                       "lakeforge.owner": ctx.settings.owner, "lakeforge.source": "lakeforge monitor"})
+        run.output(ctx.spark, ctx.lakehouse, monitoring.MONITORING)
+        run.rows[monitoring.MONITORING] = len(frame)
+        overall = frame[(frame.kind == "performance") & (frame.model_version == version)].value.dropna()
+        watched_psi = frame[(frame.kind == "drift") & (frame.breached == True)]  # noqa: E712 (None is not a breach)
+        summary = {"stage": "monitor", "date": day.isoformat(), "champion": version,
+                   "drifted": sorted(watched_psi.name), f"matured_{metric}": float(overall.iloc[0]) if len(overall) else None,
+                   "retrain": decision.fire, "trigger": decision.trigger, "reason": decision.reason}
+        if pipeline.monitoring.report:
+            full = pd.concat([earlier, frame], ignore_index=True) if earlier is not None and len(earlier) else frame
+            summary["report"] = str(_write_report(ctx, day, full, version, policy, frame, summary))
+        run.details.update({k: v for k, v in summary.items() if k != "stage"})
+        run.log(f"{day}: champion v{version}, drifted {summary['drifted'] or 'none'}, matured {metric} "
+                f"{summary[f'matured_{metric}']}, retrain {'FIRES' if decision.fire else 'no'} ({decision.reason})")
+        return summary
+
+
+def _retrain_decision(pipeline: Pipeline, day: dt.date, history, version: int, validation: float | None,
+                      trained_as_of: str | None) -> monitoring.RetrainDecision:
+    """The pipeline's policy over the champion's own monitoring history."""
+    if pipeline.retrain is None:
+        return monitoring.RetrainDecision(False, "", "no retrain policy in the pipeline YAML")
+    mine = history[history.model_version == version]
+    drift = mine[(mine.kind == "drift") & (mine.metric == "psi")][["monitor_date", "name", "value"]]
+    perf = mine[(mine.kind == "performance") & (mine.name == "overall")][["window_end", "value"]]
+    since = dt.date.fromisoformat(trained_as_of) if trained_as_of else None
+    # A retrain that did not replace the champion (gate or error) also starts the cooldown: no retrain every night.
+    attempts = [d for d in history[history.kind == "retrain"].monitor_date if d < day]
+    if attempts:
+        since = max([d for d in (since, max(attempts)) if d is not None])
+    return monitoring.decide_retrain(pipeline.retrain, day, pipeline.label.horizon_days, drift, perf, validation,
+                                     pipeline.model.metric, since)
+
+
+def _write_report(ctx: Context, day: dt.date, history, version: int, policy, today, summary: dict) -> Path:
+    """The HTML report at <paths.reports>/<pipeline>/<date>.html, logged to a monitoring run in MLflow."""
+    import mlflow
+
+    from lakeforge import report
+
+    validation = {}
+    for v in sorted(set(int(x) for x in history.model_version.dropna())):
+        try:
+            value = registry.version_run(ctx.mlflow, ctx.pipeline.name, v).data.metrics.get(ctx.pipeline.model.metric)
+        except Exception:  # a version deleted from the registry: no reference line
+            value = None
+        if value is not None:
+            validation[v] = value
+    text = report.render(ctx.pipeline.name, day, history, version, validation,
+                         policy.psi_threshold if policy else None)
+    path = ctx.settings.paths.reports / ctx.pipeline.name / f"{day}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    mlflow.set_experiment(experiment_id=registry.experiment_id(ctx.mlflow, ctx.pipeline.name,
+                                                               ctx.settings.mlflow.artifact_root))
+    with mlflow.start_run(run_name=f"monitor-{ctx.pipeline.name}-{day}"):
+        mlflow.set_tags({"lakeforge.kind": "monitoring", "lakeforge.monitor_date": day.isoformat(),
+                         "lakeforge.champion_version": str(version), "lakeforge.retrain": str(summary["retrain"]),
+                         "lakeforge.reason": summary["reason"][:5000]})
+        metrics = {f"psi.{r.name}": r.value for r in today.itertuples()
+                   if r.kind in ("drift", "prediction_drift") and r.metric == "psi"}
+        metrics.update({f"matured.{r.metric}": r.value for r in today.itertuples()
+                        if r.kind == "performance" and r.model_version == version and r.value == r.value})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        mlflow.log_artifact(str(path), "reports")
+    return path
+
+
 def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMPION) -> dict:
     """Point an alias at a version by hand, recorded in ops.runs with the reason."""
     with ctx.recorded("promote") as run:
@@ -211,10 +556,12 @@ def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMP
 
 
 def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | None = None) -> dict:
-    """Ingest new files, then build features and score each date from score_date to until (one date by default).
+    """Ingest new files, then build features, score and monitor each date from score_date to until (one date by
+    default); when the pipeline's retrain policy fires, retrain on a recent window through the promotion gate.
 
-    A backfill builds the features of every date in one pass and scores the dates one by one, so
-    each date is its own rerunnable run in ops.runs.
+    A backfill builds the features of every date in one pass and scores and monitors the dates one by one,
+    in order, so each date is its own rerunnable run in ops.runs and a retrain changes the champion for the
+    dates after it.
     """
     summary = {"ingest": ingest(ctx)}
     first = score_date or _default_score_date(ctx)
@@ -222,11 +569,45 @@ def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | No
     if not dates:
         raise DataError(f"--to {until} is before --from {first}")
     summary["features"] = build_features(ctx, dates)
-    scored = [score(ctx, d) for d in dates]
+    scored, monitored, retrained = [], [], []
+    for d in dates:
+        scored.append(score(ctx, d))
+        monitored.append(monitor(ctx, d))
+        if monitored[-1]["retrain"]:
+            retrained.append(retrain(ctx, d, monitored[-1]["reason"]))
     summary["score"] = scored[0] if len(scored) == 1 else {"dates": len(scored), "rows": sum(s["rows"] for s in scored),
                                                            "first": scored[0]["score_date"],
                                                            "last": scored[-1]["score_date"]}
+    summary["monitor"] = monitored[0] if len(monitored) == 1 else {
+        "dates": len(monitored), "retrains": [r["date"] for r in retrained],
+        "drifted_dates": sum(1 for m in monitored if m["drifted"])}
+    if retrained:
+        summary["retrain"] = retrained[-1]
     return summary
+
+
+def retrain(ctx: Context, day: dt.date, reason: str) -> dict:
+    """Retrain on the policy's recent window as of `day`, through the promotion gate; the outcome goes to ops.monitoring."""
+    policy = ctx.pipeline.retrain
+    version = registry.alias_version(ctx.mlflow, ctx.pipeline.name, registry.CHAMPION)
+    try:
+        result = train(ctx, as_of=day, window_days=policy.window_days, why="retrain")
+        outcome = {"name": "gate", "value": float(result["alias"] == registry.CHAMPION),
+                   "model_version": result["version"],
+                   "detail": f"v{result['version']} -> @{result['alias']}: {result['gate']}; trained on "
+                             f"{result['train_dates']}, holdout {result['holdout_dates']}; fired by: {reason}"}
+    except DataError as exc:  # e.g. too little history in the window: the night goes on, the failure is recorded
+        result = {"stage": "retrain", "error": str(exc)}
+        outcome = {"name": "error", "value": 0.0, "model_version": version, "detail": f"{exc}; fired by: {reason}"}
+    row = {c: None for c in monitoring.COLUMNS} | {"monitor_date": day, "pipeline": ctx.pipeline.name,
+                                                   "kind": "retrain", "segment": "", "metric": "promoted",
+                                                   "run_id": None, **outcome}
+    import pandas as pd
+
+    frame = pd.DataFrame([row], columns=monitoring.COLUMNS)
+    lake.append(ctx.spark, ctx.spark.createDataFrame(frame.astype(object).where(frame.notna(), None),
+                                                     monitoring.SCHEMA), ctx.lakehouse, monitoring.MONITORING)
+    return {"date": day.isoformat(), **result}
 
 
 def status(ctx: Context) -> dict:

@@ -6,25 +6,34 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from lightgbm import LGBMClassifier
+from lightgbm import LGBMClassifier, LGBMRegressor
 from sklearn.metrics import log_loss, roc_auc_score
 
 from lakeforge.config import Pipeline
 from lakeforge.errors import DataError
 
 
-def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline) -> tuple[list[dt.date], list[dt.date]]:
+def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline, since: dt.date | None = None,
+                   every_days: int | None = None) -> tuple[list[dt.date], list[dt.date]]:
     """Training and holdout as-of dates, holdout last; never a random split across time.
 
     A date is usable only once its label window [d, d + horizon) is fully observed, and a
     training date's window must end before the first holdout date, so no training label
-    peeks into the holdout period.
+    peeks into the holdout period. `since` keeps only dates from then on (a retrain on a recent
+    window); snapshots then step back from the latest usable date, so the newest labels are used.
     """
     horizon = dt.timedelta(days=pipeline.label.horizon_days)
-    step = dt.timedelta(days=pipeline.training.snapshot_every_days)
+    step = dt.timedelta(days=every_days or pipeline.training.snapshot_every_days)
     latest = last_event + dt.timedelta(days=1) - horizon
-    dates, d = [], first_event + dt.timedelta(days=pipeline.training.first_snapshot_after_days)
-    while d <= latest:
+    earliest = first_event + dt.timedelta(days=pipeline.training.first_snapshot_after_days)
+    dates, d = [], earliest
+    if since is not None:
+        earliest = max(earliest, since)
+        d = latest
+        while d >= earliest:
+            dates.insert(0, d)
+            d -= step
+    while since is None and d <= latest:
         dates.append(d)
         d += step
     n_holdout = pipeline.training.holdout_snapshots
@@ -38,25 +47,71 @@ def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline
     return train, holdout
 
 
-def fit(train: pd.DataFrame, feature_cols: list[str], label: str, pipeline: Pipeline) -> LGBMClassifier:
-    """Fit the pipeline's estimator; deterministic for the configured seed."""
-    params = {"random_state": pipeline.training.seed, "n_jobs": 1, "deterministic": True,
-              "force_row_wise": True, "verbose": -1, **pipeline.model.params}
-    model = LGBMClassifier(**params)
-    model.fit(train[feature_cols], train[label].astype("int64"))
-    return model
+def estimator_params(pipeline: Pipeline, params: dict | None = None) -> dict:
+    """The estimator's arguments: deterministic defaults, then model.params, then `params` (a search's pick)."""
+    return {"random_state": pipeline.training.seed, "n_jobs": 1, "deterministic": True,
+            "force_row_wise": True, "verbose": -1, **pipeline.model.params, **(params or {})}
 
 
-def evaluate(model: LGBMClassifier, data: pd.DataFrame, feature_cols: list[str], label: str) -> dict[str, float]:
-    """Holdout metrics: AUC, log loss, base rate and rows."""
-    return metrics_of(model.predict_proba(data[feature_cols])[:, 1], data[label])
+def fit(train: pd.DataFrame, feature_cols: list[str], label: str, pipeline: Pipeline, params: dict | None = None):
+    """Fit the pipeline's estimator (a classifier or a regressor, by the label); deterministic for the seed."""
+    return fit_estimator(pipeline.label.task, estimator_params(pipeline, params), train[feature_cols], train[label])
 
 
-def metrics_of(p: np.ndarray, labels: pd.Series) -> dict[str, float]:
-    """AUC, log loss, base rate and rows of predicted probabilities against 0/1 labels."""
+def fit_estimator(task: str, params: dict, x: pd.DataFrame, y: pd.Series):
+    """A LightGBM classifier (0/1 label) or regressor fitted on x, y with exactly these arguments."""
+    if task == "classification":
+        return LGBMClassifier(**params).fit(x, y.astype("int64"))
+    return LGBMRegressor(**params).fit(x, y.astype("float64"))
+
+
+def evaluate(model, data: pd.DataFrame, feature_cols: list[str], label: str, top_k: float = 0.1) -> dict[str, float]:
+    """Holdout metrics of a fitted classifier (AUC, log loss, precision@k) or regressor (MAE, MAPE)."""
+    if hasattr(model, "predict_proba"):
+        return metrics_of(model.predict_proba(data[feature_cols])[:, 1], data[label], top_k)
+    return regression_metrics(model.predict(data[feature_cols]), data[label])
+
+
+def metrics_of(p: np.ndarray, labels: pd.Series, top_k: float = 0.1) -> dict[str, float]:
+    """AUC, log loss, precision at the top k share, base rate and rows of probabilities against 0/1 labels."""
     y = labels.astype("int64").to_numpy()
     if len(np.unique(y)) < 2:
         raise DataError(f"the holdout has a single label value ({y[0] if len(y) else 'no rows'}); "
                         "cannot compute AUC: widen the holdout or check the label definition")
     return {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, p, labels=[0, 1])),
+            "precision_at_k": precision_at_k(np.asarray(p), y, top_k),
             "positive_rate": float(y.mean()), "rows": float(len(y))}
+
+
+def precision_at_k(p: np.ndarray, y: np.ndarray, share: float) -> float:
+    """The positive rate among the ceil(share x rows) highest scores (ties broken by row order, stable)."""
+    k = max(1, int(np.ceil(share * len(y))))
+    top = np.argsort(-p, kind="mergesort")[:k]
+    return float(y[top].mean())
+
+
+def regression_metrics(pred: np.ndarray, actual: pd.Series) -> dict[str, float]:
+    """MAE, MAPE and rows; MAPE divides by max(actual, 1) so a day with no orders does not divide by zero."""
+    y = actual.astype("float64").to_numpy()
+    if len(y) == 0:
+        raise DataError("the holdout has no rows: widen the holdout or check the population filter")
+    err = np.abs(np.asarray(pred, dtype="float64") - y)
+    return {"mae": float(err.mean()), "mape": float((err / np.maximum(y, 1.0)).mean()), "rows": float(len(y))}
+
+
+def metrics_for(task: str, pred: np.ndarray, actual: pd.Series, top_k: float = 0.1) -> dict[str, float]:
+    """The task's metrics of predictions (probabilities for classification) against the label."""
+    return metrics_of(pred, actual, top_k) if task == "classification" else regression_metrics(pred, actual)
+
+
+def validation_split(train_dates: list[dt.date], pipeline: Pipeline,
+                     snapshots: int) -> tuple[list[dt.date], list[dt.date]]:
+    """Inner split of the training dates for a search: the last `snapshots` validate, purged by the horizon."""
+    horizon = dt.timedelta(days=pipeline.label.horizon_days)
+    valid = train_dates[-snapshots:]
+    fit_dates = [d for d in train_dates[:-snapshots] if d + horizon <= valid[0]]
+    if not fit_dates:
+        raise DataError(f"not enough training dates for a search with model.tuning.validation_snapshots="
+                        f"{snapshots}: {len(train_dates)} training dates leave none whose label window ends "
+                        f"before validation; lower it or generate more days")
+    return fit_dates, valid

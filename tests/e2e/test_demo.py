@@ -117,7 +117,8 @@ def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
     assert client.get_model_version("churn", "1").aliases == []
     runs = DeltaTable(str(lakehouse / "ops" / "runs")).to_pandas()
     assert (runs.status == "succeeded").all()
-    assert sorted(runs.job.value_counts().items()) == [("features", 2), ("ingest", 4), ("score", 2), ("train", 2)]
+    assert sorted(runs.job.value_counts().items()) == [("features", 2), ("ingest", 4), ("monitor", 2), ("score", 2),
+                                                      ("train", 2)]
 
 
 def test_status_queries_tables_by_name_from_another_process(demo_runs):

@@ -27,3 +27,13 @@ def test_too_little_history_is_a_clear_error():
     churn = config.load_pipeline("churn")
     with pytest.raises(DataError, match=r"not enough history to train churn: events from 2026-05-01 to 2026-07-01"):
         training.snapshot_dates(dt.date(2026, 5, 1), dt.date(2026, 7, 1), churn)
+
+
+def test_a_retrain_window_keeps_the_newest_matured_dates():
+    churn = config.load_pipeline("churn")  # horizon 30, holdout 2
+    first, last = dt.date(2026, 5, 1), dt.date(2026, 10, 27)
+    since = last + dt.timedelta(days=1 - 30 - 42)                                # the policy's 42-day window
+    train, holdout = training.snapshot_dates(first, last, churn, since=since, every_days=1)
+    assert holdout == [dt.date(2026, 9, 27), dt.date(2026, 9, 28)]              # 9-28 + 30 days = 10-28: matured
+    assert train[0] == since == dt.date(2026, 8, 17) and train[-1] == dt.date(2026, 8, 28)
+    assert all(d + dt.timedelta(days=30) <= holdout[0] for d in train) and len(train) == 12

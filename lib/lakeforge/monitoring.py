@@ -1,0 +1,278 @@
+"""Monitoring: drift against the champion's training baseline, performance on matured labels, quality trends,
+and the retraining policy. Pure functions on pandas/numpy (no Spark, no I/O): `stages.monitor` reads the
+tables, calls these, and writes `ops.monitoring`.
+
+Drift: the population stability index (PSI) of each feature, numeric features binned at the baseline's
+deciles, categorical features by value; the two-sample Kolmogorov-Smirnov statistic of numeric features;
+the same PSI for the model's predictions (prediction drift). The baseline is the training set's
+distribution, stored with the model when it is trained, so drift is always measured against the
+champion's own training data.
+
+Performance: a prediction for score date d can be judged only once its label is known, at d + horizon.
+Only those matured score dates ever enter a performance metric (`matured`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+MONITORING = "ops.monitoring"
+SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "
+          "window_start date, window_end date, metric string, value double, threshold double, breached boolean, "
+          "rows bigint, detail string, run_id string")
+COLUMNS = [part.strip().split(" ")[0] for part in SCHEMA.split(",")]
+
+PSI_EPSILON = 1e-4   # an empty bin counts as this share, so one empty bin does not make PSI infinite
+BASELINE_SAMPLE = 5000
+DECILES = np.linspace(0.1, 0.9, 9)
+
+
+# ---------------------------------------------------------------- drift statistics
+
+
+def quantile_edges(baseline: np.ndarray, quantiles: np.ndarray = DECILES) -> list[float]:
+    """Interior bin edges at the baseline's quantiles (duplicates dropped: a count feature has few distinct values)."""
+    values = np.asarray(baseline, dtype="float64")
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return []
+    return sorted(set(np.quantile(values, quantiles).tolist()))
+
+
+def bin_shares(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Share of values in each bin (-inf, e1], (e1, e2], ..., (ek, inf); NaN values get a last bin of their own."""
+    values = np.asarray(values, dtype="float64")
+    missing = np.isnan(values)
+    index = np.searchsorted(np.asarray(edges, dtype="float64"), values[~missing], side="left")
+    counts = np.bincount(index, minlength=len(edges) + 1).astype("float64")
+    counts = np.append(counts, missing.sum())
+    total = counts.sum()
+    return counts / total if total else counts
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index of two share vectors over the same bins: sum (a - e) * ln(a / e)."""
+    e = np.clip(np.asarray(expected, dtype="float64"), epsilon, None)
+    a = np.clip(np.asarray(actual, dtype="float64"), epsilon, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_numeric(baseline_shares: np.ndarray, edges: list[float], current: np.ndarray) -> float:
+    """PSI of a numeric feature: the current values binned at the baseline's edges."""
+    return psi(baseline_shares, bin_shares(current, edges))
+
+
+def category_shares(values: pd.Series) -> dict[str, float]:
+    """Share of each value (missing values as '<null>')."""
+    counts = pd.Series(values).astype("object").where(pd.Series(values).notna(), "<null>").astype(str).value_counts()
+    return {str(k): float(v) / float(counts.sum()) for k, v in counts.items()} if len(counts) else {}
+
+
+def psi_categorical(baseline: dict[str, float], current: pd.Series) -> float:
+    """PSI of a categorical feature over the union of the baseline's and the current values."""
+    now = category_shares(current)
+    keys = sorted(set(baseline) | set(now))
+    return psi(np.array([baseline.get(k, 0.0) for k in keys]), np.array([now.get(k, 0.0) for k in keys]))
+
+
+def ks_statistic(baseline: np.ndarray, current: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    a = np.sort(np.asarray(baseline, dtype="float64")[~np.isnan(np.asarray(baseline, dtype="float64"))])
+    b = np.sort(np.asarray(current, dtype="float64")[~np.isnan(np.asarray(current, dtype="float64"))])
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    points = np.concatenate([a, b])
+    gap = np.searchsorted(a, points, side="right") / a.size - np.searchsorted(b, points, side="right") / b.size
+    return float(np.max(np.abs(gap)))
+
+
+# ---------------------------------------------------------------- the training baseline
+
+
+def summarize_column(values: pd.Series, categorical: bool, seed: int = 0) -> dict:
+    """What drift needs to know about one column of the training set (JSON-ready)."""
+    if categorical:
+        return {"kind": "categorical", "shares": category_shares(values)}
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    edges = quantile_edges(numbers)
+    present = numbers[~np.isnan(numbers)]
+    if present.size > BASELINE_SAMPLE:  # KS against a fixed random sample keeps the baseline small
+        present = np.random.default_rng(seed).choice(present, BASELINE_SAMPLE, replace=False)
+    return {"kind": "numeric", "edges": edges, "shares": bin_shares(numbers, edges).tolist(),
+            "sample": np.sort(present).tolist()}
+
+
+def build_baseline(train: pd.DataFrame, feature_cols: list[str], predictions: np.ndarray,
+                   categorical: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The training set's feature and prediction distributions, stored with the model as `monitoring/baseline.json`."""
+    return {"rows": int(len(train)),
+            "features": {c: summarize_column(train[c], c in categorical) for c in feature_cols},
+            "prediction": summarize_column(pd.Series(predictions), False)}
+
+
+def drift_rows(baseline: dict, current: pd.DataFrame, predictions: np.ndarray | None) -> pd.DataFrame:
+    """PSI (every feature) and KS (numeric features) of the current rows, and PSI/KS of the predictions."""
+    out = []
+    for name, summary in baseline["features"].items():
+        if name not in current.columns:
+            continue
+        out += _drift_of(name, "drift", summary, current[name])
+    if predictions is not None and baseline.get("prediction"):
+        out += _drift_of("prediction", "prediction_drift", baseline["prediction"], pd.Series(predictions))
+    return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "rows"])
+
+
+def _drift_of(name: str, kind: str, summary: dict, values: pd.Series) -> list[tuple]:
+    rows = int(len(values))
+    if summary["kind"] == "categorical":
+        return [(kind, name, "psi", psi_categorical(summary["shares"], values), rows)]
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    return [(kind, name, "psi", psi_numeric(np.array(summary["shares"]), summary["edges"], numbers), rows),
+            (kind, name, "ks", ks_statistic(np.array(summary["sample"]), numbers), rows)]
+
+
+# ---------------------------------------------------------------- performance on matured labels
+
+
+def is_matured(score_date: dt.date, monitor_date: dt.date, horizon_days: int) -> bool:
+    """A score date's labels are all known once its whole horizon has passed: d + horizon <= monitor date."""
+    return score_date + dt.timedelta(days=horizon_days) <= monitor_date
+
+
+def matured_window(monitor_date: dt.date, horizon_days: int, window_days: int) -> tuple[dt.date, dt.date]:
+    """The newest `window_days` score dates whose labels have matured on the monitor date (inclusive bounds)."""
+    end = monitor_date - dt.timedelta(days=horizon_days)
+    return end - dt.timedelta(days=window_days - 1), end
+
+
+def matured(predictions: pd.DataFrame, monitor_date: dt.date, horizon_days: int, window_days: int,
+            date_column: str = "score_date") -> pd.DataFrame:
+    """The prediction rows of the matured window; a score date whose horizon has not passed never gets in."""
+    start, end = matured_window(monitor_date, horizon_days, window_days)
+    dates = pd.to_datetime(predictions[date_column]).dt.date
+    keep = (dates >= start) & (dates <= end) & dates.map(lambda d: is_matured(d, monitor_date, horizon_days))
+    return predictions[keep.to_numpy()]
+
+
+HIGHER_IS_BETTER = {"auc": True, "mae": False, "rmse": False}
+
+
+def metric_value(metric: str, labels: np.ndarray, predictions: np.ndarray) -> float | None:
+    """The pipeline's metric; None when it is undefined for these rows (AUC of a single class)."""
+    y, p = np.asarray(labels, dtype="float64"), np.asarray(predictions, dtype="float64")
+    if len(y) == 0:
+        return None
+    if metric == "auc":
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(y.astype("int64"), p)) if len(np.unique(y)) == 2 else None
+    if metric == "mae":
+        return float(np.mean(np.abs(y - p)))
+    if metric == "rmse":
+        return float(np.sqrt(np.mean((y - p) ** 2)))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def performance_rows(scored: pd.DataFrame, label: str, metric: str, segments: list[str]) -> pd.DataFrame:
+    """The metric per model version: overall (segment '') and per value of each segment column."""
+    out = []
+    for version, rows in scored.groupby("model_version", sort=True):
+        value = metric_value(metric, rows[label], rows["prediction"])
+        out.append((int(version), "performance", "overall", "", metric, value, len(rows)))
+        for column in segments:
+            if column not in rows.columns:
+                continue
+            for key, part in rows.groupby(rows[column].astype(str), sort=True):
+                out.append((int(version), "segment", column, str(key), metric,
+                            metric_value(metric, part[label], part["prediction"]), len(part)))
+    return pd.DataFrame(out, columns=["model_version", "kind", "name", "segment", "metric", "value", "rows"])
+
+
+# ---------------------------------------------------------------- data quality trend
+
+
+def quality_trend(quality: pd.DataFrame, recent: int = 1) -> pd.DataFrame:
+    """Per source and check: the failing share of the latest `recent` batches against all batches before them."""
+    out = []
+    if quality.empty:
+        return pd.DataFrame(out, columns=["name", "metric", "value", "detail", "rows"])
+    for (source, check), rows in quality.sort_values("checked_at", kind="mergesort").groupby(["source", "check"]):
+        last, before = rows.tail(recent), rows.iloc[:-recent]
+        now = float(last.rows_failing.sum()) / max(float(last.rows_checked.sum()), 1.0)
+        then = float(before.rows_failing.sum()) / max(float(before.rows_checked.sum()), 1.0) if len(before) else None
+        detail = f"before: {then:.4%} over {len(before)} batches" if then is not None else "first batch"
+        out.append((f"{source}: {check}", "fail_share", now, detail, int(last.rows_checked.sum())))
+    return pd.DataFrame(out, columns=["name", "metric", "value", "detail", "rows"])
+
+
+# ---------------------------------------------------------------- the retraining policy
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    fire: bool
+    trigger: str   # "drift", "performance", "" (none)
+    reason: str
+
+
+def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.DataFrame, performance: pd.DataFrame,
+                   champion_metric: float | None, metric: str, champion_trained_as_of: dt.date | None) -> RetrainDecision:
+    """Apply the pipeline's `retrain` policy to the champion's monitoring history up to `monitor_date`.
+
+    `drift`: monitor_date, name, value (PSI of features) under this champion. `performance`: window_end, value
+    (the overall matured metric of this champion's own predictions), one row per monitor date.
+    Drift fires when every `psi_days` last monitor dates have PSI >= threshold on a watched feature and the
+    labels of the first drifted day have matured (a retrain can only learn the new world from labels after
+    it). Performance fires when `breaches` of the last `windows` matured windows are worse than the
+    champion's validation metric by more than `performance_margin`.
+    """
+    if champion_trained_as_of is not None and (monitor_date - champion_trained_as_of).days < policy.cooldown_days:
+        return RetrainDecision(False, "", f"champion trained as of {champion_trained_as_of}, within the "
+                                          f"{policy.cooldown_days}-day cooldown")
+    notes = []
+    perf = performance.sort_values("window_end").dropna(subset=["value"]).tail(policy.windows)
+    if champion_metric is not None and policy.breaches > 0 and len(perf):
+        higher = HIGHER_IS_BETTER.get(metric, True)
+        floor = champion_metric - policy.performance_margin if higher else champion_metric + policy.performance_margin
+        worse = perf[(perf.value < floor) if higher else (perf.value > floor)]
+        breached = ", ".join(f"{d}: {v:.4f}" for d, v in zip(worse.window_end, worse.value))
+        if len(worse) >= policy.breaches:
+            return RetrainDecision(True, "performance",
+                                   f"matured {metric} {'below' if higher else 'above'} {floor:.4f} (validation "
+                                   f"{champion_metric:.4f} {'-' if higher else '+'} margin {policy.performance_margin}) "
+                                   f"in {len(worse)} of the last {len(perf)} windows ({breached})")
+        notes.append(f"{metric} breaches {len(worse)} of last {len(perf)} windows (need {policy.breaches})")
+    if policy.psi_days > 0 and len(drift):
+        dates = sorted(drift.monitor_date.unique())
+        last_days = [d for d in dates if d <= monitor_date][-policy.psi_days:]
+        for feature in policy.psi_features:
+            history = drift[drift.name == feature].set_index("monitor_date").value
+            run = _drifted_run(history, dates, monitor_date, policy.psi_threshold)
+            if len(last_days) == policy.psi_days and run >= policy.psi_days:
+                first = [d for d in dates if d <= monitor_date][-run]
+                ripe = first + dt.timedelta(days=horizon_days)
+                if ripe <= monitor_date:
+                    return RetrainDecision(True, "drift", f"PSI of {feature} >= {policy.psi_threshold} on "
+                                                          f"{run} monitored days since {first}, whose labels "
+                                                          f"matured on {ripe}")
+                notes.append(f"PSI of {feature} >= {policy.psi_threshold} for {run} days since {first}; "
+                             f"the retrain waits for labels after it to mature ({ripe})")
+            elif run:
+                notes.append(f"PSI of {feature} >= {policy.psi_threshold} for {run} of {policy.psi_days} days")
+    return RetrainDecision(False, "", "; ".join(notes) or "no drift or performance breach")
+
+
+def _drifted_run(history: pd.Series, dates: list, monitor_date: dt.date, threshold: float) -> int:
+    """How many consecutive monitored days, ending on the monitor date, the value was >= threshold."""
+    run = 0
+    for d in reversed([d for d in dates if d <= monitor_date]):
+        value = history.get(d)
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value < threshold:
+            break
+        run += 1
+    return run

@@ -1,0 +1,99 @@
+"""The regime-shift story on demo data: the nightly job, night after night across the generator's shift date,
+detects the drift, measures the performance drop once labels mature, retrains, and the new champion recovers.
+
+Every date asserted below is read from ops.monitoring (and MLflow), as the nightly job recorded it.
+The calendar is compressed to keep the test short: a 14-day churn horizon (labels mature in two weeks
+instead of thirty), so the whole story fits in 46 nights; with labels maturing sooner, the performance
+margin is tightened to 0.025 (the YAML's 0.05 suits 30-day windows). 1,200 customers rather than the
+usual 300: with ~100 customers in the population a night, a 7-night AUC window moves by more than the drop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from lakeforge import config, registry, stages
+from lakeforge.demo.generator import DemoSpec, generate_demo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+
+SHIFT = dt.date(2026, 7, 25)
+SPEC = DemoSpec(seed=42, customers=1200, stores=4, days=150, shift_date=SHIFT)
+FIRST_NIGHT, LAST_NIGHT = SHIFT - dt.timedelta(days=3), dt.date(2026, 9, 5)
+STORY = ["pipeline.label.horizon_days=14", "pipeline.training.first_snapshot_after_days=30",
+         "pipeline.retrain.performance_margin=0.025", "pipeline.monitoring.report=false"]
+
+
+@pytest.fixture(scope="module")
+def story(spark, settings, tmp_path_factory):
+    """Land the demo, train @champion as of the night before the first night, then run every night in order."""
+    work = tmp_path_factory.mktemp("regime")
+    generate_demo(work / "landing", SPEC)
+    local = settings.model_copy(update={
+        "paths": settings.paths.model_copy(update={"landing": work / "landing", "lakehouse": work / "lakehouse",
+                                                   "reports": work / "reports"}),
+        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+                                                     "artifact_root": (work / "artifacts").as_uri()})})
+    from lakeforge import lake
+
+    lake.forget_tables(spark)
+    ctx = stages.Context(local, config.load_pipeline("churn", STORY), spark_factory=lambda _: spark)
+    started = time.monotonic()
+    stages.ingest(ctx)
+    first = stages.train(ctx, as_of=FIRST_NIGHT)
+    nights = stages.nightly(ctx, FIRST_NIGHT, LAST_NIGHT)
+    print(f"story: {time.monotonic() - started:.0f}s")
+    monitoring = DeltaTable(str(work / "lakehouse" / "ops" / "monitoring")).to_pandas()
+    return ctx, first, nights, monitoring
+
+
+def _first(frame: pd.DataFrame) -> dt.date | None:
+    return min(frame.monitor_date) if len(frame) else None
+
+
+def test_detection_drop_retrain_recovery_in_that_order(story):
+    ctx, first, nights, m = story
+    assert (first["version"], first["alias"]) == (1, "champion")
+    m = m.assign(monitor_date=pd.to_datetime(m.monitor_date).dt.date)
+    v1 = m[m.model_version == 1]
+    watched = v1[(v1.kind == "drift") & (v1.breached == True)]  # noqa: E712 (None: not watched)
+    # Quiet before the shift, then detection: a watched feature's PSI crosses the threshold.
+    assert watched[watched.monitor_date < SHIFT].empty
+    detected = _first(watched)
+    assert detected is not None and SHIFT <= detected <= SHIFT + dt.timedelta(days=14), detected
+    # The drop: v1's own matured AUC falls below its validation AUC minus the margin, on post-shift labels.
+    perf = v1[(v1.kind == "performance") & (v1.name == "overall")]
+    drops = perf[perf.breached == True]  # noqa: E712
+    dropped = _first(drops)
+    assert dropped is not None and detected < dropped, (detected, dropped)
+    assert all(pd.to_datetime(drops.window_end).dt.date + dt.timedelta(days=14) <= drops.monitor_date)
+    # The retrain: fired by the policy, through the gate, a new @champion.
+    retrains = m[(m.kind == "retrain") & (m.value == 1.0)]
+    retrained = _first(retrains)
+    assert retrained is not None and dropped <= retrained, (dropped, retrained)
+    v2 = int(retrains.sort_values("monitor_date").model_version.iloc[0])
+    fired = m[(m.kind == "decision") & (m.monitor_date == retrained)]
+    assert fired.value.tolist() == [1.0] and fired.detail.iloc[0].split(":")[0] in ("drift", "performance")
+    # Recovery: the new champion's own matured AUC on post-shift data is back above v1's floor and above v1's.
+    mine = m[(m.model_version == v2) & (m.kind == "performance") & (m.name == "overall")]
+    recovered = _first(mine)
+    assert recovered is not None and retrained < recovered, (retrained, recovered)
+    floor = perf.threshold.dropna().iloc[0]
+    assert (mine.value > floor).all() and mine.value.min() > drops.value.max()
+    print(f"shift {SHIFT}: detected {detected}, drop measured {dropped}, retrained {retrained} (v{v2}), "
+          f"recovered {recovered}")
+    assert registry.alias_version(ctx.mlflow, "churn", registry.CHAMPION) >= v2
+
+
+def test_every_night_has_one_decision_with_its_reason(story):
+    _, _, nights, m = story
+    decisions = m[m.kind == "decision"]
+    assert len(decisions) == (LAST_NIGHT - FIRST_NIGHT).days + 1
+    assert decisions.monitor_date.nunique() == len(decisions)
+    assert decisions.detail.str.len().min() > 10
+    assert nights["monitor"]["dates"] == len(decisions)

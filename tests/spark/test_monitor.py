@@ -1,0 +1,70 @@
+"""`monitor` on the tiny demo: ops.monitoring rows for a date, a rerun replaces them, the report and its MLflow run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakeforge import config, lake, registry, stages
+
+pytestmark = pytest.mark.spark
+
+
+def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark, settings, lakehouse, tmp_path,
+                                                                           tiny_landing):
+    landing, manifest = tiny_landing
+    local = settings.model_copy(update={
+        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": lakehouse,
+                                                   "reports": tmp_path / "reports"}),
+        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                     "artifact_root": (tmp_path / "artifacts").as_uri()})})
+    ctx = stages.Context(local, config.load_pipeline("churn"), spark_factory=lambda _: spark)
+    stages.ingest(ctx)
+    stages.train(ctx)
+    last = dt.date.fromisoformat(manifest["end_date"])
+    # Score 31 nights back so one matured window (score date + 30 days <= the night) exists on the last night.
+    first = last - dt.timedelta(days=31)
+    stages.build_features(ctx, [first, last])
+    stages.score(ctx, first)
+    stages.score(ctx, last)
+    summary = stages.monitor(ctx, last)
+
+    rows = lake.read(spark, lakehouse, "ops.monitoring").where(F.col("monitor_date") == F.lit(last))
+    kinds = {r["kind"]: r["count"] for r in rows.groupBy("kind").count().collect()}
+    features = [c for c in ctx.pipeline.features.columns if c not in ("customer_id", "as_of_date")]
+    assert kinds["drift"] == 2 * len(features)                   # PSI and KS per numeric feature
+    assert kinds["prediction_drift"] == 2 and kinds["decision"] == 1 and kinds["quality"] > 0
+    perf = rows.where("kind = 'performance'").first()
+    # Only the score date whose 30-day horizon has passed: `first`; `last` is not matured and never enters.
+    assert (perf["window_start"], perf["window_end"]) == (last - dt.timedelta(days=36), last - dt.timedelta(days=30))
+    scored_first = lake.read(spark, lakehouse, "gold.churn_predictions").where(F.col("score_date") == first).count()
+    assert perf["rows"] == scored_first and 0.5 < perf["value"] <= 1.0
+    segments = rows.where("kind = 'segment'").select("name", "segment", "rows").collect()
+    assert {r["name"] for r in segments} == {"region", "home_store_id"}
+    assert sum(r["rows"] for r in segments if r["name"] == "region") == scored_first
+    watched = rows.where("kind = 'drift' AND threshold IS NOT NULL").select("name").distinct().collect()
+    assert sorted(r["name"] for r in watched) == ["delivery_share_90d", "dine_in_share_90d"]
+    decision = rows.where("kind = 'decision'").first()
+    assert decision["value"] == 0.0 and "cooldown" in decision["detail"]   # the champion was trained today
+
+    # The report: a page with the three plots, logged to a monitoring run in the pipeline's experiment.
+    report = tmp_path / "reports" / "churn" / f"{last}.html"
+    assert summary["report"] == str(report)
+    assert report.read_text().count("data:image/png;base64,") == 3
+    client = ctx.mlflow
+    experiment = client.get_experiment_by_name("lakeforge/churn")
+    runs = client.search_runs([experiment.experiment_id], "tags.`lakeforge.kind` = 'monitoring'")
+    assert len(runs) == 1 and runs[0].data.tags["lakeforge.monitor_date"] == last.isoformat()
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "reports")] == [f"reports/{last}.html"]
+    assert "psi.dine_in_share_90d" in runs[0].data.metrics
+
+    # A rerun for the date replaces its rows (one run id), other dates are untouched.
+    before = rows.count()
+    stages.monitor(ctx, last)
+    again = lake.read(spark, lakehouse, "ops.monitoring").where(F.col("monitor_date") == F.lit(last))
+    assert again.count() == before and again.select("run_id").distinct().count() == 1
+    recorded = lake.read(spark, lakehouse, "ops.runs").where("job = 'monitor'").select("status").collect()
+    assert [r["status"] for r in recorded] == ["succeeded", "succeeded"]
+    assert registry.alias_version(client, "churn", registry.CHAMPION) == 1

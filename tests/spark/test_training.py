@@ -1,0 +1,190 @@
+"""Training patterns on the tiny demo: per-store models with a fallback (demand), a hyperopt search with
+SparkTrials, the distributed MLlib learner, and a crash between model logging and the alias change."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import mlflow
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from lakeforge import config, lake, registry, stages, training
+from lakeforge.errors import DataError
+
+pytestmark = pytest.mark.spark
+
+
+def _local(settings, landing, lakehouse, tmp_path):
+    return settings.model_copy(update={
+        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": lakehouse}),
+        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                     "artifact_root": (tmp_path / "artifacts").as_uri()})})
+
+
+@pytest.fixture(scope="module")
+def landed(spark, settings, tiny_landing, tmp_path_factory):
+    """A lakehouse with the tiny demo ingested once for this module (tests work on copies of it)."""
+    landing, _ = tiny_landing
+    work = tmp_path_factory.mktemp("landed")
+    lake.forget_tables(spark)
+    ctx = stages.Context(_local(settings, landing, work / "lakehouse", work), config.load_pipeline("churn"),
+                         spark_factory=lambda _: spark)
+    stages.ingest(ctx)
+    return work / "lakehouse"
+
+
+@pytest.fixture
+def ctx_for(spark, settings, lakehouse, tmp_path, tiny_landing, landed):
+    """A stage Context for a pipeline on a copy of the ingested lakehouse, with its own MLflow store."""
+    landing, _ = tiny_landing
+    shutil.copytree(landed, lakehouse)
+    local = _local(settings, landing, lakehouse, tmp_path)
+
+    def make(name: str, overrides: list[str] | None = None) -> stages.Context:
+        return stages.Context(local, config.load_pipeline(name, overrides), spark_factory=lambda _: spark)
+
+    return make
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by_store(ctx_for, spark, lakehouse):
+    ctx = ctx_for("demand")
+    # S004 opened recently: too few training snapshots for its own model, so the fallback serves it.
+    first, last = lake.read(spark, lakehouse, "silver.orders").agg(F.min(F.to_date("order_ts")),
+                                                                    F.max(F.to_date("order_ts"))).first()
+    train_dates, holdout_dates = training.snapshot_dates(first, last, ctx.pipeline)
+    opened = holdout_dates[0] - dt.timedelta(days=20)
+    DeltaTable.forPath(spark, str(lake.table_path(lakehouse, "bronze.stores"))).update(
+        "store_id = 'S004'", {"opened_date": F.lit(opened)})
+
+    trained = stages.train(ctx)
+    assert (trained["version"], trained["alias"]) == (1, "champion")
+
+    manifest = lake.read(spark, lakehouse, "gold.demand_models").orderBy("store_id")
+    rows = [(r.store_id, r.model_version, r.fallback_used, r.train_rows, r.holdout_rows)
+            for r in manifest.collect()]
+    n_train, n_holdout = len(train_dates), len(holdout_dates)
+    # S004's training rows: the snapshot dates after it opened whose label window ends before the holdout.
+    s004_rows = sum(1 for d in train_dates if d > opened)
+    assert rows == [("S001", 1, False, n_train, n_holdout), ("S002", 1, False, n_train, n_holdout),
+                    ("S003", 1, False, n_train, n_holdout), ("S004", 1, True, s004_rows, n_holdout)]
+    assert s004_rows == 19
+
+    # MAE/MAPE per store and overall, logged with the run; the overall MAE weighs every holdout row.
+    run = ctx.mlflow.get_run(trained["mlflow_run_id"])
+    per_store = {r.store_id: r.mae for r in manifest.collect()}
+    assert run.data.metrics["mae"] == pytest.approx(sum(per_store.values()) / 4)
+    assert {f"store_id.S00{i}.mae" for i in range(1, 5)} <= set(run.data.metrics)
+    assert {"plots/error_by_store_id.png", "plots/feature_importance.png",
+            "per_group_metrics.json"} <= _artifacts(ctx.mlflow, trained["mlflow_run_id"])
+    inputs = {(d.dataset.name, d.dataset.source_type) for d in run.inputs.dataset_inputs}
+    assert inputs == {("bronze.stores", "delta_table"), ("silver.orders", "delta_table"),
+                      ("gold.demand_features", "delta_table")}
+    assert run.data.tags["lakeforge.config_hash"] == ctx.pipeline.config_hash()
+
+    # Scoring routes each store to its own model (S004 to the fallback): compare with each model on its rows.
+    stages.build_features(ctx)
+    scored = stages.score(ctx)
+    assert scored["rows"] == 4
+    model = registry.load_python_model("demand", 1)
+    assert sorted(model.models) == ["S001", "S002", "S003"]
+    features = lake.read(spark, lakehouse, "gold.demand_features").where(
+        F.col("as_of_date") == F.lit(dt.date.fromisoformat(scored["score_date"]))).toPandas()
+    predictions = lake.read(spark, lakehouse, "gold.demand_predictions").toPandas().set_index("store_id")
+    for _, row in features.iterrows():
+        estimator = model.models.get(row["store_id"], model.fallback)
+        expected = float(estimator.predict(row[model.inputs].to_frame().T.astype(features[model.inputs].dtypes))[0])
+        assert predictions.loc[row["store_id"], "prediction"] == pytest.approx(expected, rel=1e-12)
+    assert model.models["S001"] is not model.fallback
+
+
+def test_search_runs_trials_with_spark_trials_nested_under_one_parent(ctx_for):
+    # demand (a 1-day horizon) has enough training dates for a purged validation split on the tiny demo.
+    space = ["pipeline.model.pattern=global","pipeline.model.search_space.num_leaves={type: quniform, low: 3, high: 15, q: 1}",
+             "pipeline.model.search_space.learning_rate={type: loguniform, low: 0.02, high: 0.2}",
+             "pipeline.model.tuning.max_evals=4", "pipeline.model.tuning.parallelism=2",
+             "pipeline.model.params.n_estimators=40"]
+    ctx = ctx_for("demand", space)
+    trained = stages.train(ctx)
+    client = ctx.mlflow
+    parent = client.get_run(trained["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    losses = sorted(c.data.metrics["validation_loss"] for c in children)
+    assert parent.data.metrics["search.best_validation_loss"] == losses[0]
+    assert parent.data.metrics["search.parallelism"] == 2.0
+    best = next(c for c in children if c.data.metrics["validation_loss"] == losses[0])
+    # The refit on the whole training window uses the best trial's parameters.
+    assert {k: best.data.params[k] for k in ("num_leaves", "learning_rate")} == {
+        "num_leaves": str(trained["params"]["num_leaves"]), "learning_rate": str(trained["params"]["learning_rate"])}
+    assert parent.data.params["best.num_leaves"] == best.data.params["num_leaves"]
+    assert {"mae", "mape"} <= set(parent.data.metrics)
+    assert "plots/feature_importance.png" in _artifacts(client, parent.info.run_id)
+    assert parent.data.tags["lakeforge.version"] and "lakeforge.git_commit" in parent.data.tags
+    signature = mlflow.models.get_model_info(f"models:/demand/{trained['version']}").signature
+    assert signature.inputs.input_names() == registry.load_python_model("demand", trained["version"]).feature_names
+
+
+def test_distributed_learner_trains_on_the_executors_and_scores_like_any_model(ctx_for, spark, lakehouse):
+    ctx = ctx_for("churn", ["pipeline.model.distributed=true", "pipeline.model.mllib_params.regParam=0.05",
+                            "pipeline.gate.min_auc=0.5"])
+    trained = stages.train(ctx)
+    assert (trained["version"], trained["alias"]) == (1, "champion")
+    assert trained["params"]["learner"] == "spark.ml.LogisticRegression"
+    assert trained["auc"] > 0.6
+    assert {"auc", "log_loss", "precision_at_k"} <= set(ctx.mlflow.get_run(trained["mlflow_run_id"]).data.metrics)
+    assert {"plots/roc.png", "plots/precision_recall.png", "plots/calibration.png",
+            "plots/feature_importance.png"} <= _artifacts(ctx.mlflow, trained["mlflow_run_id"])
+    model = registry.load_python_model("churn", 1)
+    assert type(model.estimator).__name__ == "LinearProbability"
+    stages.build_features(ctx)
+    scored = stages.score(ctx)
+    predictions = lake.read(spark, lakehouse, "gold.churn_predictions")
+    assert predictions.count() == scored["rows"] > 0
+    assert predictions.where((F.col("prediction") <= 0) | (F.col("prediction") >= 1)).count() == 0
+
+
+def test_crash_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark, lakehouse,
+                                                                                monkeypatch):
+    ctx = ctx_for("churn", ["pipeline.model.params.n_estimators=30"])
+    monkeypatch.setenv("LAKEFORGE_TEST_CRASH_AFTER", "train.model_logged")
+    with pytest.raises(stages.SimulatedCrash):
+        stages.train(ctx)
+    client = ctx.mlflow
+    # Version 1 is registered but no alias points at it: scoring has nothing to resolve yet.
+    assert client.get_model_version("churn", "1").aliases == []
+    with pytest.raises(DataError, match="has no @champion"):
+        stages.score(ctx)
+
+    monkeypatch.delenv("LAKEFORGE_TEST_CRASH_AFTER")
+    rerun = stages.train(ctx)
+    assert (rerun["version"], rerun["alias"]) == (2, "champion")
+    versions = {int(mv.version): client.get_model_version("churn", mv.version).aliases
+                for mv in client.search_model_versions("name = 'churn'")}
+    assert versions == {1: [], 2: ["champion"]}
+    stages.build_features(ctx)
+    assert stages.score(ctx)["version"] == 2
+    statuses = [r.status for r in lake.read(spark, lakehouse, "ops.runs").where("job = 'train'")
+                .orderBy("started_at").collect()]
+    assert statuses == ["failed", "succeeded"]
+
+    # Scoring only ever resolves a READY version: an alias on a version still registering is refused.
+    real = client.get_model_version
+
+    def pending(name, version):
+        mv = real(name, version)
+        return type(mv)(mv.name, mv.version, mv.creation_timestamp, status="PENDING_REGISTRATION")
+
+    monkeypatch.setattr(client, "get_model_version", pending)
+    with pytest.raises(DataError, match="points at version 2, which is PENDING_REGISTRATION, not READY"):
+        stages.score(ctx)
