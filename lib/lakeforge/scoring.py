@@ -34,17 +34,7 @@ def predictions_table(pipeline_name: str) -> str:
 def _model_on_worker(key: tuple[str, int], payload) -> object:
     model = _WORKER_MODELS.get(key)
     if model is None:
-        model = _WORKER_MODELS[key] = _one_thread(cloudpickle.loads(payload.value))
-    return model
-
-
-def _one_thread(model):
-    """Spark runs one task per core: an estimator that also threads per core would oversubscribe them."""
-    candidates = [getattr(model, "estimator", None), getattr(model, "fallback", None),
-                  *(getattr(model, "models", None) or {}).values()]  # a single model, or a routing one
-    for estimator in candidates:
-        if hasattr(estimator, "get_params") and "n_jobs" in estimator.get_params():
-            estimator.set_params(n_jobs=1)
+        model = _WORKER_MODELS[key] = cloudpickle.loads(payload.value)
     return model
 
 

@@ -66,6 +66,24 @@ def test_churn_features_are_identical_on_pandas_and_spark(spark, churn, churn_la
     assert on_spark["orders_90d"].gt(0).any() and on_spark["orders_90d"].eq(0).any()
 
 
+def test_demand_features_are_identical_on_pandas_and_spark(spark, churn_lake):
+    """The second pipeline's function (per store, from the stores spine and the same orders) both ways."""
+    demand = config.load_pipeline("demand")
+    ingest_all(spark, {"stores": demand.sources["stores"]}, churn_lake.landing, churn_lake.lakehouse, owner="test",
+               log=lambda *a, **k: None)
+    spine = lake.read(spark, churn_lake.lakehouse, "bronze.stores")
+    _, events = tables(spark, churn_lake)
+    on_spark = features.build_features(spark, churn_lake.lakehouse, demand, churn_lake.dates).toPandas()
+    on_pandas = features.build_features_pandas(spine.toPandas(), events.toPandas(), churn_lake.dates, demand)
+
+    keys = ["store_id", features.AS_OF]
+    pd.testing.assert_frame_equal(on_spark.sort_values(keys, ignore_index=True),
+                                  on_pandas.sort_values(keys, ignore_index=True), check_exact=True)
+    assert not on_spark.duplicated(keys).any()
+    assert set(on_spark[features.AS_OF]) == set(churn_lake.dates)
+    assert on_spark["orders_1d"].gt(0).any() and set(on_spark["store_id"]) <= set(spine.toPandas()["store_id"])
+
+
 def test_features_at_d_do_not_change_when_every_event_from_d_on_changes(spark, churn, churn_lake):
     spine, events = tables(spark, churn_lake)
     d = churn_lake.dates[len(churn_lake.dates) // 2]
