@@ -143,4 +143,4 @@ def test_unknown_pipeline_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"lakeforge train: error: unknown pipeline 'fraud': no file {REPO / 'conf' / 'pipelines' / 'fraud.yaml'} "
-        f"(pipelines here: churn)"]
+        f"(pipelines here: churn, demand)"]
