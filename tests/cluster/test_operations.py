@@ -35,8 +35,8 @@ def test_stages_log_json_lines_with_the_timing_and_rows_of_their_run(night, trai
     assert [(r["job"], r["status"]) for r in ends] == [
         ("ingest", "succeeded"), ("train", "succeeded"),
         ("ingest", "succeeded"), ("features", "succeeded"), ("score", "failed"),
-        ("ingest", "succeeded"), ("features", "succeeded"), ("score", "succeeded")]
-    assert ends[-1]["rows"] == {"gold.churn_predictions": len(trained.predictions_for(night.score_date))}
+        ("ingest", "succeeded"), ("features", "succeeded"), ("score", "succeeded"), ("monitor", "succeeded")]
+    assert ends[-2]["rows"] == {"gold.churn_predictions": len(trained.predictions_for(night.score_date))}
 
 
 def test_event_logs_show_every_submitted_run_in_the_history_server(history, trained):
@@ -56,12 +56,12 @@ def test_status_shows_the_last_runs_health_and_champion(status_text, night):
     start = lines.index("last runs:") + 1
     listed = lines[start:lines.index("", start)]
     assert [tuple(line.split()[2:5]) for line in listed] == [
-        ("score", "churn", "succeeded"), ("features", "churn", "succeeded"), ("ingest", "churn", "succeeded"),
-        ("score", "churn", "failed"), ("features", "churn", "succeeded"), ("ingest", "churn", "succeeded"),
-        ("train", "churn", "succeeded"), ("ingest", "churn", "succeeded")]
-    assert listed[3].endswith("RuntimeError: injected executor failure (lakeforge cluster test)"), listed[3]
+        ("monitor", "churn", "succeeded"), ("score", "churn", "succeeded"), ("features", "churn", "succeeded"),
+        ("ingest", "churn", "succeeded"), ("score", "churn", "failed"), ("features", "churn", "succeeded"),
+        ("ingest", "churn", "succeeded"), ("train", "churn", "succeeded"), ("ingest", "churn", "succeeded")]
+    assert listed[4].endswith("RuntimeError: injected executor failure (lakeforge cluster test)"), listed[4]
     pipelines = {line.split()[0]: line for line in lines[lines.index("pipelines:") + 1:]}
-    assert re.fullmatch(rf"  churn +ok +last run [0-9-]+ [0-9:]+ score succeeded +champion: version "
+    assert re.fullmatch(rf"  churn +ok +last run [0-9-]+ [0-9:]+ monitor succeeded +champion: version "
                         rf"{night.champion_version}", pipelines.pop("churn"))
     # Pipelines declared under conf/pipelines/ that never ran here.
     assert all(re.fullmatch(r"  \S+ +never run +no runs +champion: none yet", line) for line in pipelines.values())
