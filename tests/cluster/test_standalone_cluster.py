@@ -38,7 +38,7 @@ def test_the_rerun_completes_without_duplicates(night, trained):
     runs = trained.read("ops.runs").sort_values("started_at")
     rerun = runs.iloc[night.runs_before + 3:]
     assert list(zip(rerun["job"], rerun["status"])) == [("ingest", "succeeded"), ("features", "succeeded"),
-                                                        ("score", "succeeded")], rerun
+                                                        ("score", "succeeded"), ("monitor", "succeeded")], rerun
     assert runs["run_id"].is_unique
     # Both nights wrote the features of the date; the rerun replaced them.
     features = trained.read("gold.churn_features")
