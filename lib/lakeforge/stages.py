@@ -387,8 +387,6 @@ def _segments(ctx: Context, keys, as_of_column: str):
 def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
     """Drift, prediction drift, matured performance, quality trend and the retrain decision for a date, into
     ops.monitoring (a rerun replaces the date) and an HTML report (also logged to MLflow)."""
-    import pandas as pd
-
     pipeline, entity = ctx.pipeline, ctx.pipeline.features.entity
     with ctx.recorded("monitor", run_date=monitor_date) as run:
         day = run.run_date = monitor_date or _default_score_date(ctx)
@@ -469,9 +467,7 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         add(kind="decision", name="retrain", metric="fire", value=float(decision.fire),
             detail=f"{decision.trigger or 'none'}: {decision.reason}")
         frame = pd.DataFrame(rows, columns=monitoring.COLUMNS)
-        lake.replace_where(ctx.spark, ctx.spark.createDataFrame(frame.astype(object).where(frame.notna(), None),
-                                                                monitoring.SCHEMA),
-                           ctx.lakehouse, monitoring.MONITORING,
+        lake.replace_where(ctx.spark, _monitoring_rows(ctx, frame), ctx.lakehouse, monitoring.MONITORING,
                            f"pipeline = '{pipeline.name}' AND monitor_date = DATE'{day}'",
                            properties={"lakeforge.description": "Drift, matured performance, quality trend and "
                                                                 "retrain decisions per pipeline and monitor date",
@@ -511,8 +507,6 @@ def _retrain_decision(pipeline: Pipeline, day: dt.date, history, version: int, v
 
 def _write_report(ctx: Context, day: dt.date, history, version: int, policy, today, summary: dict) -> Path:
     """The HTML report at <paths.reports>/<pipeline>/<date>.html, logged to a monitoring run in MLflow."""
-    import mlflow
-
     from lakeforge import report
 
     validation = {}
@@ -602,12 +596,14 @@ def retrain(ctx: Context, day: dt.date, reason: str) -> dict:
     row = {c: None for c in monitoring.COLUMNS} | {"monitor_date": day, "pipeline": ctx.pipeline.name,
                                                    "kind": "retrain", "segment": "", "metric": "promoted",
                                                    "run_id": None, **outcome}
-    import pandas as pd
-
     frame = pd.DataFrame([row], columns=monitoring.COLUMNS)
-    lake.append(ctx.spark, ctx.spark.createDataFrame(frame.astype(object).where(frame.notna(), None),
-                                                     monitoring.SCHEMA), ctx.lakehouse, monitoring.MONITORING)
+    lake.append(ctx.spark, _monitoring_rows(ctx, frame), ctx.lakehouse, monitoring.MONITORING)
     return {"date": day.isoformat(), **result}
+
+
+def _monitoring_rows(ctx: Context, frame: pd.DataFrame):
+    """ops.monitoring rows as a Spark DataFrame (pandas NaN/NaT become SQL nulls)."""
+    return ctx.spark.createDataFrame(frame.astype(object).where(frame.notna(), None), monitoring.SCHEMA)
 
 
 def status(ctx: Context) -> dict:
