@@ -1,7 +1,7 @@
 """The run ledger `ops.runs`: who ran what, when, on which inputs, with what result; plus progress output.
 
-A run is recorded twice in one row: MERGEd as `running` when it starts and updated to
-`succeeded` or `failed` (with the error) when it ends, so a crashed run stays visible as
+A run is one row, written twice: appended as `running` when it starts and replaced by its
+`succeeded` or `failed` row (with the error) when it ends, so a crashed run stays visible as
 `running` with no end time.
 """
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from lakeforge import __version__, lake
@@ -87,18 +86,22 @@ class Run:
                 self.outputs[table] = v
 
 
-def _upsert(spark: SparkSession, lakehouse: Path, row: dict, new: bool = False) -> None:
-    """Insert a run's row (`new`: a plain append, the cheapest commit) or update it by run_id (MERGE)."""
+def _write(spark: SparkSession, lakehouse: Path, row: dict, new: bool = False) -> None:
+    """Insert a run's row (`new`) or replace it by run_id.
+
+    ops.runs is partitioned by run_id so that replacing a run's row is a metadata-only commit, as cheap
+    as an append: a MERGE (or a replaceWhere on an unpartitioned column) scans and rewrites files,
+    and cost 7-10 s per stage against 1-3 s for this (measured on this 2-core machine under load).
+    """
     df = spark.createDataFrame([row], SCHEMA)
     props = {"lakeforge.description": "Every lakeforge job run: inputs and outputs with Delta versions, "
                                       "rows, duration, status, error", "lakeforge.owner": "lakeforge",
              "lakeforge.source": "lakeforge"}
-    if new or not lake.exists(lakehouse, RUNS):
-        lake.append(spark, df, lakehouse, RUNS, properties=props)
-        return
-    target = DeltaTable.forPath(spark, str(lake.table_path(lakehouse, RUNS)))
-    (target.alias("t").merge(df.alias("s"), "t.run_id = s.run_id")
-     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    if new:
+        lake.append(spark, df, lakehouse, RUNS, partition_by=["run_id"], properties=props)
+    else:
+        lake.replace_where(spark, df, lakehouse, RUNS, f"run_id = '{row['run_id']}'", partition_by=["run_id"],
+                           properties=props)
 
 
 @contextmanager
@@ -111,7 +114,7 @@ def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env:
            "status": "running", "started_at": started, "ended_at": None, "duration_s": None,
            "user": getpass.getuser(), "host": socket.gethostname(), "git_commit": git_commit(),
            "lakeforge_version": __version__, "inputs": {}, "outputs": {}, "rows": {}, "details": "{}", "error": None}
-    _upsert(spark, lakehouse, row, new=True)
+    _write(spark, lakehouse, row, new=True)
     t0 = time.monotonic()
     status, error = "succeeded", None
     try:
@@ -123,7 +126,7 @@ def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env:
         row.update(status=status, error=error, run_date=run.run_date, ended_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
                    duration_s=round(time.monotonic() - t0, 3), inputs=run.inputs, outputs=run.outputs,
                    rows=run.rows, details=json.dumps(run.details, default=str, sort_keys=True))
-        _upsert(spark, lakehouse, row)
+        _write(spark, lakehouse, row)
         run.log(f"{status} in {row['duration_s']:.1f}s (run {run.run_id})", run_id=run.run_id, pipeline=pipeline,
                 status=status, duration_s=row["duration_s"], rows=run.rows, error=error)
 
