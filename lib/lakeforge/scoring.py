@@ -2,7 +2,9 @@
 
 The driver loads the model once and broadcasts it; each Python worker unpickles it once and
 keeps it for every batch it scores (no MLflow calls from executors, nothing collected to the
-driver). A rerun replaces exactly the score_date partition, in one commit.
+driver). One model thread per Spark task: lakeforge trains its estimators with `n_jobs=1`, and
+Spark sets OMP_NUM_THREADS to the task's cores in its Python workers, so two tasks never fight
+over one core. A rerun replaces exactly the score_date partition, in one commit.
 """
 
 from __future__ import annotations
