@@ -73,3 +73,28 @@ def tiny_landing(tmp_path_factory):
     landing = tmp_path_factory.mktemp("landing")
     manifest = generate_demo(landing, DemoSpec(**TINY_DEMO))
     return landing, manifest
+
+
+@pytest.fixture(scope="session")
+def ingested_tiny(spark, settings, tiny_landing, tmp_path_factory) -> Path:
+    """The tiny demo ingested once per session (bronze, silver, ops); tests take copies (`ingested_lakehouse`)."""
+    from lakeforge import config, lake, stages
+
+    landing, _ = tiny_landing
+    work = tmp_path_factory.mktemp("ingested")
+    lake.forget_tables(spark)
+    local = settings.model_copy(update={
+        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": work / "lakehouse"}),
+        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+                                                     "artifact_root": (work / "artifacts").as_uri()})})
+    stages.ingest(stages.Context(local, config.load_pipeline("churn"), spark_factory=lambda _: spark))
+    return work / "lakehouse"
+
+
+@pytest.fixture
+def ingested_lakehouse(lakehouse, ingested_tiny) -> Path:
+    """This test's lakehouse: a copy of the ingested tiny demo (Delta logs hold relative paths, so copies work)."""
+    import shutil
+
+    shutil.copytree(ingested_tiny, lakehouse)
+    return lakehouse

@@ -12,16 +12,16 @@ from lakeforge import config, lake, registry, stages
 pytestmark = pytest.mark.spark
 
 
-def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark, settings, lakehouse, tmp_path,
-                                                                           tiny_landing):
+def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark, settings, ingested_lakehouse,
+                                                                           tmp_path, tiny_landing):
     landing, manifest = tiny_landing
+    lakehouse = ingested_lakehouse
     local = settings.model_copy(update={
         "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": lakehouse,
                                                    "reports": tmp_path / "reports"}),
         "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                                                      "artifact_root": (tmp_path / "artifacts").as_uri()})})
     ctx = stages.Context(local, config.load_pipeline("churn"), spark_factory=lambda _: spark)
-    stages.ingest(ctx)
     stages.train(ctx)
     last = dt.date.fromisoformat(manifest["end_date"])
     # Score 31 nights back so one matured window (score date + 30 days <= the night) exists on the last night.

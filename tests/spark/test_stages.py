@@ -20,11 +20,11 @@ pytestmark = pytest.mark.spark
 
 
 @pytest.fixture
-def ctx_for(spark, settings, lakehouse, tmp_path, tiny_landing):
-    """A stage Context on this test's lakehouse and MLflow store, with the tiny demo landed."""
+def ctx_for(spark, settings, ingested_lakehouse, tmp_path, tiny_landing):
+    """A stage Context on a copy of the ingested tiny demo, with this test's MLflow store."""
     landing, _ = tiny_landing
     local = settings.model_copy(update={
-        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": lakehouse}),
+        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": ingested_lakehouse}),
         "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                                                      "artifact_root": (tmp_path / "artifacts").as_uri()})})
 

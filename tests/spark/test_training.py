@@ -4,7 +4,6 @@ SparkTrials, the distributed MLlib learner, and a crash between model logging an
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 
 import mlflow
 import pytest
@@ -24,24 +23,11 @@ def _local(settings, landing, lakehouse, tmp_path):
                                                      "artifact_root": (tmp_path / "artifacts").as_uri()})})
 
 
-@pytest.fixture(scope="module")
-def landed(spark, settings, tiny_landing, tmp_path_factory):
-    """A lakehouse with the tiny demo ingested once for this module (tests work on copies of it)."""
-    landing, _ = tiny_landing
-    work = tmp_path_factory.mktemp("landed")
-    lake.forget_tables(spark)
-    ctx = stages.Context(_local(settings, landing, work / "lakehouse", work), config.load_pipeline("churn"),
-                         spark_factory=lambda _: spark)
-    stages.ingest(ctx)
-    return work / "lakehouse"
-
-
 @pytest.fixture
-def ctx_for(spark, settings, lakehouse, tmp_path, tiny_landing, landed):
+def ctx_for(spark, settings, ingested_lakehouse, tmp_path, tiny_landing):
     """A stage Context for a pipeline on a copy of the ingested lakehouse, with its own MLflow store."""
     landing, _ = tiny_landing
-    shutil.copytree(landed, lakehouse)
-    local = _local(settings, landing, lakehouse, tmp_path)
+    local = _local(settings, landing, ingested_lakehouse, tmp_path)
 
     def make(name: str, overrides: list[str] | None = None) -> stages.Context:
         return stages.Context(local, config.load_pipeline(name, overrides), spark_factory=lambda _: spark)
