@@ -53,6 +53,8 @@ def synthetic_features(n: int, seed: int = 0) -> pd.DataFrame:
         "days_since_last_order": days_since, "tenure_days": rng.uniform(1, 900, n),
         "loyalty_member": rng.integers(0, 2, n).astype("int64"),
         "delivery_share_90d": rng.uniform(0, 1, n), "dine_in_share_90d": rng.uniform(0, 1, n),
+        "delivery_share_4d": rng.uniform(0, 1, n), "dine_in_share_4d": rng.uniform(0, 1, n),
+        "main_channel_90d": rng.choice(["delivery", "dine_in", "drive_thru", "takeaway"], n).astype(object),
     })
     churn_logit = 0.04 * days_since - 0.3 * orders_30d - 0.5 * frame.loyalty_member - 1.0
     frame["churned"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-churn_logit))).astype("int64")

@@ -214,6 +214,16 @@ class Features(Frozen):
     function: str  # dotted path of a pandas function: one entity's rows for one as-of date -> one row
     columns: dict[str, SparkType]  # the function's output schema, key columns first
     population: str | None = None  # SQL filter on feature rows: who is trained on and scored (e.g. recent buyers)
+    # Output columns kept in the features table but not given to the model, e.g. a text column that only
+    # names a monitoring segment (the estimator takes numbers).
+    not_model_inputs: list[str] = Field(default_factory=list)
+
+    def model_post_init(self, _context: Any) -> None:
+        """Every column kept from the model must be a declared output column other than the keys."""
+        for name in self.not_model_inputs:
+            if name not in self.columns or name in (self.entity, "as_of_date"):
+                raise ValueError(f"not_model_inputs: '{name}' must be one of the declared output columns other "
+                                 f"than {self.entity} and as_of_date ({', '.join(self.columns)})")
 
 
 class Label(Frozen):

@@ -39,8 +39,9 @@ def output_schema(pipeline: Pipeline) -> StructType:
 
 
 def feature_columns(pipeline: Pipeline) -> list[str]:
-    """Model inputs: the output columns except the entity key and the as-of date."""
-    return [c for c in pipeline.features.columns if c not in (pipeline.features.entity, AS_OF)]
+    """Model inputs: the output columns except the entity key, the as-of date and `features.not_model_inputs`."""
+    feat = pipeline.features
+    return [c for c in feat.columns if c not in (feat.entity, AS_OF, *feat.not_model_inputs)]
 
 
 def feature_mode(pipeline: Pipeline) -> str:

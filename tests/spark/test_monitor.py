@@ -8,6 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakeforge import config, lake, registry, stages
+from lakeforge.features import feature_columns
 
 pytestmark = pytest.mark.spark
 
@@ -33,8 +34,7 @@ def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark
 
     rows = lake.read(spark, lakehouse, "ops.monitoring").where(F.col("monitor_date") == F.lit(last))
     kinds = {r["kind"]: r["count"] for r in rows.groupBy("kind").count().collect()}
-    features = [c for c in ctx.pipeline.features.columns if c not in ("customer_id", "as_of_date")]
-    assert kinds["drift"] == 2 * len(features)                   # PSI and KS per numeric feature
+    assert kinds["drift"] == 2 * len(feature_columns(ctx.pipeline))   # PSI and KS per numeric model input
     assert kinds["prediction_drift"] == 2 and kinds["decision"] == 1 and kinds["quality"] > 0
     perf = rows.where("kind = 'performance'").first()
     # Only the score date whose 30-day horizon has passed: `first`; `last` is not matured and never enters.
@@ -42,10 +42,17 @@ def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark
     scored_first = lake.read(spark, lakehouse, "gold.churn_predictions").where(F.col("score_date") == first).count()
     assert perf["rows"] == scored_first and 0.5 < perf["value"] <= 1.0
     segments = rows.where("kind = 'segment'").select("name", "segment", "rows").collect()
-    assert {r["name"] for r in segments} == {"region", "home_store_id"}
+    assert {r["name"] for r in segments} == {"region", "home_store_id", "main_channel_90d"}
     assert sum(r["rows"] for r in segments if r["name"] == "region") == scored_first
+    # The channel segment is each customer's main channel as of the score date, from the features table.
+    scored = lake.read(spark, lakehouse, "gold.churn_predictions").where(F.col("score_date") == first)
+    as_of = lake.read(spark, lakehouse, "gold.churn_features").where(F.col("as_of_date") == first)
+    channels = scored.join(as_of, on="customer_id", how="inner").groupBy("main_channel_90d").count().collect()
+    assert {r["segment"]: r["rows"] for r in segments if r["name"] == "main_channel_90d"} == \
+        {r["main_channel_90d"]: r["count"] for r in channels}
+    assert {r["main_channel_90d"] for r in channels} == {"delivery", "dine_in", "drive_thru", "takeaway"}
     watched = rows.where("kind = 'drift' AND threshold IS NOT NULL").select("name").distinct().collect()
-    assert sorted(r["name"] for r in watched) == ["delivery_share_90d", "dine_in_share_90d"]
+    assert sorted(r["name"] for r in watched) == ["delivery_share_4d", "dine_in_share_4d"]
     decision = rows.where("kind = 'decision'").first()
     assert decision["value"] == 0.0 and "cooldown" in decision["detail"]   # the champion was trained today
 
@@ -58,7 +65,7 @@ def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark
     runs = client.search_runs([experiment.experiment_id], "tags.`lakeforge.kind` = 'monitoring'")
     assert len(runs) == 1 and runs[0].data.tags["lakeforge.monitor_date"] == last.isoformat()
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "reports")] == [f"reports/{last}.html"]
-    assert "psi.dine_in_share_90d" in runs[0].data.metrics
+    assert "psi.dine_in_share_4d" in runs[0].data.metrics
 
     # A rerun for the date replaces its rows (one run id), other dates are untouched.
     before = rows.count()

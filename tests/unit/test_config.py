@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lakeforge import config
+from lakeforge import config, features
 from lakeforge.errors import ConfigError
 
 REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -115,4 +115,20 @@ def test_pipeline_bad_enum_value(conf):
     path = conf / "pipelines" / "churn.yaml"
     path.write_text(path.read_text().replace("format: json", "format: xml"))
     with pytest.raises(ConfigError, match=r"churn\.yaml: key 'sources\.orders\.format': input should be 'csv', 'json' or 'parquet'"):
+        config.load_pipeline("churn", None, conf)
+
+
+def test_not_model_inputs_stay_out_of_the_model_inputs(conf):
+    churn = config.load_pipeline("churn", None, conf)
+    assert churn.features.not_model_inputs == ["main_channel_90d"]
+    assert "main_channel_90d" in churn.features.columns
+    assert "main_channel_90d" not in features.feature_columns(churn)
+    assert "dine_in_share_4d" in features.feature_columns(churn)
+
+
+def test_not_model_inputs_must_be_declared_output_columns(conf):
+    path = conf / "pipelines" / "churn.yaml"
+    path.write_text(path.read_text().replace("not_model_inputs: [main_channel_90d]", "not_model_inputs: [channel]"))
+    with pytest.raises(ConfigError, match=r"churn\.yaml: .*not_model_inputs: 'channel' must be one of the declared "
+                                          r"output columns other than customer_id and as_of_date"):
         config.load_pipeline("churn", None, conf)

@@ -92,13 +92,13 @@ def test_performance_per_segment():
         ["segment", "region", "n", 1.0, 2], ["segment", "region", "s", 0.25, 4]]
 
 
-POLICY = Retrain(psi_threshold=0.2, psi_features=["dine_in_share_90d"], psi_days=3, performance_margin=0.05,
+POLICY = Retrain(psi_threshold=0.2, psi_features=["dine_in_share_4d"], psi_days=3, performance_margin=0.05,
                  windows=5, breaches=2, cooldown_days=7)
 
 
 def _days(first: dt.date, values: list[float]) -> pd.DataFrame:
     return pd.DataFrame({"monitor_date": [first + dt.timedelta(days=k) for k in range(len(values))],
-                         "name": "dine_in_share_90d", "value": values})
+                         "name": "dine_in_share_4d", "value": values})
 
 
 def test_performance_breaches_in_two_of_five_windows_fire():
