@@ -279,14 +279,22 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
         for name, kind in columns.items() if kind != "string" and "'" not in name])
     # Spark stops at the end of the first JSON value and ignores the rest of the line; as the
     # first item of an array, anything after it (a second object, garbage) makes the array invalid.
-    one_value = F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) == 2
+    # That second parse costs as much as the first, so only lines where a `}` is followed by more text
+    # (a necessary condition for text after the object) take it: a flat record's only `}` ends the line.
+    one_value = (~value.rlike(r"\}\s*\S")
+                 | (F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) == 2))
     malformed = (F.when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
                  .when(~value.rlike(r"^\s*\{"), F.lit("malformed JSON line: not a JSON object"))
                  .when(corrupt & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
                  .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    new_keys = F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known))
+    # Listing a line's keys parses it again. Only lines that may hold an unknown key take that parse: a
+    # quoted name other than a known column followed by `:`, or an escaped quote (a regular expression
+    # cannot tell where a name with one ends); otherwise the key list is null, i.e. nothing new.
+    known_name = "|".join(re.escape(name) for name in known)
+    maybe_unknown = value.rlike(f'(?i)"(?!(?:{known_name})"\\s*:)[^"]*"\\s*:') | value.contains('\\"')
+    new_keys = F.when(maybe_unknown, F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known)))
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
 
