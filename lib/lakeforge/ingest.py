@@ -289,12 +289,7 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
                  .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    # Listing a line's keys parses it again. Only lines that may hold an unknown key take that parse: a
-    # quoted name other than a known column followed by `:`, or an escaped quote (a regular expression
-    # cannot tell where a name with one ends); otherwise the key list is null, i.e. nothing new.
-    known_name = "|".join(re.escape(name) for name in known)
-    maybe_unknown = value.rlike(f'(?i)"(?!(?:{known_name})"\\s*:)[^"]*"\\s*:') | value.contains('\\"')
-    new_keys = F.when(maybe_unknown, F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known)))
+    new_keys = F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known))
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
 
