@@ -3,8 +3,13 @@ that repeats exactly, the distributed MLlib learner, and a kill between model lo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -13,7 +18,7 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, registry, stages, training, tuning
+from lakeforge import config, lake, registry, runs, stages, training, tuning
 from lakeforge.config import SearchParam
 from lakeforge.errors import DataError
 
@@ -189,29 +194,43 @@ def test_distributed_learner_trains_on_the_executors_and_scores_like_any_model(c
     assert predictions.where((F.col("prediction") <= 0) | (F.col("prediction") >= 1)).count() == 0
 
 
-def test_crash_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark, lakehouse,
-                                                                                monkeypatch):
+def test_killing_training_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark,
+                                                                                           lakehouse, tmp_path,
+                                                                                           monkeypatch):
+    """SIGKILL `lakeforge train` (the CLI, its own driver and JVM) right after the new version is registered
+    and before the gate moves an alias: nothing changes @champion, and a rerun leaves exactly one, READY."""
     ctx = ctx_for("churn", ["pipeline.model.params.n_estimators=30"])
-    monkeypatch.setenv("LAKEFORGE_TEST_CRASH_AFTER", "train.model_logged")
-    with pytest.raises(stages.SimulatedCrash):
-        stages.train(ctx)
+    s = ctx.settings
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "lakeforge", "train", "--pipeline", "churn", "--env", "test",
+             "--set", f"paths.landing={s.paths.landing}", "--set", f"paths.lakehouse={s.paths.lakehouse}",
+             "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
+             "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}",
+             "--set", "pipeline.model.params.n_estimators=30"],
+            env={**os.environ, runs.CRASH_AFTER: "train.model_logged"}, start_new_session=True, stdout=out,
+            stderr=subprocess.STDOUT)
+        returncode = job.wait(timeout=900)
+    with contextlib.suppress(ProcessLookupError):  # the hook killed the driver; its JVM goes with the job too
+        os.killpg(job.pid, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, log.read_text()[-3000:]
     client = ctx.mlflow
     # Version 1 is registered but no alias points at it: scoring has nothing to resolve yet.
-    assert client.get_model_version("churn", "1").aliases == []
+    assert [(int(mv.version), mv.aliases) for mv in client.search_model_versions("name = 'churn'")] == [(1, [])]
     with pytest.raises(DataError, match="has no @champion"):
         stages.score(ctx)
 
-    monkeypatch.delenv("LAKEFORGE_TEST_CRASH_AFTER")
     rerun = stages.train(ctx)
     assert (rerun["version"], rerun["alias"]) == (2, "champion")
-    versions = {int(mv.version): client.get_model_version("churn", mv.version).aliases
+    versions = {int(mv.version): (mv.status, client.get_model_version("churn", mv.version).aliases)
                 for mv in client.search_model_versions("name = 'churn'")}
-    assert versions == {1: [], 2: ["champion"]}
+    assert versions == {1: ("READY", []), 2: ("READY", ["champion"])}
     stages.build_features(ctx)
     assert stages.score(ctx)["version"] == 2
-    statuses = [r.status for r in lake.read(spark, lakehouse, "ops.runs").where("job = 'train'")
-                .orderBy("started_at").collect()]
-    assert statuses == ["failed", "succeeded"]
+    # The killed run never closed its ledger row; the rerun did.
+    ledger = lake.read(spark, lakehouse, "ops.runs").where("job = 'train'").orderBy("started_at").collect()
+    assert [(r.status, r.ended_at is None) for r in ledger] == [("running", True), ("succeeded", False)]
 
     # Scoring only ever resolves a READY version: an alias on a version still registering is refused.
     real = client.get_model_version
