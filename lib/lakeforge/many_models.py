@@ -45,9 +45,10 @@ def fit_per_group(train: DataFrame, group_key: str, feature_cols: list[str], lab
     def fit(rows: pd.DataFrame) -> pd.DataFrame:
         return fit_group(rows, group_key, feature_cols, label, task, arguments, min_rows, order_by)
 
-    # An explicit partition count: training rows are few bytes for much work, so adaptive execution would
-    # otherwise coalesce the groupBy's shuffle into one task and fit every group on one core. Twice the
-    # cores lets a core that drew small groups take another partition.
+    # An explicit partition count: adaptive execution coalesces shuffle partitions to at least 1 MB each
+    # (spark.sql.adaptive.coalescePartitions.minPartitionSize), but training rows are few bytes for much
+    # work: a training set under 1 MB per core got fewer tasks than cores (one under 1 MB, the demo's).
+    # Twice the cores lets a core that drew small groups take another partition.
     partitions = 2 * train.sparkSession.sparkContext.defaultParallelism
     return (train.select(*columns).repartition(partitions, group_key).groupBy(group_key)
             .applyInPandas(fit, models_schema(train, group_key)))
