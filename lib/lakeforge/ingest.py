@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import stat
 import zlib
 from dataclasses import dataclass, replace
@@ -43,12 +42,12 @@ from lakeforge import lake, quality
 from lakeforge.config import Source
 from lakeforge.errors import DataError
 from lakeforge.quality import FILE, MALFORMED, NEW_KEYS, OUTCOME, RAW, REASON, sql_string
+from lakeforge.runs import crash_point
 
 FILE_LEDGER = "ops.ingested_files"
 QUARANTINE = "ops.quarantine"
 AUDIT_COLUMNS = ["_ingested_at", "_source_file", "_batch_id"]
 EXTENSIONS = {"csv": (".csv",), "json": (".json", ".jsonl", ".ndjson"), "parquet": (".parquet",)}
-CRASH_AFTER = "LAKEFORGE_TEST_CRASH_AFTER"
 CORRUPT = "_lf_corrupt"
 LEDGER_SCHEMA = ("source string, file string, batch_id string, status string, ingested_at timestamp, bytes bigint, "
                  "modified_at timestamp, content_sha256 string, duplicate_of string, error string, rows_read bigint, "
@@ -422,12 +421,6 @@ def _add_columns(spark: SparkSession, lakehouse: Path, table: str, columns: dict
 # ---------------------------------------------------------------- the batch
 
 
-def _crash_point(step: str) -> None:
-    """Test-only: LAKEFORGE_TEST_CRASH_AFTER=<step> kills this process right after that write."""
-    if os.environ.get(CRASH_AFTER) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _props(description: str, owner: str, source: str) -> dict[str, str]:
     return {"lakeforge.description": description, "lakeforge.owner": owner, "lakeforge.source": source}
 
@@ -517,7 +510,7 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
     lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
                 properties=_props("Landing files seen, once each: loaded (with their row accounting), "
                                   "duplicate deliveries and unreadable files", owner, "lakeforge"))
-    _crash_point("ledger")
+    crash_point("ledger")
     if to_load:
         _pending(lakehouse, source_name).unlink(missing_ok=True)
     total = quality.FileCounts(*(sum(getattr(c, k) for c in counts.values())
@@ -591,14 +584,14 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
                              any(c.quarantined for c in counts.values()), resuming, create=False,
                              properties=_props("Rows that broke a data contract, with the raw record and the reason",
                                                owner, "lakeforge"))
-        _crash_point("quarantine")
+        crash_point("quarantine")
 
         kept = checked.where(F.col(OUTCOME) == "keep").select(*[F.col(f"`{n}`") for n in columns], *AUDIT_COLUMNS)
         any_kept = any(c.kept for c in counts.values())
         props = _props(source.description or f"{source_name} landing files", owner, str(landing / source.path))
         _write_rows_of_files(spark, _aligned(spark, kept, lakehouse, bronze), lakehouse, bronze,
                              _in_files(FILE, names), any_kept, resuming, create=True, properties=props)
-        _crash_point("bronze")
+        crash_point("bronze")
         order = [source.event_time, "_ingested_at", FILE]
         if not lake.exists(lakehouse, silver):  # the first load: nothing to merge with, a plain insert
             lake.append(spark, lake.latest_per_key(kept, source.primary_key, order), lakehouse, silver,
@@ -606,9 +599,9 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
         elif any_kept:
             lake.merge_latest(spark, _aligned(spark, kept, lakehouse, silver), lakehouse, silver,
                               source.primary_key, order, properties=props)
-        _crash_point("silver")
+        crash_point("silver")
         quality.record(spark, results, source_name, batch_id, names, lakehouse, owner, now, replace=resuming)
-        _crash_point("quality")
+        crash_point("quality")
     finally:
         checked.unpersist()
     carried = {}  # file -> the new columns it carries

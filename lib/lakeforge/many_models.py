@@ -16,7 +16,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql.types import BinaryType, DoubleType, LongType, StructField, StructType
 
-from lakeforge.training import fit_estimator
+from lakeforge.training import ONE_THREAD_PER_TASK, fit_estimator
 
 
 def models_schema(df: DataFrame, group_key: str) -> StructType:
@@ -40,11 +40,18 @@ def fit_per_group(train: DataFrame, group_key: str, feature_cols: list[str], lab
                   min_rows: int, order_by: list[str]) -> DataFrame:
     """One row per group with its pickled model (null below `min_rows`), fitted on the executors (a transform)."""
     columns = list(dict.fromkeys([group_key, *order_by, *feature_cols, label]))
+    arguments = {**params, **ONE_THREAD_PER_TASK}
 
     def fit(rows: pd.DataFrame) -> pd.DataFrame:
-        return fit_group(rows, group_key, feature_cols, label, task, params, min_rows, order_by)
+        return fit_group(rows, group_key, feature_cols, label, task, arguments, min_rows, order_by)
 
-    return train.select(*columns).groupBy(group_key).applyInPandas(fit, models_schema(train, group_key))
+    # An explicit partition count: adaptive execution coalesces shuffle partitions to at least 1 MB each
+    # (spark.sql.adaptive.coalescePartitions.minPartitionSize), but training rows are few bytes for much
+    # work: a training set under 1 MB per core got fewer tasks than cores (one under 1 MB, the demo's).
+    # Twice the cores lets a core that drew small groups take another partition.
+    partitions = 2 * train.sparkSession.sparkContext.defaultParallelism
+    return (train.select(*columns).repartition(partitions, group_key).groupBy(group_key)
+            .applyInPandas(fit, models_schema(train, group_key)))
 
 
 def unpickle(rows: pd.DataFrame, group_key: str) -> dict:

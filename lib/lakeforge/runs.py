@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from pyspark.sql import SparkSession
 from lakeforge import __version__, lake
 
 RUNS = "ops.runs"
+CRASH_AFTER = "LAKEFORGE_TEST_CRASH_AFTER"
 SCHEMA = ("run_id string, job string, pipeline string, env string, run_date date, status string, "
           "started_at timestamp, ended_at timestamp, duration_s double, user string, host string, "
           "git_commit string, lakeforge_version string, inputs map<string,bigint>, outputs map<string,bigint>, "
@@ -46,6 +49,13 @@ class Progress:
             print(json.dumps(record, default=str), file=self.stream, flush=True)
         else:
             print(f"[{self.job} {elapsed:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+def crash_point(step: str) -> None:
+    """Test-only: with LAKEFORGE_TEST_CRASH_AFTER=<step>, this process kills itself (SIGKILL) here, so the
+    crash tests stop a job between two commits as a power cut or an OOM kill would, no cleanup run."""
+    if os.environ.get(CRASH_AFTER) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def git_commit() -> str:

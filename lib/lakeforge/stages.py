@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -97,15 +96,6 @@ def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
         return {"stage": "features", "dates": listed, "rows": rows}
 
 
-class SimulatedCrash(BaseException):
-    """Raised at a named point when LAKEFORGE_TEST_CRASH_AFTER names it (tests kill a stage mid-way with it)."""
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get("LAKEFORGE_TEST_CRASH_AFTER") == name:
-        raise SimulatedCrash(f"simulated crash after {name} (LAKEFORGE_TEST_CRASH_AFTER)")
-
-
 @dataclass
 class Trained:
     """What fitting produced: the model to register, its parameters, and what to log and record with it."""
@@ -185,7 +175,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
                                                trained.model, example, params, metrics, tags, baseline=baseline)
         if groups is not None:
             _write_manifest(ctx, groups, logged, run.run_id)
-        _crash_point("train.model_logged")
+        runs.crash_point("train.model_logged")
         champion_value = _champion_metric(ctx, holdout, label)
         metric = pipeline.model.metric
         decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)

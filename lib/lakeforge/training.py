@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier, LGBMRegressor
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import log_loss, mean_absolute_error, roc_auc_score
 
 from lakeforge.config import Pipeline
 from lakeforge.errors import DataError
@@ -47,10 +47,16 @@ def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline
     return train, holdout
 
 
+# A fit inside a Spark task (a search trial, one group's model) shares the executor's cores with the
+# other tasks, one task per core: one LightGBM thread each (LightGBM's default, every core in every
+# task, oversubscribes them), and the deterministic mode, stable only for a fixed thread count.
+ONE_THREAD_PER_TASK = {"n_jobs": 1, "deterministic": True, "force_row_wise": True}
+
+
 def estimator_params(pipeline: Pipeline, params: dict | None = None) -> dict:
     """The estimator's arguments: deterministic defaults, then model.params, then `params` (a search's pick)."""
-    return {"random_state": pipeline.training.seed, "n_jobs": 1, "deterministic": True,
-            "force_row_wise": True, "verbose": -1, **pipeline.model.params, **(params or {})}
+    return {"random_state": pipeline.training.seed, **ONE_THREAD_PER_TASK, "verbose": -1, **pipeline.model.params,
+            **(params or {})}
 
 
 def fit(train: pd.DataFrame, feature_cols: list[str], label: str, pipeline: Pipeline, params: dict | None = None):
@@ -63,6 +69,17 @@ def fit_estimator(task: str, params: dict, x: pd.DataFrame, y: pd.Series):
     if task == "classification":
         return LGBMClassifier(**params).fit(x, y.astype("int64"))
     return LGBMRegressor(**params).fit(x, y.astype("float64"))
+
+
+def validation_loss(task: str, params: dict, fit_rows: pd.DataFrame, valid_rows: pd.DataFrame,
+                    feature_cols: list[str], label: str) -> float:
+    """A search trial: fit with exactly these arguments on fit_rows, then the log loss (classification) or
+    MAE (regression) on valid_rows."""
+    model = fit_estimator(task, params, fit_rows[feature_cols], fit_rows[label])
+    if task == "classification":
+        return float(log_loss(valid_rows[label].astype("int64"), model.predict_proba(valid_rows[feature_cols])[:, 1],
+                              labels=[0, 1]))
+    return float(mean_absolute_error(valid_rows[label].astype("float64"), model.predict(valid_rows[feature_cols])))
 
 
 def evaluate(model, data: pd.DataFrame, feature_cols: list[str], label: str, top_k: float = 0.1) -> dict[str, float]:

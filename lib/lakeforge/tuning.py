@@ -1,11 +1,17 @@
 """Hyperparameter search: TPE over the search space the pipeline YAML declares (the only module that imports hyperopt).
 
-Trials run in parallel on the Spark executors with `SparkTrials(parallelism)`, or one after another
-with hyperopt's `Trials` when parallelism is 1 (then the search is reproducible: same data, space
-and seed, same trials). Each trial fits on the earlier training dates and is scored on the later,
-purged validation dates; the holdout is never seen. The trials are logged from the driver as
-nested MLflow runs of the active parent run once the search ends (executors make no MLflow calls).
-`no_progress_loss` early stopping is deliberately not used: it hangs with SparkTrials.
+The search runs in synchronous rounds of `parallelism` trials. Before a round, TPE proposes all of
+its trials, one after another, from the same finished history (the round's earlier proposals count
+as pending, as hyperopt's own asynchronous fmin counts them) with one seeded random generator; then
+the round runs, as one Spark job of one task per trial when parallelism > 1, in-process when it is
+1. So the same data, space, seed and parallelism give the same trials, whatever order the trials
+finish in. (hyperopt's SparkTrials asks TPE for a trial whenever a slot frees, so its proposals
+depend on which trial finished first; it also polls once a second per trial: see docs/training.md.)
+
+Each trial fits on the earlier training dates and is scored on the later, purged validation dates;
+the holdout is never seen. The training frames go to the executors once, as a broadcast, not in
+every trial's closure. Executors make no MLflow calls: the trials are logged from the driver as
+nested runs of the active parent run once the search ends.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 import pandas as pd
-from hyperopt import STATUS_OK, SparkTrials, Trials, fmin, hp, space_eval, tpe
+from hyperopt import STATUS_OK, Trials, hp, space_eval, tpe
+from hyperopt.base import JOB_STATE_DONE, Domain
 
+from lakeforge import training
 from lakeforge.config import SearchParam
 
 # Integer hyperparameters of LightGBM: a quniform draw (a float) is cast for them.
@@ -61,49 +69,64 @@ def typed(params: dict) -> dict:
     return out
 
 
-def _objective(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[str], label: str,
-               task: str, base_params: dict):
-    """The function each trial runs (pickled to an executor under SparkTrials): fit, then the validation loss."""
-
-    def run(params: dict) -> dict:
-        from lightgbm import LGBMClassifier, LGBMRegressor
-        from sklearn.metrics import log_loss, mean_absolute_error
-
-        arguments = {**base_params, **typed(params)}
-        if task == "classification":
-            model = LGBMClassifier(**arguments).fit(fit_rows[feature_cols], fit_rows[label].astype("int64"))
-            loss = log_loss(valid_rows[label].astype("int64"), model.predict_proba(valid_rows[feature_cols])[:, 1],
-                            labels=[0, 1])
-        else:
-            model = LGBMRegressor(**arguments).fit(fit_rows[feature_cols], fit_rows[label].astype("float64"))
-            loss = mean_absolute_error(valid_rows[label].astype("float64"), model.predict(valid_rows[feature_cols]))
-        return {"loss": float(loss), "status": STATUS_OK}
-
-    return run
+def _propose(domain: Domain, trials: Trials, rng: np.random.Generator) -> dict:
+    """TPE's next trial from every trial so far (unfinished ones count as pending), added to `trials` as new."""
+    docs = tpe.suggest(trials.new_trial_ids(1), domain, trials, rng.integers(2**31 - 1))
+    trials.insert_trial_docs(docs)
+    trials.refresh()
+    return trials.trials[-1]
 
 
 def search(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[str], label: str, task: str,
            base_params: dict, search_space: dict[str, SearchParam], max_evals: int, parallelism: int, seed: int,
            spark=None, timeout_s: int | None = None) -> SearchResult:
-    """TPE search: the parameters with the lowest validation loss (log loss or MAE) among `max_evals` trials."""
+    """TPE search: the parameters with the lowest validation loss (log loss or MAE) among `max_evals` trials,
+    run in rounds of `parallelism` (Spark tasks when > 1). With `timeout_s`, no round starts after it."""
     space = build_space(search_space)
+    domain = Domain(lambda params: None, space)  # proposals only: the rounds below evaluate the trials
+    columns = list(dict.fromkeys([*feature_cols, label]))
+    frames = (fit_rows[columns], valid_rows[columns])
+    run_round = _in_process(frames, feature_cols, label, task)
+    payload = None
     if parallelism > 1:
-        trials = SparkTrials(parallelism=parallelism, timeout=timeout_s, spark_session=spark)
-    else:
-        trials = Trials()
+        if spark is None:
+            raise ValueError("a search with parallelism > 1 runs its trials on Spark: pass the SparkSession")
+        payload = spark.sparkContext.broadcast(frames)
+        run_round = _on_spark(spark, payload, feature_cols, label, task)
+    trials, rng, done = Trials(), np.random.default_rng(seed), []
     started = time.perf_counter()
-    best = fmin(_objective(fit_rows, valid_rows, feature_cols, label, task, base_params), space,
-                algo=tpe.suggest, max_evals=max_evals, trials=trials, rstate=np.random.default_rng(seed),
-                show_progressbar=False, timeout=timeout_s if parallelism == 1 else None)
+    try:
+        while len(done) < max_evals and (timeout_s is None or time.perf_counter() - started < timeout_s):
+            docs = [_propose(domain, trials, rng) for _ in range(min(parallelism, max_evals - len(done)))]
+            params = [typed(space_eval(space, {k: v[0] for k, v in d["misc"]["vals"].items() if v})) for d in docs]
+            losses = run_round([{**base_params, **p, **training.ONE_THREAD_PER_TASK} for p in params])
+            for doc, loss in zip(docs, losses):
+                doc["state"], doc["result"] = JOB_STATE_DONE, {"loss": loss, "status": STATUS_OK}
+            trials.refresh()
+            done.extend(zip(params, losses))
+    finally:
+        if payload is not None:
+            payload.destroy()
     seconds = time.perf_counter() - started
-    done = []
-    for t in trials.trials:
-        if t["result"].get("status") != STATUS_OK:
-            continue
-        values = {k: v[0] for k, v in t["misc"]["vals"].items() if v}
-        done.append((typed(space_eval(space, values)), float(t["result"]["loss"])))
-    best_params = typed(space_eval(space, best))
-    return SearchResult(best_params, min(loss for _, loss in done), done, seconds, parallelism)
+    best_params, best_loss = min(done, key=lambda trial: trial[1])  # the first of equal losses, as hyperopt's argmin
+    return SearchResult(best_params, best_loss, done, seconds, parallelism)
+
+
+def _in_process(frames, feature_cols: list[str], label: str, task: str):
+    def run_round(arguments: list[dict]) -> list[float]:
+        return [training.validation_loss(task, a, *frames, feature_cols, label) for a in arguments]
+
+    return run_round
+
+
+def _on_spark(spark, payload, feature_cols: list[str], label: str, task: str):
+    """A round as one Spark job of one task per trial. The closure carries the broadcast handle, not the rows,
+    and refers to lakeforge.training only, so executors import neither hyperopt nor MLflow."""
+    def run_round(arguments: list[dict]) -> list[float]:
+        tasks = spark.sparkContext.parallelize(arguments, len(arguments))
+        return tasks.map(lambda a: training.validation_loss(task, a, *payload.value, feature_cols, label)).collect()
+
+    return run_round
 
 
 def log_trials(result: SearchResult, prefix: str = "trial") -> None:

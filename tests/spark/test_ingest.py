@@ -23,7 +23,7 @@ import pytest
 from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
 
-from lakeforge import cli, ingest, lake
+from lakeforge import cli, ingest, lake, runs
 from lakeforge.config import Expectation, Source
 from lakeforge.errors import DataError
 
@@ -376,9 +376,9 @@ def command(repo, tmp_path):
 
     def run(crash_after: str | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, "LAKEFORGE_CONF_DIR": str(conf)}
-        env.pop(ingest.CRASH_AFTER, None)
+        env.pop(runs.CRASH_AFTER, None)
         if crash_after:
-            env[ingest.CRASH_AFTER] = crash_after
+            env[runs.CRASH_AFTER] = crash_after
         return subprocess.run([sys.executable, "-m", "lakeforge", *args], env=env, capture_output=True, text=True,
                               timeout=600)
 

@@ -1,16 +1,24 @@
-"""Training patterns on the tiny demo: per-store models with a fallback (demand), a hyperopt search with
-SparkTrials, the distributed MLlib learner, and a crash between model logging and the alias change."""
+"""Training patterns on the tiny demo: per-store models with a fallback (demand), a parallel hyperopt search
+that repeats exactly, the distributed MLlib learner, and a kill between model logging and the alias change."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, registry, stages, training
+from lakeforge import config, lake, registry, runs, stages, training, tuning
+from lakeforge.config import SearchParam
 from lakeforge.errors import DataError
 
 pytestmark = pytest.mark.spark
@@ -93,9 +101,10 @@ def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by
     assert model.models["S001"] is not model.fallback
 
 
-def test_search_runs_trials_with_spark_trials_nested_under_one_parent(ctx_for):
+def test_parallel_search_runs_trials_nested_under_one_parent(ctx_for):
     # demand (a 1-day horizon) has enough training dates for a purged validation split on the tiny demo.
-    space = ["pipeline.model.pattern=global","pipeline.model.search_space.num_leaves={type: quniform, low: 3, high: 15, q: 1}",
+    space = ["pipeline.model.pattern=global",
+             "pipeline.model.search_space.num_leaves={type: quniform, low: 3, high: 15, q: 1}",
              "pipeline.model.search_space.learning_rate={type: loguniform, low: 0.02, high: 0.2}",
              "pipeline.model.tuning.max_evals=4", "pipeline.model.tuning.parallelism=2",
              "pipeline.model.params.n_estimators=40"]
@@ -121,6 +130,37 @@ def test_search_runs_trials_with_spark_trials_nested_under_one_parent(ctx_for):
     assert signature.inputs.input_names() == registry.load_python_model("demand", trained["version"]).feature_names
 
 
+def test_parallel_search_repeats_exactly_past_tpe_start_up(spark):
+    """TPE draws its first 20 trials at random; later ones depend on the finished trials, which a parallel
+    search must not let timing decide. Same data, space, seed and parallelism: the same trials, the same
+    best parameters, the same refitted model and holdout metrics."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 3))
+    rows = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
+                         "y": (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=500) > 0).astype("int64")})
+    fit, valid, holdout = rows.iloc[:300], rows.iloc[300:400], rows.iloc[400:]
+    train = rows.iloc[:400]
+    space = {"num_leaves": SearchParam(type="quniform", low=3, high=15, q=1),
+             "learning_rate": SearchParam(type="loguniform", low=0.02, high=0.3)}
+    base = {"random_state": 7, "verbose": -1, "n_estimators": 10}
+
+    def run(parallelism: int) -> tuple[tuning.SearchResult, dict]:
+        found = tuning.search(fit, valid, ["a", "b", "c"], "y", "classification", base, space, 24, parallelism,
+                              seed=11, spark=spark)
+        model = training.fit_estimator("classification", {**base, **found.best_params}, train[["a", "b", "c"]],
+                                       train["y"])
+        return found, training.evaluate(model, holdout, ["a", "b", "c"], "y")
+
+    (first, metrics), (again, metrics_again) = run(3), run(3)
+    assert len(first.trials) == 24 and first.parallelism == 3
+    assert first.trials == again.trials
+    assert (first.best_params, first.best_loss) == min(first.trials, key=lambda t: t[1])
+    assert (again.best_params, again.best_loss) == (first.best_params, first.best_loss)
+    assert metrics == metrics_again
+    # The random start-up trials are the sequential search's (the same seeded draws, in the same order).
+    assert first.trials[:20] == run(1)[0].trials[:20]
+
+
 def test_distributed_learner_trains_on_the_executors_and_scores_like_any_model(ctx_for, spark, lakehouse):
     ctx = ctx_for("churn", ["pipeline.model.distributed=true", "pipeline.model.mllib_params.regParam=0.05",
                             "pipeline.gate.min_auc=0.5"])
@@ -140,29 +180,43 @@ def test_distributed_learner_trains_on_the_executors_and_scores_like_any_model(c
     assert predictions.where((F.col("prediction") <= 0) | (F.col("prediction") >= 1)).count() == 0
 
 
-def test_crash_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark, lakehouse,
-                                                                                monkeypatch):
+def test_killing_training_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark,
+                                                                                           lakehouse, tmp_path,
+                                                                                           monkeypatch):
+    """SIGKILL `lakeforge train` (the CLI, its own driver and JVM) right after the new version is registered
+    and before the gate moves an alias: nothing changes @champion, and a rerun leaves exactly one, READY."""
     ctx = ctx_for("churn", ["pipeline.model.params.n_estimators=30"])
-    monkeypatch.setenv("LAKEFORGE_TEST_CRASH_AFTER", "train.model_logged")
-    with pytest.raises(stages.SimulatedCrash):
-        stages.train(ctx)
+    s = ctx.settings
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "lakeforge", "train", "--pipeline", "churn", "--env", "test",
+             "--set", f"paths.landing={s.paths.landing}", "--set", f"paths.lakehouse={s.paths.lakehouse}",
+             "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
+             "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}",
+             "--set", "pipeline.model.params.n_estimators=30"],
+            env={**os.environ, runs.CRASH_AFTER: "train.model_logged"}, start_new_session=True, stdout=out,
+            stderr=subprocess.STDOUT)
+        returncode = job.wait(timeout=900)
+    with contextlib.suppress(ProcessLookupError):  # the hook killed the driver; its JVM goes with the job too
+        os.killpg(job.pid, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, log.read_text()[-3000:]
     client = ctx.mlflow
     # Version 1 is registered but no alias points at it: scoring has nothing to resolve yet.
-    assert client.get_model_version("churn", "1").aliases == []
+    assert [(int(mv.version), mv.aliases) for mv in client.search_model_versions("name = 'churn'")] == [(1, [])]
     with pytest.raises(DataError, match="has no @champion"):
         stages.score(ctx)
 
-    monkeypatch.delenv("LAKEFORGE_TEST_CRASH_AFTER")
     rerun = stages.train(ctx)
     assert (rerun["version"], rerun["alias"]) == (2, "champion")
-    versions = {int(mv.version): client.get_model_version("churn", mv.version).aliases
+    versions = {int(mv.version): (mv.status, client.get_model_version("churn", mv.version).aliases)
                 for mv in client.search_model_versions("name = 'churn'")}
-    assert versions == {1: [], 2: ["champion"]}
+    assert versions == {1: ("READY", []), 2: ("READY", ["champion"])}
     stages.build_features(ctx)
     assert stages.score(ctx)["version"] == 2
-    statuses = [r.status for r in lake.read(spark, lakehouse, "ops.runs").where("job = 'train'")
-                .orderBy("started_at").collect()]
-    assert statuses == ["failed", "succeeded"]
+    # The killed run never closed its ledger row; the rerun did.
+    ledger = lake.read(spark, lakehouse, "ops.runs").where("job = 'train'").orderBy("started_at").collect()
+    assert [(r.status, r.ended_at is None) for r in ledger] == [("running", True), ("succeeded", False)]
 
     # Scoring only ever resolves a READY version: an alias on a version still registering is refused.
     real = client.get_model_version
