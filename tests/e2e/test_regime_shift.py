@@ -1,6 +1,6 @@
 """The regime-shift story on demo data: the nightly job, night after night across the generator's shift date,
-detects the drift within days, retrains once labels from after the drift have matured, measures the old
-champion's drop on post-shift labels, and the new champion recovers.
+detects the drift within days, measures the champion's performance drop once post-shift labels mature,
+retrains because of that drop, and the new champion recovers: the four events in that order.
 
 Every date asserted below is read from ops.monitoring (and MLflow), as the nightly job recorded it.
 The calendar is compressed to keep the test short: a 14-day churn horizon (labels mature in two weeks
@@ -8,11 +8,10 @@ instead of thirty); with labels maturing sooner, the performance margin is tight
 0.05 suits 30-day windows). 1,200 customers rather than the usual 300: with ~100 customers in the
 population a night, a 7-night AUC window moves by more than the drop.
 
-The watched features are the 4-day channel mix, so the drift shows 3-4 days after the shift, and the drift
-trigger fires once that first drifted day's labels have matured (detection + horizon), before the old
-champion's own matured AUC has dropped: the drop is measured afterwards, on its post-shift predictions.
-The nights run from two days before the shift until the new champion's first matured windows: the
-drift-triggered retrain comes 14 days after detection, and its predictions mature 15 days after that.
+The watched features are the 4-day channel mix, so the drift shows 3-4 days after the shift. The story
+runs the performance trigger only (`psi_days=0` turns the drift trigger off; drift is still measured
+and flagged): the retrain waits for the measured drop, as the issue's order of events asks. With the
+drift trigger on (the YAML's default) the retrain comes earlier, at detection + horizon.
 """
 
 from __future__ import annotations
@@ -32,9 +31,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 SHIFT = dt.date(2026, 7, 25)
 SPEC = DemoSpec(seed=42, customers=1200, stores=4, days=150, shift_date=SHIFT)
 HORIZON = 14
-FIRST_NIGHT, LAST_NIGHT = SHIFT - dt.timedelta(days=2), SHIFT + dt.timedelta(days=34)
+FIRST_NIGHT, LAST_NIGHT = SHIFT - dt.timedelta(days=2), SHIFT + dt.timedelta(days=42)
 STORY = [f"pipeline.label.horizon_days={HORIZON}", "pipeline.training.first_snapshot_after_days=30",
-         "pipeline.retrain.performance_margin=0.025", "pipeline.monitoring.report=false"]
+         "pipeline.retrain.performance_margin=0.025", "pipeline.retrain.psi_days=0",
+         "pipeline.monitoring.report=false"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def _first(frame: pd.DataFrame) -> dt.date | None:
     return min(frame.monitor_date) if len(frame) else None
 
 
-def test_detection_retrain_drop_recovery_in_that_order(story):
+def test_detection_drop_retrain_recovery_in_that_order(story):
     ctx, first, nights, m = story
     assert (first["version"], first["alias"]) == (1, "champion")
     m = m.assign(monitor_date=pd.to_datetime(m.monitor_date).dt.date)
@@ -75,31 +75,27 @@ def test_detection_retrain_drop_recovery_in_that_order(story):
     assert watched[watched.monitor_date <= SHIFT].empty
     detected = _first(watched)
     assert detected is not None and SHIFT < detected <= SHIFT + dt.timedelta(days=4), detected
-    # The retrain: fired by drift as soon as the first drifted day's labels matured, through the gate.
+    # The drop: v1's own matured AUC falls below its validation AUC minus the margin, on post-shift labels.
+    perf = v1[(v1.kind == "performance") & (v1.name == "overall")]
+    drops = perf[perf.breached == True]  # noqa: E712
+    dropped = _first(drops)
+    assert dropped is not None and detected < dropped, (detected, dropped)
+    assert all(pd.to_datetime(drops.window_end).dt.date + dt.timedelta(days=HORIZON) <= drops.monitor_date)
+    # The retrain: fired by the measured drop (the performance trigger), through the gate, a new @champion.
     retrains = m[(m.kind == "retrain") & (m.value == 1.0)]
     retrained = _first(retrains)
-    assert retrained == detected + dt.timedelta(days=HORIZON), (detected, retrained)
+    assert retrained is not None and dropped <= retrained, (dropped, retrained)
     v2 = int(retrains.sort_values("monitor_date").model_version.iloc[0])
     fired = m[(m.kind == "decision") & (m.monitor_date == retrained)]
-    assert fired.value.tolist() == [1.0]
-    assert fired.detail.iloc[0].startswith("drift: ") and f"since {detected}" in fired.detail.iloc[0]
-    # The drop: v1's own matured AUC on post-shift score dates falls below its validation AUC minus the margin
-    # (the floor its rows carried while it was champion); measured only once those labels matured.
-    perf = v1[(v1.kind == "performance") & (v1.name == "overall")]
-    floor = perf.threshold.dropna().unique()
-    assert len(floor) == 1, floor
-    drops = perf[perf.value < floor[0]]
-    dropped = _first(drops)
-    assert dropped is not None and retrained < dropped, (retrained, dropped)
-    assert all(pd.to_datetime(drops.window_end).dt.date + dt.timedelta(days=HORIZON) <= drops.monitor_date)
-    assert all(pd.to_datetime(drops.window_start).dt.date >= SHIFT)
-    assert perf[(perf.monitor_date < retrained) & (perf.breached == True)].empty  # noqa: E712 (no drop seen yet)
+    assert fired.value.tolist() == [1.0] and fired.detail.iloc[0].startswith("performance"), fired.detail.tolist()
     # Recovery: the new champion's own matured AUC on post-shift data is back above v1's floor and above v1's.
     mine = m[(m.model_version == v2) & (m.kind == "performance") & (m.name == "overall")]
     recovered = _first(mine)
-    assert recovered == retrained + dt.timedelta(days=HORIZON + 1), (retrained, recovered)
+    assert recovered is not None and retrained < recovered, (retrained, recovered)
+    floor = perf.threshold.dropna().unique()
+    assert len(floor) == 1, floor
     assert (mine.value > floor[0]).all() and mine.value.min() > drops.value.max()
-    print(f"shift {SHIFT}: detected {detected}, retrained {retrained} (v{v2}), drop measured {dropped}, "
+    print(f"shift {SHIFT}: detected {detected}, drop measured {dropped}, retrained {retrained} (v{v2}), "
           f"recovered {recovered}")
     assert registry.alias_version(ctx.mlflow, "churn", registry.CHAMPION) >= v2
 
