@@ -41,6 +41,20 @@ def settings(work_dir):
 
 
 @pytest.fixture(scope="session")
+def settings_at(settings):
+    """Test settings on other folders: landing, lakehouse (and reports), and a sqlite MLflow store in `work`."""
+
+    def make(landing: Path, lakehouse: Path, work: Path, reports: Path | None = None):
+        paths = {"landing": landing, "lakehouse": lakehouse} | ({"reports": reports} if reports else {})
+        return settings.model_copy(update={
+            "paths": settings.paths.model_copy(update=paths),
+            "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+                                                         "artifact_root": (work / "artifacts").as_uri()})})
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def spark(settings):
     from lakeforge.spark import build_session
 
@@ -76,17 +90,14 @@ def tiny_landing(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ingested_tiny(spark, settings, tiny_landing, tmp_path_factory) -> Path:
+def ingested_tiny(spark, settings_at, tiny_landing, tmp_path_factory) -> Path:
     """The tiny demo ingested once per session (bronze, silver, ops); tests take copies (`ingested_lakehouse`)."""
     from lakeforge import config, lake, stages
 
     landing, _ = tiny_landing
     work = tmp_path_factory.mktemp("ingested")
     lake.forget_tables(spark)
-    local = settings.model_copy(update={
-        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": work / "lakehouse"}),
-        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-                                                     "artifact_root": (work / "artifacts").as_uri()})})
+    local = settings_at(landing, work / "lakehouse", work)
     stages.ingest(stages.Context(local, config.load_pipeline("churn"), spark_factory=lambda _: spark))
     return work / "lakehouse"
 

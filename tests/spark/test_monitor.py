@@ -13,15 +13,11 @@ from lakeforge.features import feature_columns
 pytestmark = pytest.mark.spark
 
 
-def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark, settings, ingested_lakehouse,
+def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark, settings_at, ingested_lakehouse,
                                                                            tmp_path, tiny_landing):
     landing, manifest = tiny_landing
     lakehouse = ingested_lakehouse
-    local = settings.model_copy(update={
-        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": lakehouse,
-                                                   "reports": tmp_path / "reports"}),
-        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                                     "artifact_root": (tmp_path / "artifacts").as_uri()})})
+    local = settings_at(landing, lakehouse, tmp_path, reports=tmp_path / "reports")
     ctx = stages.Context(local, config.load_pipeline("churn"), spark_factory=lambda _: spark)
     stages.train(ctx)
     last = dt.date.fromisoformat(manifest["end_date"])

@@ -20,13 +20,10 @@ pytestmark = pytest.mark.spark
 
 
 @pytest.fixture
-def ctx_for(spark, settings, ingested_lakehouse, tmp_path, tiny_landing):
+def ctx_for(spark, settings_at, ingested_lakehouse, tmp_path, tiny_landing):
     """A stage Context on a copy of the ingested tiny demo, with this test's MLflow store."""
     landing, _ = tiny_landing
-    local = settings.model_copy(update={
-        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": ingested_lakehouse}),
-        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                                     "artifact_root": (tmp_path / "artifacts").as_uri()})})
+    local = settings_at(landing, ingested_lakehouse, tmp_path)
 
     def make(overrides: list[str] | None = None) -> stages.Context:
         return stages.Context(local, config.load_pipeline("churn", overrides), spark_factory=lambda _: spark)

@@ -24,18 +24,11 @@ from lakeforge.errors import DataError
 pytestmark = pytest.mark.spark
 
 
-def _local(settings, landing, lakehouse, tmp_path):
-    return settings.model_copy(update={
-        "paths": settings.paths.model_copy(update={"landing": landing, "lakehouse": lakehouse}),
-        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                                     "artifact_root": (tmp_path / "artifacts").as_uri()})})
-
-
 @pytest.fixture
-def ctx_for(spark, settings, ingested_lakehouse, tmp_path, tiny_landing):
+def ctx_for(spark, settings_at, ingested_lakehouse, tmp_path, tiny_landing):
     """A stage Context for a pipeline on a copy of the ingested lakehouse, with its own MLflow store."""
     landing, _ = tiny_landing
-    local = _local(settings, landing, ingested_lakehouse, tmp_path)
+    local = settings_at(landing, ingested_lakehouse, tmp_path)
 
     def make(name: str, overrides: list[str] | None = None) -> stages.Context:
         return stages.Context(local, config.load_pipeline(name, overrides), spark_factory=lambda _: spark)
