@@ -288,7 +288,8 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
                  .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    new_keys = F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known))
+    unknown = F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known))
+    new_keys = F.when(F.size(unknown) > 0, unknown)  # null, not an empty array, on the usual line: less to cache
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
 
@@ -435,17 +436,22 @@ def batch_id_for(source_name: str, files: list[LandingFile]) -> str:
     return f"{source_name}-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:12]}"
 
 
-def _prepare(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str],
-             now: dt.datetime, batch_id: str) -> DataFrame:
-    """Read and check the batch, keeping what the writes and counts need (persisted: one read of the files)."""
+def _prepare(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
+    """Read and check the batch, keeping what the writes and counts need (persisted: one read of the files).
+    Only what varies by row is cached; the batch's constant audit columns are added where rows are written."""
     checked = quality.check(read_batch(spark, files, source, columns), source)
     data = [F.col(f"`{name}`") for name in columns]
-    raw = F.when(F.col(OUTCOME) == "quarantine", F.coalesce(F.col(RAW), F.to_json(F.struct(*data))))
+    quarantined = F.col(OUTCOME) == "quarantine"
+    raw = F.when(quarantined, F.coalesce(F.col(RAW), F.to_json(F.struct(*data))))
     flags = [c for c in checked.columns if c.startswith("_lf_fail_")]
     extra = [NEW_KEYS] if NEW_KEYS in checked.columns else []
-    return checked.select(*data, F.lit(now).alias("_ingested_at"), FILE, F.lit(batch_id).alias("_batch_id"),
-                          OUTCOME, REASON, raw.alias(RAW), MALFORMED, quality.NULL_KEY, quality.NULL_EVENT,
-                          *flags, *extra).persist()
+    return checked.select(*data, FILE, OUTCOME, F.when(quarantined, F.col(REASON)).alias(REASON), raw.alias(RAW),
+                          MALFORMED, quality.NULL_KEY, quality.NULL_EVENT, *flags, *extra).persist()
+
+
+def _audit_columns(now: dt.datetime, batch_id: str) -> list[Column]:
+    """`_ingested_at`, `_source_file`, `_batch_id`: when, from which file and in which batch a row was loaded."""
+    return [F.lit(now).alias("_ingested_at"), F.col(FILE), F.lit(batch_id).alias("_batch_id")]
 
 
 def _validate_patterns(spark: SparkSession, source_name: str, source: Source) -> None:
@@ -542,7 +548,7 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
     columns = {**columns, **added}
     names = [f.name for f in files]
 
-    checked = _prepare(spark, files, source, columns, now, batch_id)
+    checked = _prepare(spark, files, source, columns)
     try:
         counts = quality.count_files(checked, source, now)
         json_new = {}
@@ -553,7 +559,7 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
             more = _checked_new_columns(source_name, source, json_new)
             added, columns, new = {**added, **more}, {**columns, **more}, {**new, **json_new}
             checked.unpersist()
-            checked = _prepare(spark, files, source, columns, now, batch_id)
+            checked = _prepare(spark, files, source, columns)
             counts = quality.count_files(checked, source, now)
         strays = set(counts) - set(names)
         if strays:
@@ -577,8 +583,7 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
 
         quarantined = checked.where(F.col(OUTCOME) == "quarantine").select(
             F.lit(source_name).alias("source"), F.col(FILE).alias("file"), F.col(RAW).alias("raw_record"),
-            F.col(REASON).alias("reason"), F.col("_batch_id").alias("batch_id"),
-            F.col("_ingested_at").alias("quarantined_at"))
+            F.col(REASON).alias("reason"), F.lit(batch_id).alias("batch_id"), F.lit(now).alias("quarantined_at"))
         _write_rows_of_files(spark, quarantined, lakehouse, QUARANTINE,
                              f"source = {sql_string(source_name)} AND {_in_files('file', names)}",
                              any(c.quarantined for c in counts.values()), resuming, create=False,
@@ -586,7 +591,8 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
                                                owner, "lakeforge"))
         crash_point("quarantine")
 
-        kept = checked.where(F.col(OUTCOME) == "keep").select(*[F.col(f"`{n}`") for n in columns], *AUDIT_COLUMNS)
+        kept = checked.where(F.col(OUTCOME) == "keep").select(*[F.col(f"`{n}`") for n in columns],
+                                                              *_audit_columns(now, batch_id))
         any_kept = any(c.kept for c in counts.values())
         props = _props(source.description or f"{source_name} landing files", owner, str(landing / source.path))
         _write_rows_of_files(spark, _aligned(spark, kept, lakehouse, bronze), lakehouse, bronze,
