@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_bench.py [--groups 120] [--rows-per-group 730] [--search-rows 60000]
                                                [--evals 16] [--parallelism 2] [--repeats 3]
+                                               [--only ceiling|many_models|search]
 
 0. The machine's ceiling, without Spark: the many-models fits in one warm process against the same
    fits split over `cores` warm processes. On a machine that other jobs keep busy it is well below
@@ -20,15 +21,16 @@
    compares each group's booster (every tree, split and leaf, as LightGBM's model text) between
    (a) and (b); the pickled bytes differ even for the same booster, so they are not compared.
 2. Hyperparameter search: the same TPE search (lakeforge.tuning.search, same space, same budget of
-   --evals trials, same seed) in one process (parallelism 1) and on Spark in rounds of
-   --parallelism trials. The default trial is realistic for a churn-like table: --search-rows
-   rows of 8 features (80% fit, 20% validation), 300 trees (2.7 s per trial on the loaded
-   development machine). Speed-up = median sequential / median parallel seconds (goal >= 0.8 x
+   --evals trials, same seed) in one process (parallelism 1) and on Spark, --parallelism trials at
+   a time (each trial its own Spark job; a slot starts its next trial when its own finishes). The
+   default trial is realistic for a churn-like table: --search-rows rows of 8 features (80% fit,
+   20% validation), 300 trees (2.7 s per trial on the loaded development machine). Speed-up = median sequential / median parallel seconds (goal >= 0.8 x
    parallelism), with both best losses; `same_trials` says whether the parallel search repeated
    exactly (parameters and losses) in each repeat.
 
 Each measurement's runs take turns (a, b, a, b, ...) so that a change in load weighs on both. The
-last line is one JSON object with every figure. Not part of the test suite.
+last line is one JSON object with every figure (with --only, that measurement's). Not part of the
+test suite.
 """
 
 from __future__ import annotations
@@ -171,7 +173,9 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=16)
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["ceiling", "many_models", "search"], help="run this measurement only")
     args = parser.parse_args()
+    wanted = {"ceiling", "many_models", "search"} if args.only is None else {args.only}
 
     from lakeforge import config
     from lakeforge.spark import build_session
@@ -182,16 +186,19 @@ def main() -> None:
     spark = build_session(settings, app_name="train-bench")
     load = os.getloadavg()[0]
     data = groups_frame(args.groups, args.rows_per_group)
-    ceiling = bench_ceiling(data, cores, args.repeats)
-    print(f"machine ceiling: {ceiling}", flush=True)
-    many = bench_many_models(spark, data, cores, args.repeats)
-    print(f"many models: {many}", flush=True)
-    search = bench_search(spark, args.search_rows, args.evals, args.parallelism, args.repeats)
-    print(f"search: {search}", flush=True)
+    figures = {}
+    if "ceiling" in wanted:
+        figures["machine_ceiling"] = bench_ceiling(data, cores, args.repeats)
+        print(f"machine ceiling: {figures['machine_ceiling']}", flush=True)
+    if "many_models" in wanted:
+        figures["many_models"] = bench_many_models(spark, data, cores, args.repeats)
+        print(f"many models: {figures['many_models']}", flush=True)
+    if "search" in wanted:
+        figures["search"] = bench_search(spark, args.search_rows, args.evals, args.parallelism, args.repeats)
+        print(f"search: {figures['search']}", flush=True)
     spark.stop()
     print(json.dumps({"benchmark": "train", "cores": cores, "load_avg_1m_at_start": round(load, 2),
-                      "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "repeats": args.repeats,
-                      "machine_ceiling": ceiling, "many_models": many, "search": search}))
+                      "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "repeats": args.repeats, **figures}))
 
 
 if __name__ == "__main__":

@@ -258,12 +258,12 @@ class SearchParam(Frozen):
 
 
 class Tuning(Frozen):
-    """Hyperparameter search: TPE over model.search_space in rounds of `parallelism` trials (Spark tasks when > 1)."""
+    """Hyperparameter search: TPE over model.search_space, `parallelism` trials at a time (Spark jobs when > 1)."""
 
     max_evals: int = Field(20, ge=1)
-    parallelism: int = Field(2, ge=1)     # trials per round; 1: one after another on the driver
+    parallelism: int = Field(2, ge=1)     # trials at a time; 1: one after another on the driver
     validation_snapshots: int = Field(2, ge=1)  # the last training dates, purged, score each trial
-    timeout_s: int | None = Field(None, ge=1)   # no new round starts after it (the trial count then varies)
+    timeout_s: int | None = Field(None, ge=1)   # no trial starts after it (the trial count then varies)
 
 
 class Model(Frozen):

@@ -1,12 +1,16 @@
 """Hyperparameter search: TPE over the search space the pipeline YAML declares (the only module that imports hyperopt).
 
-The search runs in synchronous rounds of `parallelism` trials. Before a round, TPE proposes all of
-its trials, one after another, from the same finished history (the round's earlier proposals count
-as pending, as hyperopt's own asynchronous fmin counts them) with one seeded random generator; then
-the round runs, as one Spark job of one task per trial when parallelism > 1, in-process when it is
-1. So the same data, space, seed and parallelism give the same trials, whatever order the trials
-finish in. (hyperopt's SparkTrials asks TPE for a trial whenever a slot frees, so its proposals
-depend on which trial finished first; it also polls once a second per trial: see docs/training.md.)
+The search is pipelined over `parallelism` slots, and each proposal's history is fixed in advance:
+TPE proposes trial k (0-based) from trials 0..k-parallelism finished, with their losses, and trials
+k-parallelism+1..k-1 pending (proposed, no result), as hyperopt's own asynchronous fmin counts
+unfinished trials, even when some of those have finished by then; its seed comes from the search's
+seed and k only. Slot s runs trials s, s+parallelism, s+2*parallelism, ...: trial k waits for its
+slot's previous trial (k-parallelism) and for proposal k-1 (proposals are made in trial order),
+never for a whole round, so a slow trial holds up only its own slot. Each trial is its own one-task
+Spark job when parallelism > 1 and runs in-process when it is 1. So the same data, space, seed and
+parallelism give the same trials, whatever order the trials finish in. (hyperopt's SparkTrials asks
+TPE for a trial whenever a slot frees, so its proposals depend on which trial finished first; it
+also polls once a second per trial: see docs/training.md.)
 
 Each trial fits on the earlier training dates and is scored on the later, purged validation dates;
 the holdout is never seen. The training frames go to the executors once, as a broadcast, not in
@@ -17,7 +21,9 @@ nested runs of the active parent run once the search ends.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import mlflow
@@ -69,64 +75,117 @@ def typed(params: dict) -> dict:
     return out
 
 
-def _propose(domain: Domain, trials: Trials, rng: np.random.Generator) -> dict:
-    """TPE's next trial from every trial so far (unfinished ones count as pending), added to `trials` as new."""
-    docs = tpe.suggest(trials.new_trial_ids(1), domain, trials, rng.integers(2**31 - 1))
-    trials.insert_trial_docs(docs)
-    trials.refresh()
-    return trials.trials[-1]
+class _Proposals:
+    """The trials' proposals and losses, shared by the slots. Proposal k is made once proposal k-1 exists, from
+    the history `_history(k)` fixes, so no proposal depends on which trial finished first."""
+
+    def __init__(self, space: dict, parallelism: int, seed: int, deadline: float | None):
+        self.space, self.parallelism, self.seed, self.deadline = space, parallelism, seed, deadline
+        self.domain = Domain(lambda params: None, space)  # proposals only: the slots evaluate the trials
+        self.docs: list[dict] = []  # hyperopt's document of each proposal, in trial order
+        self.params: list[dict] = []
+        self.losses: dict[int, float] = {}
+        self.stopped = False
+        self.changed = threading.Condition()
+
+    def propose(self, k: int) -> dict | None:
+        """Trial k's parameters once proposal k-1 exists; None if the search stopped (failure or timeout) first."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.stopped or len(self.docs) == k)
+            if self.deadline is not None and time.perf_counter() >= self.deadline:
+                self.stopped = True
+            if self.stopped:
+                self.changed.notify_all()
+                return None
+            history = self._history(k)
+            seed = np.random.default_rng([self.seed, k]).integers(2**31 - 1)
+            doc = tpe.suggest(history.new_trial_ids(1), self.domain, history, seed)[0]
+            self.docs.append(doc)
+            self.params.append(typed(space_eval(self.space, {n: v[0] for n, v in doc["misc"]["vals"].items() if v})))
+            self.changed.notify_all()
+            return self.params[k]
+
+    def _history(self, k: int) -> Trials:
+        """The trials as proposal k sees them: 0..k-parallelism done with their losses (each finished before its
+        slot proposed its next trial, at or before k-1), k-parallelism+1..k-1 pending even if done by now."""
+        def as_of_k(j: int, doc: dict) -> dict:
+            if j > k - self.parallelism:
+                return {**doc}  # as proposed: JOB_STATE_NEW, no loss
+            return {**doc, "state": JOB_STATE_DONE, "result": {"loss": self.losses[j], "status": STATUS_OK}}
+
+        history = Trials()
+        history.insert_trial_docs([as_of_k(j, doc) for j, doc in enumerate(self.docs)])
+        history.refresh()
+        return history
+
+    def record(self, k: int, loss: float) -> None:
+        with self.changed:
+            self.losses[k] = loss
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
 
 
 def search(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[str], label: str, task: str,
            base_params: dict, search_space: dict[str, SearchParam], max_evals: int, parallelism: int, seed: int,
            spark=None, timeout_s: int | None = None) -> SearchResult:
     """TPE search: the parameters with the lowest validation loss (log loss or MAE) among `max_evals` trials,
-    run in rounds of `parallelism` (Spark tasks when > 1). With `timeout_s`, no round starts after it."""
-    space = build_space(search_space)
-    domain = Domain(lambda params: None, space)  # proposals only: the rounds below evaluate the trials
+    `parallelism` at a time (Spark jobs when > 1). With `timeout_s`, no trial starts after it."""
     columns = list(dict.fromkeys([*feature_cols, label]))
     frames = (fit_rows[columns], valid_rows[columns])
-    run_round = _in_process(frames, feature_cols, label, task)
+    run_trial = _in_process(frames, feature_cols, label, task)
     payload = None
     if parallelism > 1:
         if spark is None:
             raise ValueError("a search with parallelism > 1 runs its trials on Spark: pass the SparkSession")
         payload = spark.sparkContext.broadcast(frames)
-        run_round = _on_spark(spark, payload, feature_cols, label, task)
-    trials, rng, done = Trials(), np.random.default_rng(seed), []
+        run_trial = _on_spark(spark, payload, feature_cols, label, task)
     started = time.perf_counter()
+    proposals = _Proposals(build_space(search_space), parallelism, seed,
+                           None if timeout_s is None else started + timeout_s)
+
+    def run_slot(slot: int) -> None:
+        try:
+            for k in range(slot, max_evals, parallelism):
+                params = proposals.propose(k)
+                if params is None:
+                    return
+                proposals.record(k, run_trial({**base_params, **params, **training.ONE_THREAD_PER_TASK}))
+        except BaseException:
+            proposals.stop()  # the other slots finish the trial they run and start no other
+            raise
+
     try:
-        while len(done) < max_evals and (timeout_s is None or time.perf_counter() - started < timeout_s):
-            docs = [_propose(domain, trials, rng) for _ in range(min(parallelism, max_evals - len(done)))]
-            params = [typed(space_eval(space, {k: v[0] for k, v in d["misc"]["vals"].items() if v})) for d in docs]
-            losses = run_round([{**base_params, **p, **training.ONE_THREAD_PER_TASK} for p in params])
-            for doc, loss in zip(docs, losses):
-                doc["state"], doc["result"] = JOB_STATE_DONE, {"loss": loss, "status": STATUS_OK}
-            trials.refresh()
-            done.extend(zip(params, losses))
+        with ThreadPoolExecutor(parallelism, thread_name_prefix="lakeforge-search") as pool:
+            slots = [pool.submit(run_slot, s) for s in range(parallelism)]
+        for slot in slots:
+            slot.result()  # a failed trial's error
     finally:
         if payload is not None:
             payload.destroy()
     seconds = time.perf_counter() - started
+    done = [(params, proposals.losses[k]) for k, params in enumerate(proposals.params)]
     best_params, best_loss = min(done, key=lambda trial: trial[1])  # the first of equal losses, as hyperopt's argmin
     return SearchResult(best_params, best_loss, done, seconds, parallelism)
 
 
 def _in_process(frames, feature_cols: list[str], label: str, task: str):
-    def run_round(arguments: list[dict]) -> list[float]:
-        return [training.validation_loss(task, a, *frames, feature_cols, label) for a in arguments]
+    def run_trial(arguments: dict) -> float:
+        return training.validation_loss(task, arguments, *frames, feature_cols, label)
 
-    return run_round
+    return run_trial
 
 
 def _on_spark(spark, payload, feature_cols: list[str], label: str, task: str):
-    """A round as one Spark job of one task per trial. The closure carries the broadcast handle, not the rows,
-    and refers to lakeforge.training only, so executors import neither hyperopt nor MLflow."""
-    def run_round(arguments: list[dict]) -> list[float]:
-        tasks = spark.sparkContext.parallelize(arguments, len(arguments))
-        return tasks.map(lambda a: training.validation_loss(task, a, *payload.value, feature_cols, label)).collect()
+    """A trial as its own Spark job of one task. The closure carries the broadcast handle, not the rows, and
+    refers to lakeforge.training only, so executors import neither hyperopt nor MLflow."""
+    def run_trial(arguments: dict) -> float:
+        job = spark.sparkContext.parallelize([arguments], 1)
+        return job.map(lambda a: training.validation_loss(task, a, *payload.value, feature_cols, label)).collect()[0]
 
-    return run_round
+    return run_trial
 
 
 def log_trials(result: SearchResult, prefix: str = "trial") -> None:

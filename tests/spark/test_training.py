@@ -125,8 +125,9 @@ def test_parallel_search_runs_trials_nested_under_one_parent(ctx_for):
 
 def test_parallel_search_repeats_exactly_past_tpe_start_up(spark):
     """TPE draws its first 20 trials at random; later ones depend on the finished trials, which a parallel
-    search must not let timing decide. Same data, space, seed and parallelism: the same trials, the same
-    best parameters, the same refitted model and holdout metrics."""
+    search must not let timing decide (3 slots, each trial its own Spark job, finishing in any order). Same
+    data, space, seed and parallelism: the same trials, the same best parameters, the same refitted model and
+    holdout metrics."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(500, 3))
     rows = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
@@ -150,7 +151,7 @@ def test_parallel_search_repeats_exactly_past_tpe_start_up(spark):
     assert (first.best_params, first.best_loss) == min(first.trials, key=lambda t: t[1])
     assert (again.best_params, again.best_loss) == (first.best_params, first.best_loss)
     assert metrics == metrics_again
-    # The random start-up trials are the sequential search's (the same seeded draws, in the same order).
+    # The random start-up trials are the sequential search's: trial k's seed depends on the seed and k only.
     assert first.trials[:20] == run(1)[0].trials[:20]
 
 
