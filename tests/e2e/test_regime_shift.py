@@ -38,15 +38,11 @@ STORY = [f"pipeline.label.horizon_days={HORIZON}", "pipeline.training.first_snap
 
 
 @pytest.fixture(scope="module")
-def story(spark, settings, tmp_path_factory):
+def story(spark, settings_at, tmp_path_factory):
     """Land the demo, train @champion as of the night before the first night, then run every night in order."""
     work = tmp_path_factory.mktemp("regime")
     generate_demo(work / "landing", SPEC)
-    local = settings.model_copy(update={
-        "paths": settings.paths.model_copy(update={"landing": work / "landing", "lakehouse": work / "lakehouse",
-                                                   "reports": work / "reports"}),
-        "mlflow": settings.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-                                                     "artifact_root": (work / "artifacts").as_uri()})})
+    local = settings_at(work / "landing", work / "lakehouse", work, reports=work / "reports")
     from lakeforge import lake
 
     lake.forget_tables(spark)

@@ -30,13 +30,13 @@ def customer_activity(rows: pd.DataFrame) -> pd.DataFrame:
     as_of = pd.to_datetime(rows["as_of_date"])
     ordered_at = pd.to_datetime(rows["order_ts"])
     days_ago = (as_of - ordered_at).dt.total_seconds() / 86400.0  # NaN where there is no order
-    recent = days_ago <= 90
     in_window = {}  # per window: its orders, and those of each channel whose share is a feature
     for suffix, days in CHANNEL_WINDOWS.items():
         within = days_ago <= days
         in_window[f"orders_{suffix}"] = within
         in_window[f"delivery_{suffix}"] = within & (rows["channel"] == "delivery")
         in_window[f"dine_in_{suffix}"] = within & (rows["channel"] == "dine_in")
+    recent = in_window["orders_90d"]
     frame = rows.assign(
         _days_ago=days_ago,
         _in_30d=(days_ago <= 30).astype("int64"),
