@@ -603,7 +603,7 @@ def status(ctx: Context) -> dict:
     tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
     all_runs = []
     if lake.exists(ctx.lakehouse, runs.RUNS):
-        all_runs = [r.asDict() for r in lake.read(ctx.spark, ctx.lakehouse, runs.RUNS)
+        all_runs = [r.asDict() for r in runs.read_runs(ctx.spark, ctx.lakehouse)
                     .select("started_at", "job", "pipeline", "status", "run_date", "duration_s", "error").collect()]
     last_runs = sorted(all_runs, key=lambda r: r["started_at"], reverse=True)[:10]
     health = runs.pipeline_health(all_runs)

@@ -403,6 +403,13 @@ class Lakehouse:
         layer, _, name = table.partition(".")
         return DeltaTable(str(self.lakehouse / layer / name)).to_pandas()
 
+    def runs(self):
+        """ops.runs with one row per run, in start order: its end row where it has one, else its `running` row
+        (the table is append-only: a run appends a row when it starts and one when it ends)."""
+        ledger = self.read("ops.runs").sort_values("ended_at", na_position="first", kind="mergesort")
+        return (ledger.drop_duplicates("run_id", keep="last").sort_values("started_at", kind="mergesort")
+                .reset_index(drop=True))
+
     @staticmethod
     def utc(column):
         """Timestamps as naive UTC (delta-rs reads Spark timestamps as UTC-aware; lakeforge's session is UTC)."""
@@ -482,7 +489,7 @@ class Night:
     """The scheduler's nightly job run twice for one date: a failed run, then the rerun."""
 
     score_date: dt.date
-    runs_before: int               # rows in ops.runs before the failed run
+    runs_before: int               # runs in ops.runs before the failed run
     failed: subprocess.CompletedProcess
     failing_version: str           # @champion during the failed run: its predict raises on the executors
     champion_version: str          # @champion during the rerun, set over HTTP
@@ -530,7 +537,7 @@ def night(trained, compose_nightly, tmp_path_factory) -> Night:
     trained.mlflow.api("registered-models/alias", body={"name": "churn", "alias": "champion", "version": failing},
                        method="POST")
     score_date = trained.next_score_date()
-    runs_before = len(trained.read("ops.runs"))
+    runs_before = len(trained.runs())
     failed = trained.submit(compose_nightly, extra_py_files=[chaos / "lakeforge_chaos.py"])
 
     trained.mlflow.api("registered-models/alias", body={"name": "churn", "alias": "champion", "version": good},

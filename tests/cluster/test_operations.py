@@ -18,7 +18,7 @@ def json_lines(text: str) -> list[dict]:
 
 
 def test_stages_log_json_lines_with_the_timing_and_rows_of_their_run(night, trained):
-    runs = trained.read("ops.runs").sort_values("started_at")
+    runs = trained.runs()
     ends = []
     for command, _, _, log in trained.submits:
         records = json_lines(log.read_text(errors="replace"))

@@ -25,7 +25,7 @@ def test_a_stage_failing_on_the_executors_exits_nonzero_and_is_recorded(night, t
     assert night.failed.returncode == 1, night.failed.stdout[-3000:]
     assert "lakeforge run: failed: PythonException" in night.failed.stdout  # raised in an executor's Python worker
     assert "recorded in ops.runs" in night.failed.stdout
-    runs = trained.read("ops.runs").sort_values("started_at")
+    runs = trained.runs()
     failed_night = runs.iloc[night.runs_before:night.runs_before + 3]
     assert list(zip(failed_night["job"], failed_night["status"])) == [
         ("ingest", "succeeded"), ("features", "succeeded"), ("score", "failed")], failed_night
@@ -35,11 +35,14 @@ def test_a_stage_failing_on_the_executors_exits_nonzero_and_is_recorded(night, t
 
 
 def test_the_rerun_completes_without_duplicates(night, trained):
-    runs = trained.read("ops.runs").sort_values("started_at")
+    runs = trained.runs()
     rerun = runs.iloc[night.runs_before + 3:]
     assert list(zip(rerun["job"], rerun["status"])) == [("ingest", "succeeded"), ("features", "succeeded"),
                                                         ("score", "succeeded"), ("monitor", "succeeded")], rerun
-    assert runs["run_id"].is_unique
+    # Each run appended exactly two rows: `running` when it started, its outcome when it ended.
+    ledger = trained.read("ops.runs")
+    assert (ledger.groupby("run_id").size() == 2).all(), ledger
+    assert sorted(ledger[ledger["status"] == "running"]["run_id"]) == sorted(runs["run_id"])
     # Both nights wrote the features of the date; the rerun replaced them.
     features = trained.read("gold.churn_features")
     assert not features.duplicated(["customer_id", "as_of_date"]).any()

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from lakeforge import lake, runs
@@ -73,7 +74,9 @@ def test_run_ledger_records_success_and_failure(spark, lakehouse):
     with pytest.raises(RuntimeError, match="boom"):
         with runs.recorded(spark, lakehouse, "score", "churn", "test", D2):
             raise RuntimeError("boom")
-    ledger = lake.read(spark, lakehouse, runs.RUNS).select("job", "run_date", "status", "rows", "error")
+    appended = lake.read(spark, lakehouse, runs.RUNS).groupBy("job").agg(F.sort_array(F.collect_list("status")))
+    assertDataFrameEqual(appended, [Row("ingest", ["running", "succeeded"]), Row("score", ["failed", "running"])])
+    ledger = runs.read_runs(spark, lakehouse).select("job", "run_date", "status", "rows", "error")
     assertDataFrameEqual(ledger, [
         Row(job="ingest", run_date=D1, status="succeeded", rows={"orders.read": 7}, error=None),
         Row(job="score", run_date=D2, status="failed", rows={}, error="RuntimeError: boom")])

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, registry, stages
+from lakeforge import config, lake, registry, runs, stages
 from lakeforge.features import feature_columns
 
 pytestmark = pytest.mark.spark
@@ -58,16 +58,16 @@ def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark
     assert report.read_text().count("data:image/png;base64,") == 3
     client = ctx.mlflow
     experiment = client.get_experiment_by_name("lakeforge/churn")
-    runs = client.search_runs([experiment.experiment_id], "tags.`lakeforge.kind` = 'monitoring'")
-    assert len(runs) == 1 and runs[0].data.tags["lakeforge.monitor_date"] == last.isoformat()
-    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "reports")] == [f"reports/{last}.html"]
-    assert "psi.dine_in_share_4d" in runs[0].data.metrics
+    mlflow_runs = client.search_runs([experiment.experiment_id], "tags.`lakeforge.kind` = 'monitoring'")
+    assert len(mlflow_runs) == 1 and mlflow_runs[0].data.tags["lakeforge.monitor_date"] == last.isoformat()
+    assert [a.path for a in client.list_artifacts(mlflow_runs[0].info.run_id, "reports")] == [f"reports/{last}.html"]
+    assert "psi.dine_in_share_4d" in mlflow_runs[0].data.metrics
 
     # A rerun for the date replaces its rows (one run id), other dates are untouched.
     before = rows.count()
     stages.monitor(ctx, last)
     again = lake.read(spark, lakehouse, "ops.monitoring").where(F.col("monitor_date") == F.lit(last))
     assert again.count() == before and again.select("run_id").distinct().count() == 1
-    recorded = lake.read(spark, lakehouse, "ops.runs").where("job = 'monitor'").select("status").collect()
+    recorded = runs.read_runs(spark, lakehouse).where("job = 'monitor'").select("status").collect()
     assert [r["status"] for r in recorded] == ["succeeded", "succeeded"]
     assert registry.alias_version(client, "churn", registry.CHAMPION) == 1

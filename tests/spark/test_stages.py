@@ -13,7 +13,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lakeforge import config, lake, registry, scoring, stages
+from lakeforge import config, lake, registry, runs, scoring, stages
 from lakeforge.errors import DataError
 
 pytestmark = pytest.mark.spark
@@ -107,7 +107,7 @@ def test_killing_scoring_mid_write_leaves_the_partition_as_it_was(ctx_for, spark
 
     assert lake.version(spark, lakehouse, table) == before
     assertDataFrameEqual(lake.read(spark, lakehouse, table), old)  # every date, every column, as it was
-    killed = lake.read(spark, lakehouse, "ops.runs").where("job = 'score' AND status = 'running'").collect()
+    killed = runs.read_runs(spark, lakehouse).where("job = 'score' AND status = 'running'").collect()
     assert [(r.run_date, r.ended_at) for r in killed] == [(last, None)]  # the ledger shows a run that never ended
 
     stages.score(ctx, last)

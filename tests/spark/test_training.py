@@ -209,7 +209,7 @@ def test_killing_training_between_model_logging_and_alias_change_leaves_one_read
     stages.build_features(ctx)
     assert stages.score(ctx)["version"] == 2
     # The killed run never closed its ledger row; the rerun did.
-    ledger = lake.read(spark, lakehouse, "ops.runs").where("job = 'train'").orderBy("started_at").collect()
+    ledger = runs.read_runs(spark, lakehouse).where("job = 'train'").orderBy("started_at").collect()
     assert [(r.status, r.ended_at is None) for r in ledger] == [("running", True), ("succeeded", False)]
 
     # Scoring only ever resolves a READY version: an alias on a version still registering is refused.
