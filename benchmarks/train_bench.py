@@ -25,9 +25,10 @@
    --evals trials, same seed) in one process (parallelism 1) and on Spark, --parallelism trials at
    a time (each trial its own Spark job; a slot starts its next trial when its own finishes). The
    default trial is realistic for a churn-like table: --search-rows rows of 8 features (80% fit,
-   20% validation), 300 trees (2.7 s per trial on the loaded development machine). Speed-up =
-   median sequential / median parallel seconds (goal >= 0.8 x parallelism), with both best losses; `same_trials` says whether the parallel search repeated
-   exactly (parameters and losses) in each repeat.
+   20% validation), 300 trees (about 1.2 s per trial on the quiet development machine). Speed-up =
+   median sequential / median parallel seconds (goal >= 0.8 x parallelism), with both best losses;
+   `same_trials` says whether the parallel search repeated exactly (parameters and losses) in each
+   repeat.
 
 Each measurement's runs take turns (a, b, a, b, ...) so that a change in load weighs on both. The
 last line is one JSON object with every figure (with --only, that measurement's). Not part of the

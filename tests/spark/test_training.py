@@ -208,7 +208,7 @@ def test_killing_training_between_model_logging_and_alias_change_leaves_one_read
     assert versions == {1: ("READY", []), 2: ("READY", ["champion"])}
     stages.build_features(ctx)
     assert stages.score(ctx)["version"] == 2
-    # The killed run never closed its ledger row; the rerun did.
+    # The killed run left only its `running` row in ops.runs; the rerun also appended its end.
     ledger = runs.read_runs(spark, lakehouse).where("job = 'train'").orderBy("started_at").collect()
     assert [(r.status, r.ended_at is None) for r in ledger] == [("running", True), ("succeeded", False)]
 
