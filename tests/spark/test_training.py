@@ -17,7 +17,7 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, registry, runs, stages, training, tuning
+from lakeforge import config, lake, many_models, registry, runs, stages, training, tuning
 from lakeforge.config import SearchParam
 from lakeforge.errors import DataError
 
@@ -92,6 +92,20 @@ def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by
         expected = float(estimator.predict(row[model.inputs].to_frame().T.astype(features[model.inputs].dtypes))[0])
         assert predictions.loc[row["store_id"], "prediction"] == pytest.approx(expected, rel=1e-12)
     assert model.models["S001"] is not model.fallback
+
+
+def test_per_group_training_gives_each_task_an_even_share_of_the_rows(spark):
+    """Groups go to the tasks largest first, each to the emptiest (local[2]: 4 tasks), one slot per task."""
+    sizes = {"G1": 70, "G2": 50, "G3": 40, "G4": 30, "G5": 20, "G6": 10}
+    rows = pd.DataFrame([(g, day, float(day), 1.0) for g, n in sizes.items() for day in range(n)],
+                        columns=["store", "day", "x", "y"])
+    fitted = many_models.fit_per_group(spark.createDataFrame(rows), "store", ["x"], "y", "regression",
+                                       {"n_estimators": 2, "verbose": -1}, 50, ["day"])
+    per_task = fitted.groupBy(F.spark_partition_id().alias("task")).agg(F.sum("train_rows").alias("rows"))
+    assert sorted(r["rows"] for r in per_task.collect()) == [50, 50, 50, 70]  # G1; G2; G3+G6; G4+G5
+    models = fitted.toPandas().sort_values("store")
+    assert models[["store", "train_rows"]].values.tolist() == [[g, n] for g, n in sizes.items()]
+    assert models["model"].notna().tolist() == [True, True, False, False, False, False]  # min_rows 50
 
 
 def test_parallel_search_runs_trials_nested_under_one_parent(ctx_for):

@@ -64,6 +64,13 @@ def test_per_group_fit_and_routing_use_each_groups_model_or_the_fallback():
                           per_group["S1"].predict(rows[["a", "b", "c"]]))
 
 
+def test_balanced_slots_take_the_largest_group_first_into_the_emptiest_slot():
+    sizes = {"A": 700, "B": 500, "C": 400, "D": 300, "E": 100, None: 50}
+    assert many_models.balanced_slots(sizes, 2) == {"A": 0, "B": 1, "C": 1, "D": 0, "E": 1, None: 0}  # 1050 | 1000
+    assert many_models.balanced_slots(sizes, 8) == {"A": 0, "B": 1, "C": 2, "D": 3, "E": 4, None: 5}
+    assert many_models.balanced_slots({}, 4) == {}
+
+
 def test_gate_on_mae_lower_is_better():
     gate = Gate(max_mae=2.0, min_improvement=0.1)
     assert decide(1.5, None, gate, "mae").alias == CHAMPION
