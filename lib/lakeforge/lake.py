@@ -154,17 +154,24 @@ def list_tables(lakehouse: Path) -> list[str]:
 
 
 def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
-    """Version, row count, last write time and catalog properties of one table."""
-    path = str(table_path(lakehouse, name))
-    detail = DeltaTable.forPath(spark, path).detail().first()
-    last = DeltaTable.forPath(spark, path).history(1).select("version", "timestamp", "operation").first()
+    """Version, row count, last write time and catalog properties of one table.
+
+    The count comes first: a table's first read loads its snapshot, which the property and history
+    lookups then reuse (0.03 s and 0.2 s in a warm session). DESCRIBE DETAIL, used before for the
+    properties, took 0.25 s more than SHOW TBLPROPERTIES; in a fresh `lakeforge status` process the
+    14 demo tables took 21.0 s here instead of 25.2 s (two cores, cProfile).
+    """
+    rows = spark.table(name).count()  # by name: proves the catalog sees the table
+    properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
+    last = (DeltaTable.forPath(spark, str(table_path(lakehouse, name))).history(1)
+            .select("version", "timestamp", "operation").first())
     return {
         "table": name,
         "version": int(last["version"]),
-        "rows": spark.table(name).count(),  # by name: proves the catalog sees the table
+        "rows": rows,
         "last_write": last["timestamp"],
         "last_operation": last["operation"],
-        "description": (detail["properties"] or {}).get("lakeforge.description", detail["description"] or ""),
-        "owner": (detail["properties"] or {}).get("lakeforge.owner", ""),
-        "source": (detail["properties"] or {}).get("lakeforge.source", ""),
+        "description": properties.get("lakeforge.description", properties.get("comment", "")),
+        "owner": properties.get("lakeforge.owner", ""),
+        "source": properties.get("lakeforge.source", ""),
     }
