@@ -68,8 +68,9 @@ def _ensure(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
         builder = builder.partitionedBy(*partition_by)
     for key, value in (properties or {}).items():
         builder = builder.property(key, value)
-    if properties and "description" in properties:
-        builder = builder.comment(properties["description"])
+    description = (properties or {}).get("lakeforge.description")
+    if description:  # the table's comment: what Spark's catalog (spark.catalog.listTables) shows
+        builder = builder.comment(description)
     builder.execute()
 
 

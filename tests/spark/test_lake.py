@@ -57,6 +57,7 @@ def test_tables_are_queryable_by_name_with_catalog_properties(spark, lakehouse):
     assert (described["description"], described["owner"], described["source"], described["rows"]) == (
         "scores per day", "team-x", "unit", 1)
     assert lake.list_tables(lakehouse) == ["gold.named"]
+    assert spark.catalog.getTable("gold.named").description == "scores per day"
 
 
 def test_bad_table_name_and_missing_table_are_clear(spark, lakehouse):
