@@ -172,7 +172,8 @@ def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
         "rows": rows,
         "last_write": last["timestamp"],
         "last_operation": last["operation"],
-        "description": properties.get("lakeforge.description", properties.get("comment", "")),
+        # A table made outside lakeforge may have only a comment (which the properties do not list).
+        "description": properties.get("lakeforge.description") or spark.catalog.getTable(name).description or "",
         "owner": properties.get("lakeforge.owner", ""),
         "source": properties.get("lakeforge.source", ""),
     }

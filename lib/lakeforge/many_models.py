@@ -87,9 +87,9 @@ def _partition_keys(spark, partitions: int) -> list[int]:
     """For each partition p, a key that `repartition(partitions, key)` sends to p: Spark's hash
     partitioning is pmod(hash(key), partitions), with the same Murmur3 as the SQL `hash` function.
     (Range partitioning on slot numbers samples its bounds, and put two slots in one partition.)"""
-    found: dict[int, int] = {}
-    for row in spark.range(256 * partitions).select("id", F.pmod(F.hash("id"), F.lit(partitions)).alias("p")).collect():
-        found.setdefault(row["p"], row["id"])
+    keys = (spark.range(256 * partitions).groupBy(F.pmod(F.hash("id"), F.lit(partitions)).alias("p"))
+            .agg(F.min("id").alias("key")).collect())  # one row per partition comes back
+    found = {row["p"]: row["key"] for row in keys}
     return [found[p] for p in range(partitions)]
 
 

@@ -58,6 +58,9 @@ def test_tables_are_queryable_by_name_with_catalog_properties(spark, lakehouse):
         "scores per day", "team-x", "unit", 1)
     assert lake.list_tables(lakehouse) == ["gold.named"]
     assert spark.catalog.getTable("gold.named").description == "scores per day"
+    location = str(lake.table_path(lakehouse, "gold.elsewhere"))  # a table made outside lakeforge: its comment
+    spark.sql(f"CREATE TABLE gold.elsewhere (a INT) USING DELTA LOCATION '{location}' COMMENT 'made by hand'")
+    assert lake.describe(spark, lakehouse, "gold.elsewhere")["description"] == "made by hand"
 
 
 def test_bad_table_name_and_missing_table_are_clear(spark, lakehouse):
