@@ -29,7 +29,9 @@ import json
 import os
 import re
 import stat
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
@@ -52,6 +54,11 @@ CORRUPT = "_lf_corrupt"
 LEDGER_SCHEMA = ("source string, file string, batch_id string, status string, ingested_at timestamp, bytes bigint, "
                  "modified_at timestamp, content_sha256 string, duplicate_of string, error string, rows_read bigint, "
                  "rows_kept bigint, rows_quarantined bigint, rows_dropped bigint, new_columns array<string>")
+# Sources load concurrently, so one source's commits and Python-side work (hashing files, small
+# commits) fill the cores while another's Spark job has a straggling task. The ops tables are shared by
+# every source: their writes take turns, as a replaceWhere after a crash must not race another append.
+PARALLEL_SOURCES = 4
+_OPS_WRITES = threading.Lock()
 # A column that starts in one type may be read as a wider one (Parquet files); anything else is a type change.
 WIDER = {"tinyint": {"smallint", "int", "bigint"}, "smallint": {"int", "bigint"}, "int": {"bigint"},
          "float": {"double"}, "timestamp_ntz": {"timestamp"}}
@@ -426,6 +433,14 @@ def _props(description: str, owner: str, source: str) -> dict[str, str]:
     return {"lakeforge.description": description, "lakeforge.owner": owner, "lakeforge.source": source}
 
 
+def _stats_columns(source: Source) -> str:
+    """The columns bronze and silver keep file statistics for: those that MERGE (the key), time windows (the
+    event time) and rerun clean-up (the audit columns) filter on. Statistics on every column made a bronze
+    write of 250 MB of demo orders 30% slower (3.8 s against 2.95 s; none at all: 2.3 s)."""
+    names = dict.fromkeys([*source.primary_key, source.event_time, *AUDIT_COLUMNS])
+    return ",".join(f"`{name.replace('`', '``')}`" for name in names)
+
+
 def _in_files(column: str, names: list[str]) -> str:
     return f"{column} IN ({', '.join(sql_string(n) for n in names)})"
 
@@ -513,9 +528,10 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
         counts, added, carried, warnings = _load(spark, source_name, source, to_load, landing, lakehouse, owner,
                                                  batch_id, now, log)
     ledger_rows = _ledger_rows(spark, source_name, batch_id, now, to_load, duplicates, unreadable, counts, carried)
-    lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
-                properties=_props("Landing files seen, once each: loaded (with their row accounting), "
-                                  "duplicate deliveries and unreadable files", owner, "lakeforge"))
+    with _OPS_WRITES:
+        lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
+                    properties=_props("Landing files seen, once each: loaded (with their row accounting), "
+                                      "duplicate deliveries and unreadable files", owner, "lakeforge"))
     crash_point("ledger")
     if to_load:
         _pending(lakehouse, source_name).unlink(missing_ok=True)
@@ -584,17 +600,19 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
         quarantined = checked.where(F.col(OUTCOME) == "quarantine").select(
             F.lit(source_name).alias("source"), F.col(FILE).alias("file"), F.col(RAW).alias("raw_record"),
             F.col(REASON).alias("reason"), F.lit(batch_id).alias("batch_id"), F.lit(now).alias("quarantined_at"))
-        _write_rows_of_files(spark, quarantined, lakehouse, QUARANTINE,
-                             f"source = {sql_string(source_name)} AND {_in_files('file', names)}",
-                             any(c.quarantined for c in counts.values()), resuming, create=False,
-                             properties=_props("Rows that broke a data contract, with the raw record and the reason",
-                                               owner, "lakeforge"))
+        with _OPS_WRITES:
+            _write_rows_of_files(spark, quarantined, lakehouse, QUARANTINE,
+                                 f"source = {sql_string(source_name)} AND {_in_files('file', names)}",
+                                 any(c.quarantined for c in counts.values()), resuming, create=False,
+                                 properties=_props("Rows that broke a data contract, with the raw record and the "
+                                                   "reason", owner, "lakeforge"))
         crash_point("quarantine")
 
         kept = checked.where(F.col(OUTCOME) == "keep").select(*[F.col(f"`{n}`") for n in columns],
                                                               *_audit_columns(now, batch_id))
         any_kept = any(c.kept for c in counts.values())
-        props = _props(source.description or f"{source_name} landing files", owner, str(landing / source.path))
+        props = {**_props(source.description or f"{source_name} landing files", owner, str(landing / source.path)),
+                 "delta.dataSkippingStatsColumns": _stats_columns(source)}
         _write_rows_of_files(spark, _aligned(spark, kept, lakehouse, bronze), lakehouse, bronze,
                              _in_files(FILE, names), any_kept, resuming, create=True, properties=props)
         crash_point("bronze")
@@ -606,7 +624,8 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
             lake.merge_latest(spark, _aligned(spark, kept, lakehouse, silver), lakehouse, silver,
                               source.primary_key, order, properties=props)
         crash_point("silver")
-        quality.record(spark, results, source_name, batch_id, names, lakehouse, owner, now, replace=resuming)
+        with _OPS_WRITES:
+            quality.record(spark, results, source_name, batch_id, names, lakehouse, owner, now, replace=resuming)
         crash_point("quality")
     finally:
         checked.unpersist()
@@ -674,10 +693,25 @@ def _ledger_rows(spark: SparkSession, source_name: str, batch_id: str, now: dt.d
 
 def ingest_all(spark: SparkSession, sources: dict[str, Source], landing: Path, lakehouse: Path,
                owner: str, log=print) -> list[IngestResult]:
-    """Ingest every declared source; a source with no landing folder is an error that names it."""
+    """Ingest every declared source, several at a time; a source with no landing folder is an error that names it.
+
+    Each source is loaded (or not) on its own: one that fails does not stop the others, and once all
+    are done the first failure, in declaration order, is raised."""
     missing = [name for name, s in sources.items() if not (landing / s.path).is_dir()]
     if missing:
         raise DataError(f"no landing folder for source(s) {', '.join(missing)} under {landing} "
                         f"(expected {', '.join(str(landing / sources[m].path) for m in missing)}); "
                         f"run `lakeforge generate` for the demo data or fix paths.landing")
-    return [ingest_source(spark, name, source, landing, lakehouse, owner, log) for name, source in sources.items()]
+    with ThreadPoolExecutor(max_workers=PARALLEL_SOURCES, thread_name_prefix="ingest") as pool:
+        loads = [pool.submit(_ingest_in_own_pool, spark, name, source, landing, lakehouse, owner, log)
+                 for name, source in sources.items()]
+    return [load.result() for load in loads]
+
+
+def _ingest_in_own_pool(spark: SparkSession, source_name: str, *args) -> IngestResult:
+    """`ingest_source` with its Spark jobs in a scheduler pool of their own (fair shares between sources)."""
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", f"ingest.{source_name}")
+    try:
+        return ingest_source(spark, source_name, *args)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.scheduler.pool", None)

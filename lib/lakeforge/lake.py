@@ -9,6 +9,7 @@ a table's description, owner and source live in its Delta properties.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from delta.tables import DeltaTable
@@ -18,6 +19,9 @@ from pyspark.sql import functions as F
 from lakeforge.errors import DataError
 
 LAYERS = ("bronze", "silver", "gold", "ops")
+# Jobs that write from several threads (ingest loads its sources concurrently) create a table once:
+# two creations racing would both find it missing, and the second would fail.
+_CREATING = threading.Lock()
 
 
 def table_path(lakehouse: Path, name: str) -> Path:
@@ -60,6 +64,13 @@ def _ensure(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
     """Create the table from `df`'s schema with its catalog properties, if it is not there yet."""
     if exists(lakehouse, name):
         return
+    with _CREATING:
+        if not exists(lakehouse, name):
+            _create(spark, lakehouse, name, df, partition_by, properties)
+
+
+def _create(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
+            partition_by: list[str] | None, properties: dict[str, str] | None) -> None:
     layer = name.partition(".")[0]
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {layer}")
     builder = (DeltaTable.createIfNotExists(spark).tableName(name)

@@ -81,6 +81,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": str(max(2, spark.shuffle_partitions)),
         # lakeforge prints its own progress (stage, rows, elapsed); Spark's bar would garble it.
         "spark.ui.showConsoleProgress": "false",
+        # Jobs that name no pool share the default one first come, first served, as in FIFO mode; ingest
+        # gives each source its own pool, so a small source's jobs do not queue behind a large one's tasks.
+        "spark.scheduler.mode": "FAIR",
     }
     if log4j.is_file():
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}"

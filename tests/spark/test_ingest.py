@@ -196,6 +196,19 @@ def test_bronze_keeps_every_kept_row_once_and_silver_the_latest_per_key(spark, o
             _source_file="broken.jsonl.gz")])
 
 
+def test_bronze_and_silver_keep_file_statistics_for_key_event_time_and_audit_columns(orders_lake):
+    """Delta's per-file min/max (in each commit's `add` actions) cover only the columns lakeforge filters on."""
+    import json
+
+    expected = {"order_id", "order_ts", "_ingested_at", "_source_file", "_batch_id"}
+    for name in ("bronze.orders", "silver.orders"):
+        log = lake.table_path(orders_lake["lakehouse"], name) / "_delta_log"
+        adds = [json.loads(line)["add"] for commit in sorted(log.glob("*.json"))
+                for line in commit.read_text().splitlines() if line.startswith('{"add"')]
+        assert adds, name
+        assert [set(json.loads(a["stats"])["minValues"]) for a in adds] == [expected] * len(adds), name
+
+
 def test_duplicate_delivery_and_repaired_file_are_recorded_and_a_rerun_commits_nothing(spark, orders_lake):
     second, rerun = orders_lake["second"], orders_lake["rerun"]
     ledger = lake.read(spark, orders_lake["lakehouse"], ingest.FILE_LEDGER).where(f"batch_id = '{second.batch_id}'")
@@ -224,6 +237,24 @@ def test_a_fail_expectation_commits_nothing_and_names_source_rule_and_count(spar
         "source orders: expectation with action 'fail' broken, nothing was loaded: 'amount range [0, 1000]' "
         "failed on 2 of 3 rows in 1 of 1 file(s) (day4.jsonl: 2 rows).")
     assert versions(spark, orders_lake["lakehouse"]) == before
+
+
+def test_a_failing_source_commits_nothing_while_the_other_sources_load(spark, tmp_path):
+    """Sources load concurrently and independently; the first failure (in declaration order) is raised after."""
+    lake.forget_tables(spark)
+    landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
+    write(landing / "orders" / "day1.jsonl", order("O1", "2026-05-01T10:00:00", amount=5000.0) + "\n")
+    write(landing / "refunds" / "day1.jsonl", "\n".join([order("R1", "2026-05-01T10:00:00"),
+                                                        order("R2", "2026-05-01T11:00:00")]) + "\n")
+    strict = ORDERS.model_copy(update={"expectations": [
+        Expectation(rule="range", column="amount", max=1000, action="fail")]})
+    with pytest.raises(DataError, match=r"^source orders: expectation with action 'fail' broken, nothing was loaded"):
+        ingest.ingest_all(spark, {"orders": strict, "refunds": ORDERS.model_copy(update={"path": "refunds"})},
+                          landing, lakehouse, "tests")
+    assert lake.list_tables(lakehouse) == ["bronze.refunds", "silver.refunds", "ops.ingested_files", "ops.quality"]
+    assert sorted(r.order_id for r in table(spark, lakehouse, "silver.refunds", "order_id").collect()) == ["R1", "R2"]
+    assertDataFrameEqual(table(spark, lakehouse, ingest.FILE_LEDGER, "source", "file", "rows_kept"),
+                         [Row(source="refunds", file="day1.jsonl", rows_kept=2)])
 
 
 def test_schema_changes_fail_clearly_before_any_commit(spark, orders_lake, tmp_path):
