@@ -240,17 +240,25 @@ def test_a_fail_expectation_commits_nothing_and_names_source_rule_and_count(spar
 
 
 def test_a_failing_source_commits_nothing_while_the_other_sources_load(spark, tmp_path):
-    """Sources load concurrently and independently; the first failure (in declaration order) is raised after."""
+    """Sources load concurrently and independently; the first failure (in declaration order) is raised after
+    all are done, and the later ones are logged."""
     lake.forget_tables(spark)
     landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
     write(landing / "orders" / "day1.jsonl", order("O1", "2026-05-01T10:00:00", amount=5000.0) + "\n")
     write(landing / "refunds" / "day1.jsonl", "\n".join([order("R1", "2026-05-01T10:00:00"),
                                                         order("R2", "2026-05-01T11:00:00")]) + "\n")
+    write(landing / "returns" / "day1.jsonl", order("T1", "2026-05-01T10:00:00", amount=2000.0) + "\n")
     strict = ORDERS.model_copy(update={"expectations": [
         Expectation(rule="range", column="amount", max=1000, action="fail")]})
+    logged: list[str] = []
     with pytest.raises(DataError, match=r"^source orders: expectation with action 'fail' broken, nothing was loaded"):
-        ingest.ingest_all(spark, {"orders": strict, "refunds": ORDERS.model_copy(update={"path": "refunds"})},
-                          landing, lakehouse, "tests")
+        ingest.ingest_all(spark, {"orders": strict, "refunds": ORDERS.model_copy(update={"path": "refunds"}),
+                                  "returns": strict.model_copy(update={"path": "returns"})},
+                          landing, lakehouse, "tests", log=logged.append)
+    assert [line for line in logged if "ERROR" in line] == [
+        "returns: ERROR source returns: expectation with action 'fail' broken, nothing was loaded: 'amount range "
+        "[-inf, 1000]' failed on 1 of 1 rows in 1 of 1 file(s) (day1.jsonl: 1 row). Fix or remove the landing "
+        "files, or change the expectation's action in the pipeline YAML."]
     assert lake.list_tables(lakehouse) == ["bronze.refunds", "silver.refunds", "ops.ingested_files", "ops.quality"]
     assert sorted(r.order_id for r in table(spark, lakehouse, "silver.refunds", "order_id").collect()) == ["R1", "R2"]
     assertDataFrameEqual(table(spark, lakehouse, ingest.FILE_LEDGER, "source", "file", "rows_kept"),
