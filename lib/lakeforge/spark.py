@@ -84,6 +84,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
         # Jobs that name no pool share the default one first come, first served, as in FIFO mode; ingest
         # gives each source its own pool, so a small source's jobs do not queue behind a large one's tasks.
         "spark.scheduler.mode": "FAIR",
+        # Ingest caches each checked batch between its counts and its writes (lakeforge's only cache).
+        # Uncompressed, the demo's 256 MB ingest took 28.1 s instead of 32.5 s (medians of 3, alternated).
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
     }
     if log4j.is_file():
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
