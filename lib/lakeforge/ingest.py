@@ -705,7 +705,7 @@ def ingest_all(spark: SparkSession, sources: dict[str, Source], landing: Path, l
     with ThreadPoolExecutor(max_workers=PARALLEL_SOURCES, thread_name_prefix="ingest") as pool:
         loads = [pool.submit(_ingest_in_own_pool, spark, name, source, landing, lakehouse, owner, log)
                  for name, source in sources.items()]
-    failed = [(name, load.exception()) for name, load in zip(sources, loads) if load.exception()]
+    failed = [(name, error) for name, load in zip(sources, loads) if (error := load.exception())]
     for name, error in failed[1:]:
         log(f"{name}: ERROR {error}")
     if failed:

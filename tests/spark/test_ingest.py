@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 import os
 import shutil
 import signal
@@ -42,8 +43,6 @@ ORDERS = Source(
 
 def order(order_id, ts, channel="dine_in", items=1, amount=5.0, customer="C1", **extra) -> str:
     """One order as a JSON line (key order as a producer would write it)."""
-    import json
-
     record = {"order_id": order_id, "customer_id": customer, "order_ts": ts, "channel": channel, "items": items,
               "amount": amount, **extra}
     return json.dumps(record, separators=(",", ":"))
@@ -198,8 +197,6 @@ def test_bronze_keeps_every_kept_row_once_and_silver_the_latest_per_key(spark, o
 
 def test_bronze_and_silver_keep_file_statistics_for_key_event_time_and_audit_columns(orders_lake):
     """Delta's per-file min/max (in each commit's `add` actions) cover only the columns lakeforge filters on."""
-    import json
-
     expected = {"order_id", "order_ts", "_ingested_at", "_source_file", "_batch_id"}
     for name in ("bronze.orders", "silver.orders"):
         log = lake.table_path(orders_lake["lakehouse"], name) / "_delta_log"
