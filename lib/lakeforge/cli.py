@@ -130,9 +130,14 @@ def run(args: argparse.Namespace) -> int:
               f"({time.monotonic() - started:.1f}s)")
         return 0
 
-    from lakeforge import config, stages
+    from lakeforge import config
 
+    # Settings and the pipeline are checked before the stages (and MLflow, LightGBM...) are imported, so a
+    # mistake in them is reported in a second rather than after five seconds of imports.
     settings = config.load_settings(args.env, args.overrides)
+    pipeline = None if args.verb == "generate" else config.load_pipeline(args.pipeline, args.overrides)
+    from lakeforge import stages
+
     if args.verb == "generate":
         manifest = stages.generate(settings, customers=args.customers, stores=args.stores, days=args.days, seed=args.seed)
         orders = manifest["orders"]
@@ -142,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
               f"{orders['late_lines']} late) up to {manifest['end_date']}")
         return 0
 
-    pipeline = config.load_pipeline(args.pipeline, args.overrides)
     ctx = stages.Context(settings, pipeline)
     try:
         if args.verb == "demo":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,15 @@ def test_not_model_inputs_must_be_declared_output_columns(conf):
     with pytest.raises(ConfigError, match=r"churn\.yaml: .*not_model_inputs: 'channel' must be one of the declared "
                                           r"output columns other than customer_id and as_of_date"):
         config.load_pipeline("churn", None, conf)
+
+
+def test_cli_reports_a_config_mistake_before_importing_the_stages(conf):
+    """A typo in --env or --pipeline is reported without first importing MLflow and the model libraries (~4 s)."""
+    script = ("import sys; from lakeforge import cli; code = cli.main(sys.argv[1:]); "
+              "print(code, sorted(m for m in ('lakeforge.stages', 'mlflow', 'lightgbm') if m in sys.modules))")
+    for args, message in ((["status", "--env", "prod"], "lakeforge status: error: unknown environment 'prod'"),
+                          (["ingest", "--pipeline", "nosuch"], "lakeforge ingest: error: unknown pipeline 'nosuch'")):
+        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf)})
+        assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+        assert done.stderr.startswith(message), done.stderr
