@@ -473,13 +473,15 @@ FAILING_MODEL = '''\
 """A churn model whose predictions fail on the executors: it makes the score stage fail on the cluster."""
 
 import mlflow
+import numpy as np
+import pandas as pd
 
 
 class FailingModel(mlflow.pyfunc.PythonModel):
     def __init__(self, feature_names):
         self.feature_names = list(feature_names)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         raise RuntimeError("injected executor failure (lakeforge cluster test)")
 '''
 
