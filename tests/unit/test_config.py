@@ -147,3 +147,13 @@ def test_cli_reports_a_config_mistake_before_importing_the_stages(conf):
                               env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf)})
         assert done.stdout.strip() == "2 []", done.stdout + done.stderr
         assert done.stderr.startswith(message), done.stderr
+
+
+def test_jvm_options_in_the_settings_come_after_lakeforges_log_config(conf, monkeypatch):
+    from lakeforge.spark import session_conf
+
+    monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(conf))
+    log_config = f"-Dlog4j2.configurationFile={(conf / 'log4j2.properties').as_uri()}"
+    assert session_conf(config.load_settings("local", None, conf))["spark.driver.extraJavaOptions"] == log_config
+    tuned = config.load_settings("local", ["spark.conf={spark.driver.extraJavaOptions: -XX:+UseSerialGC}"], conf)
+    assert session_conf(tuned)["spark.driver.extraJavaOptions"] == f"{log_config} -XX:+UseSerialGC"
