@@ -18,7 +18,56 @@ Spark, train and register models in MLflow, and score in batch every night.
 Start with `lakeforge demo` (generates the restaurant demo data and runs every stage).
 Configuration: conf/base.yaml + conf/<env>.yaml (--env or LAKEFORGE_ENV, default local),
 conf/pipelines/<name>.yaml; override any key with --set key=value (pipeline keys: --set pipeline.KEY=V).
+`lakeforge VERB --help` says what a verb reads and writes.
 """
+EXIT_CODES = """exit codes: 0 done; 1 a Spark or MLflow failure (one line here, --debug for the traceback; the run is
+recorded in ops.runs); 2 a configuration or data problem, named in the message with its fix; 130 interrupted.
+"""
+# What `lakeforge VERB --help` says under the usage line: what the verb reads, writes and repeats safely.
+DETAILS = {
+    "demo": "Generates the demo landing files under paths.landing, ingests them, builds features, trains and\n"
+            "registers the model (@champion), builds the next day's features and scores it, then prints every\n"
+            "table with its row count. A rerun loads no landing file twice.\n"
+            "example: lakeforge demo --fresh",
+    "generate": "Writes the demo's landing files (orders JSON lines with their dirt, customers and stores CSV) and\n"
+                "_manifest.json under paths.landing. The same seed and size give the same bytes.\n"
+                "example: lakeforge generate --customers 300 --days 90",
+    "ingest": "Reads each source of the pipeline YAML from paths.landing/<source path>; loads each new file once\n"
+              "into bronze.<source> (every kept row, with audit columns) and silver.<source> (latest row per\n"
+              "key, MERGEd); bad rows go to ops.quarantine with the reason; checks go to ops.quality and each\n"
+              "file to ops.ingested_files. A rerun with no new files writes nothing. An expectation with\n"
+              "action fail stops the load before any write (exit 2). See docs/ingestion.md.\n"
+              "example: lakeforge ingest --pipeline churn",
+    "features": "Reads the spine and event sources from bronze/silver and writes gold.<pipeline>_features for\n"
+                "--date (default: the day after the last event); rebuilding a date replaces that date only.\n"
+                "example: lakeforge features --pipeline churn --date 2026-10-29",
+    "train": "Builds the features of its snapshot dates into gold.<pipeline>_features, labels them from the\n"
+             "events (point in time), fits the pipeline's model, evaluates it on a later holdout, logs the run\n"
+             "and registers a new version in MLflow. It becomes @champion when it passes the pipeline's gate,\n"
+             "else @challenger (the champion is kept).\n"
+             "example: lakeforge train --pipeline churn",
+    "score": "Scores every entity's features for --date with the version @champion points at into\n"
+             "gold.<pipeline>_predictions, stamped with the model version and run id; a rerun replaces that\n"
+             "date's predictions.\n"
+             "example: lakeforge score --pipeline churn --date 2026-10-29",
+    "monitor": "Compares --date's features and predictions with the champion's training baseline (drift), measures\n"
+               "the champion on matured labels, applies the retrain policy, and writes the rows to\n"
+               "ops.monitoring (a rerun replaces the date) and an HTML report under paths.reports (unless\n"
+               "the pipeline sets monitoring.report: false).\n"
+               "example: lakeforge monitor --pipeline churn --date 2026-10-29",
+    "promote": "Points an alias at a registered version by hand; the change and the reason go to ops.audit and\n"
+               "ops.runs.\n"
+               "example: lakeforge promote --pipeline churn --version 3 --reason \"rollback after incident 42\"",
+    "run": "nightly: ingest, then for each date build features, score and monitor; when the retrain policy\n"
+           "fires, retrain through the gate. One date (--date, default the day after the last event) or a\n"
+           "backfill (--from/--to), each date its own run in ops.runs.\n"
+           "example: lakeforge run nightly --pipeline churn --from 2026-10-01 --to 2026-10-07",
+    "status": "Lists every lakehouse table (version, rows, last write, description), the last runs from ops.runs,\n"
+              "and each pipeline's health and @champion.\n"
+              "example: lakeforge status --env cluster",
+    "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
+                  "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache.",
+}
 
 
 def _date(text: str) -> dt.date:
@@ -40,55 +89,62 @@ def _common(parser: argparse.ArgumentParser, pipeline: bool = True, date: bool =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakeforge", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="lakeforge", description=DESCRIPTION, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = verbs.add_parser("demo", help="generate the demo data and run every stage, then print a summary")
+    p = _verb(verbs, "demo", help="generate the demo data and run every stage, then print a summary")
     _common(p)
     p.add_argument("--fresh", action="store_true", help="delete ./var (landing, lakehouse, MLflow store) first")
     _demo_size(p)
 
-    p = verbs.add_parser("generate", help="write the demo landing files (deterministic for --seed)")
+    p = _verb(verbs, "generate", help="write the demo landing files (deterministic for --seed)")
     _common(p, pipeline=False)
     _demo_size(p)
 
-    p = verbs.add_parser("ingest", help="load new landing files into bronze/silver; bad rows to ops.quarantine")
+    p = _verb(verbs, "ingest", help="load new landing files into bronze/silver; bad rows to ops.quarantine")
     _common(p)
 
-    p = verbs.add_parser("features", help="build gold.<pipeline>_features for a date")
+    p = _verb(verbs, "features", help="build gold.<pipeline>_features for a date")
     _common(p, date=True)
 
-    p = verbs.add_parser("train", help="train, evaluate on a time-based holdout, register in MLflow, set @champion")
+    p = _verb(verbs, "train", help="train, evaluate on a time-based holdout, register in MLflow, set @champion "
+                                         "if it passes the gate")
     _common(p)
 
-    p = verbs.add_parser("score", help="score a date with <pipeline>@champion into gold.<pipeline>_predictions")
+    p = _verb(verbs, "score", help="score a date with <pipeline>@champion into gold.<pipeline>_predictions")
     _common(p, date=True)
 
-    p = verbs.add_parser("monitor", help="drift, matured performance and the retrain decision for a date into "
+    p = _verb(verbs, "monitor", help="drift, matured performance and the retrain decision for a date into "
                                          "ops.monitoring, with an HTML report")
     _common(p, date=True)
 
-    p = verbs.add_parser("promote", help="point an alias (default champion) at a model version, with a reason")
+    p = _verb(verbs, "promote", help="point an alias (default champion) at a model version, with a reason")
     _common(p)
     p.add_argument("--version", type=int, required=True, help="registered model version")
     p.add_argument("--reason", required=True, help="why (recorded in ops.runs)")
     p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
 
-    p = verbs.add_parser("run", help="run a named sequence: nightly = ingest, features, score, monitor "
+    p = _verb(verbs, "run", help="run a named sequence: nightly = ingest, features, score, monitor "
                                      "(and retrain when the policy fires)")
     p.add_argument("sequence", choices=["nightly"])
     _common(p, date=True)
     p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
     p.add_argument("--to", dest="date_to", type=_date, help="backfill: last date to score, inclusive")
 
-    p = verbs.add_parser("status", help="tables (version, rows, last write), the last runs and the champion")
+    p = _verb(verbs, "status", help="tables (version, rows, last write), the last runs and the champion")
     _common(p)
 
-    p = verbs.add_parser("setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
+    p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve again even when cached")
     return parser
+
+
+def _verb(verbs, name: str, help: str) -> argparse.ArgumentParser:
+    """A verb whose --help gives its one-line help, then DETAILS and the exit codes."""
+    return verbs.add_parser(name, help=help, description=f"{help}.\n\n{DETAILS[name]}", epilog=EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _demo_size(p: argparse.ArgumentParser) -> None:
