@@ -66,7 +66,9 @@ DETAILS = {
               "and each pipeline's health and @champion.\n"
               "example: lakeforge status --env cluster",
     "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
-                  "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache.",
+                  "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
+                  "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
+                  "lakeforge starts maps: each command starts about 4 s sooner.",
 }
 
 
@@ -137,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
-    p.add_argument("--force", action="store_true", help="resolve again even when cached")
+    p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
+    p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
+                   help="skip the JVM class archive (saves about 200 MB and 40 s; each command starts ~4 s slower)")
     return parser
 
 
@@ -184,6 +188,15 @@ def run(args: argparse.Namespace) -> int:
         found = jars.fetch_jars(force=args.force)
         print(f"Delta jars ready: {len(found)} jars for {jars.DELTA_PACKAGE} in {jars.cache_dir()} "
               f"({time.monotonic() - started:.1f}s)")
+        if args.class_archive:
+            started = time.monotonic()
+            try:
+                archive, built = jars.build_class_archive(force=args.force)
+            except LakeforgeError as exc:
+                print(f"lakeforge setup-jars: warning: {exc}", file=sys.stderr)
+                return 0
+            print(f"JVM class archive {'built' if built else 'ready'}: {archive} "
+                  f"({time.monotonic() - started:.1f}s)")
         return 0
 
     from lakeforge import config

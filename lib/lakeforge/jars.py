@@ -4,11 +4,19 @@
 delta-storage, delta-kernel, ...) into a cache folder and writes a manifest listing the exact
 jars. Every later session reads the manifest and never touches the network. On a cluster with
 Maven access, `spark-submit --packages DELTA_PACKAGE` works too and skips the cache.
+
+Next to the jars, `setup-jars` builds a class archive (the JDK's class data sharing): a small Delta
+workload runs once with `-XX:ArchiveClassesAtExit`, and every session lakeforge starts itself maps
+the archive instead of loading Spark's classes one by one (see `spark.with_class_archive`). The
+archive is named after this Java, PySpark and jar set, so a change of any of them is never served
+a stale one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +37,32 @@ _PROBE = """
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.master("local[1]").getOrCreate()
 print("LAKEFORGE_JARS=" + spark.sparkContext.getConf().get("spark.jars", ""))
+spark.stop()
+"""
+
+
+# Run by spark-submit with -XX:ArchiveClassesAtExit: what a lakeforge command does, in miniature (Delta
+# create, append, MERGE, replaceWhere, a JSON read, pandas both ways), so its classes are archived.
+_CLASS_WORKLOAD = """
+import sys, tempfile
+import pandas as pd
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[1]")
+         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+         .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+with tempfile.TemporaryDirectory() as tmp:
+    rows = spark.createDataFrame(pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "x": [1.0, 2.0]}))
+    rows.write.format("delta").save(tmp + "/t")
+    rows.write.format("delta").mode("append").save(tmp + "/t")
+    (DeltaTable.forPath(spark, tmp + "/t").alias("t").merge(rows.alias("s"), "t.id = s.id")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    rows.where("id = 1").write.format("delta").mode("overwrite").option("replaceWhere", "id = 1").save(tmp + "/t")
+    spark.read.format("delta").load(tmp + "/t").where("id = 1").toPandas()
+    with open(tmp + "/r.jsonl", "w") as fh:
+        fh.write('{"a": 1}\\n')
+    spark.read.schema("a int").json(tmp + "/r.jsonl").count()
 spark.stop()
 """
 
@@ -88,3 +122,45 @@ def fetch_jars(force: bool = False, ivy_settings: Path | None = None) -> list[Pa
             f"`make setup` when the network is back, or copy a filled cache into {target}.")
     (target / MANIFEST).write_text("\n".join(str(jar) for jar in jars) + "\n")
     return jars
+
+
+def class_archive() -> Path:
+    """Where the class archive for this Java, PySpark and Delta jar set is (or would be)."""
+    import pyspark
+
+    from lakeforge.spark import java_binary, java_version_text
+
+    java = java_binary()
+    manifest = cache_dir() / MANIFEST
+    identity = "\n".join([java, java_version_text(java), pyspark.__version__,
+                           manifest.read_text() if manifest.is_file() else ""])
+    return cache_dir() / f"classes-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
+
+
+def build_class_archive(force: bool = False) -> tuple[Path, bool]:
+    """Build the class archive once (about 40 s and 200 MB); return it and whether it was built now."""
+    target = class_archive()
+    if target.is_file() and not force:
+        return target, False
+    for old in target.parent.glob("classes-*.jsa*"):  # another Java, PySpark or jar set, or an interrupted build
+        old.unlink()
+    partial = target.with_name(target.name + ".partial")
+    spark_submit = Path(_find_spark_home()) / "bin" / "spark-submit"
+    with tempfile.TemporaryDirectory() as tmp:
+        workload = Path(tmp) / "workload.py"
+        workload.write_text(_CLASS_WORKLOAD)
+        command = [str(spark_submit), "--master", "local[1]", "--jars", ",".join(str(j) for j in cached_jars()),
+                   "--driver-java-options", f"-XX:ArchiveClassesAtExit={partial}", str(workload)]
+        env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+                   SPARK_HOME=str(_find_spark_home()))
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=tmp)
+    if done.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        raised = [ln for ln in lines if re.match(r"[\w.$]+(Error|Exception)\b", ln)]  # a traceback's last line
+        jvm = [ln for ln in lines if "[error]" in ln]  # the JVM's own, e.g. [error][cds] ...
+        detail = (raised or jvm or lines or ["spark-submit printed nothing"])[-1][:300]
+        raise EnvironmentProblem(f"could not build the JVM class archive ({detail}); lakeforge works without it, "
+                                 f"each command only starts a few seconds slower.")
+    os.replace(partial, target)
+    return target, True

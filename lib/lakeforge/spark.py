@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -18,24 +19,35 @@ from lakeforge.errors import EnvironmentProblem
 
 SUPPORTED_JAVA = (17, 21)  # the LTS releases Spark 4.2 runs on
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+_JAVA_FIX = "install OpenJDK 17 (e.g. `apt-get install openjdk-17-jdk-headless`) or point JAVA_HOME at one"
 
 
-def java_major_version(java: str | None = None) -> int:
-    """The major version of the `java` Spark will launch ($JAVA_HOME/bin/java, else the PATH's)."""
-    if java is None:
-        home = os.environ.get("JAVA_HOME")
-        java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    fix = "install OpenJDK 17 (e.g. `apt-get install openjdk-17-jdk-headless`) or point JAVA_HOME at one"
+def java_binary() -> str:
+    """The `java` Spark will launch: $JAVA_HOME/bin/java, else the PATH's."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
         raise EnvironmentProblem(f"Java not found (JAVA_HOME={os.environ.get('JAVA_HOME', 'unset')}, "
-                                 f"none on PATH): Spark 4.2 needs Java 17 or 21; {fix}.")
+                                 f"none on PATH): Spark 4.2 needs Java 17 or 21; {_JAVA_FIX}.")
+    return java
+
+
+@functools.lru_cache(maxsize=None)
+def java_version_text(java: str) -> str:
+    """What `java -version` prints (once per process and binary)."""
     try:
         out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
     except OSError as exc:
-        raise EnvironmentProblem(f"could not run {java} -version ({exc}); {fix}.") from None
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+        raise EnvironmentProblem(f"could not run {java} -version ({exc}); {_JAVA_FIX}.") from None
+    return out.stderr + out.stdout
+
+
+def java_major_version(java: str | None = None) -> int:
+    """The major version of `java` (default: the one Spark will launch)."""
+    java = java or java_binary()
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', java_version_text(java))
     if not match:
-        raise EnvironmentProblem(f"could not read the Java version from `{java} -version`; {fix}.")
+        raise EnvironmentProblem(f"could not read the Java version from `{java} -version`; {_JAVA_FIX}.")
     major = int(match.group(1))
     return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" means Java 8
 
@@ -104,6 +116,18 @@ def session_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+def with_class_archive(java_options: str, archive: Path) -> str:
+    """The driver's JVM options, with the class archive `lakeforge setup-jars` built when there is one.
+
+    The JVM then maps the classes a session loads from the archive instead of reading and checking
+    them one by one: a `lakeforge ingest` with no new files took 13.9 s instead of 18.1 s (medians
+    of 7, alternated, 2026-11-28). An archive the JVM cannot use (another Java build, other jars)
+    costs one warning line, and the JVM loads its classes as usual."""
+    if not archive.is_file():
+        return java_options
+    return f"-XX:SharedArchiveFile={archive} {java_options}".strip()
+
+
 def build_session(settings: Settings, app_name: str | None = None) -> SparkSession:
     """Build (or join) the SparkSession for these settings and make the lakehouse tables queryable by name."""
     from lakeforge import lake  # lake needs a session; imported here to keep import order simple
@@ -119,7 +143,10 @@ def build_session(settings: Settings, app_name: str | None = None) -> SparkSessi
     submitted = _submitted_conf()
     if not submitted.contains("spark.master"):  # spark-submit's --master wins over the config
         builder = builder.master(settings.spark.master)
-    for key, value in session_conf(settings).items():
+    conf = session_conf(settings)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # this process starts the driver JVM: it can map the archive
+        conf[DRIVER_JAVA_OPTIONS] = with_class_archive(conf.get(DRIVER_JAVA_OPTIONS, ""), jars.class_archive())
+    for key, value in conf.items():
         builder = builder.config(key, value)
     if not _delta_already_supplied(submitted):
         builder = builder.config("spark.jars", ",".join(str(jar) for jar in jars.cached_jars()))

@@ -78,3 +78,34 @@ def test_fetch_without_network_fails_clearly_and_caches_nothing(tmp_path, monkey
     with pytest.raises(EnvironmentProblem, match=r"could not download io\.delta:delta-spark_4\.2_2\.13:4\.4\.0.*Maven Central.*Nothing was cached"):
         jars.fetch_jars(ivy_settings=settings)
     assert not (jars.cache_dir() / jars.MANIFEST).exists()
+
+
+def test_the_class_archive_is_named_after_the_jars_it_was_built_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path))
+    jars.cache_dir().mkdir(parents=True)
+    (jars.cache_dir() / jars.MANIFEST).write_text("/jars/delta-spark.jar\n")
+    first = jars.class_archive()
+    (jars.cache_dir() / jars.MANIFEST).write_text("/jars/delta-spark.jar\n/jars/delta-storage.jar\n")
+    assert first.parent == jars.cache_dir() and first.suffix == ".jsa"
+    assert jars.class_archive() != first  # another jar set never maps an archive built for the first
+
+
+def test_sessions_map_the_class_archive_only_when_it_is_there(tmp_path):
+    archive = tmp_path / "classes.jsa"
+    assert spark.with_class_archive("-Dlog4j2.configurationFile=x", archive) == "-Dlog4j2.configurationFile=x"
+    archive.write_bytes(b"archive")
+    assert spark.with_class_archive("-Dlog4j2.configurationFile=x", archive) == (
+        f"-XX:SharedArchiveFile={archive} -Dlog4j2.configurationFile=x")
+
+
+def test_setup_jars_keeps_a_built_class_archive_and_can_skip_it(capsys):
+    from lakeforge import cli
+
+    archive = jars.class_archive()
+    assert archive.is_file(), f"no class archive at {archive}: `make setup` (lakeforge setup-jars) builds it"
+    built_at = archive.stat().st_mtime
+    assert cli.main(["setup-jars"]) == 0
+    assert f"JVM class archive ready: {archive}" in capsys.readouterr().out
+    assert cli.main(["setup-jars", "--no-class-archive"]) == 0
+    assert "class archive" not in capsys.readouterr().out
+    assert archive.stat().st_mtime == built_at
