@@ -8,8 +8,8 @@ Maven access, `spark-submit --packages DELTA_PACKAGE` works too and skips the ca
 Next to the jars, `setup-jars` builds a class archive (the JDK's class data sharing): a small Delta
 workload runs once with `-XX:ArchiveClassesAtExit`, and every session lakeforge starts itself maps
 the archive instead of loading Spark's classes one by one (see `spark.with_class_archive`). The
-archive is named after this Java, PySpark and jar set, so a change of any of them is never served
-a stale one.
+archive is named after this Java, PySpark installation and jar set, so a change of any of them is
+never served a stale one (archives of other checkouts' venvs stay: delete `classes-*.jsa` to reclaim them).
 """
 
 from __future__ import annotations
@@ -125,14 +125,17 @@ def fetch_jars(force: bool = False, ivy_settings: Path | None = None) -> list[Pa
 
 
 def class_archive() -> Path:
-    """Where the class archive for this Java, PySpark and Delta jar set is (or would be)."""
-    import pyspark
+    """Where the class archive for this Java, PySpark installation and Delta jar set is (or would be).
 
+    The JVM maps an archive only for the class path it was built with, down to each jar's size and
+    time: a PySpark installed elsewhere (another checkout's venv) or again gets an archive of its own."""
     from lakeforge.spark import java_binary, java_version_text
 
     java = java_binary()
+    spark_jars = Path(_find_spark_home()) / "jars"
     manifest = cache_dir() / MANIFEST
-    identity = "\n".join([java, java_version_text(java), pyspark.__version__,
+    identity = "\n".join([java, java_version_text(java), str(spark_jars.resolve()),
+                           str(spark_jars.stat().st_mtime_ns) if spark_jars.is_dir() else "",
                            manifest.read_text() if manifest.is_file() else ""])
     return cache_dir() / f"classes-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
 
@@ -142,9 +145,8 @@ def build_class_archive(force: bool = False) -> tuple[Path, bool]:
     target = class_archive()
     if target.is_file() and not force:
         return target, False
-    for old in target.parent.glob("classes-*.jsa*"):  # another Java, PySpark or jar set, or an interrupted build
-        old.unlink()
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(target.name + ".partial")  # renamed once complete: never mapped half-written
+    partial.unlink(missing_ok=True)
     spark_submit = Path(_find_spark_home()) / "bin" / "spark-submit"
     with tempfile.TemporaryDirectory() as tmp:
         workload = Path(tmp) / "workload.py"
