@@ -26,18 +26,3 @@ def test_the_session_maps_the_class_archive_setup_built(spark):
     assert mapped.returncode == 0, mapped.stdout + mapped.stderr
     assert "sharing" in mapped.stderr  # e.g. "OpenJDK 64-Bit Server VM (build ...) mixed mode, sharing"
 
-
-def test_a_class_archive_that_cannot_be_built_is_a_warning_and_leaves_no_file(tmp_path, monkeypatch, capsys):
-    from lakeforge import cli
-
-    monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path))
-    jars.cache_dir().mkdir(parents=True)
-    broken = tmp_path / "delta-spark.jar"
-    broken.write_bytes(b"not a jar")  # the workload's Delta session cannot start on it
-    (jars.cache_dir() / jars.MANIFEST).write_text(f"{broken}\n")
-    assert cli.main(["setup-jars"]) == 0
-    out, err = capsys.readouterr()
-    assert "Delta jars ready: 1 jars" in out and "class archive" not in out
-    assert err.startswith("lakeforge setup-jars: warning: could not build the JVM class archive (")
-    assert err.rstrip().endswith("lakeforge works without it, each command only starts a few seconds slower.")
-    assert sorted(p.name for p in jars.cache_dir().iterdir()) == [jars.MANIFEST]

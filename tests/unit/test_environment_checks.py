@@ -109,3 +109,20 @@ def test_setup_jars_keeps_a_built_class_archive_and_can_skip_it(capsys):
     assert cli.main(["setup-jars", "--no-class-archive"]) == 0
     assert "class archive" not in capsys.readouterr().out
     assert archive.stat().st_mtime == built_at
+
+
+def test_a_class_archive_that_cannot_be_built_is_a_warning_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    from lakeforge import cli
+
+    # A `java` that passes the version check but cannot run spark-submit's launcher.
+    monkeypatch.setenv("JAVA_HOME", str(fake_java(tmp_path, 'openjdk version "17.0.15" 2025-04-15')))
+    monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path / "cache"))
+    jars.cache_dir().mkdir(parents=True)
+    (tmp_path / "delta-spark.jar").write_bytes(b"not a jar")
+    (jars.cache_dir() / jars.MANIFEST).write_text(f"{tmp_path / 'delta-spark.jar'}\n")
+    assert cli.main(["setup-jars"]) == 0
+    out, err = capsys.readouterr()
+    assert "Delta jars ready: 1 jars" in out and "class archive" not in out
+    assert err.startswith("lakeforge setup-jars: warning: could not build the JVM class archive (")
+    assert err.rstrip().endswith("lakeforge works without it, each command only starts a few seconds slower.")
+    assert sorted(p.name for p in jars.cache_dir().iterdir()) == [jars.MANIFEST]
