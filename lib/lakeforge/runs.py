@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -35,6 +36,9 @@ SCHEMA = ("run_id string, job string, pipeline string, env string, run_date date
           "rows map<string,bigint>, details string, error string")
 
 
+_PRINTING = threading.Lock()
+
+
 class Progress:
     """Prints `[job] message (elapsed)` lines, as text or as JSON objects (log_format: json)."""
 
@@ -47,9 +51,14 @@ class Progress:
         if self.json_lines:
             record = {"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "job": self.job,
                       "elapsed_s": round(elapsed, 1), "message": message, **fields}
-            print(json.dumps(record, default=str), file=self.stream, flush=True)
+            line = json.dumps(record, default=str)
         else:
-            print(f"[{self.job} {elapsed:6.1f}s] {message}", file=self.stream, flush=True)
+            line = f"[{self.job} {elapsed:6.1f}s] {message}"
+        # One write per line, under a lock: ingest's sources log from their own threads, and print() writes
+        # the text and its newline separately, so two lines could end up on one.
+        with _PRINTING:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
 
 def crash_point(step: str) -> None:

@@ -25,4 +25,3 @@ def test_the_session_maps_the_class_archive_setup_built(spark):
                              "-version"], capture_output=True, text=True, timeout=60)
     assert mapped.returncode == 0, mapped.stdout + mapped.stderr
     assert "sharing" in mapped.stderr  # e.g. "OpenJDK 64-Bit Server VM (build ...) mixed mode, sharing"
-
