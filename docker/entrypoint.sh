@@ -54,6 +54,16 @@ except EnvironmentProblem as exc:
     esac
 }
 
+# The JVM class archive `lakeforge setup-jars` built for this Java and PySpark, when there is one (the
+# image has none): the driver maps it instead of loading Spark's classes one by one, ~4 s sooner.
+class_archive_option() {
+    [[ "${LAKEFORGE_DRY_RUN:-0}" == 1 ]] && return 0
+    python -c '
+from lakeforge import jars
+archive = jars.class_archive()
+print(f"-XX:SharedArchiveFile={archive} " if archive.is_file() else "", end="")' 2>/dev/null || true
+}
+
 role=${1:-help}
 shift || true
 
@@ -115,7 +125,7 @@ submit)
           "${delta[@]}"
           # spark-submit starts the driver JVM before lakeforge builds its session, so the log
           # settings must be given here for the driver to use them.
-          --driver-java-options "-Dlog4j2.configurationFile=file:$conf_dir/log4j2.properties")
+          --driver-java-options "$(class_archive_option)-Dlog4j2.configurationFile=file:$conf_dir/log4j2.properties")
     # The lakeforge wheel (as a .zip: PySpark puts only .zip/.egg/.jar --py-files on the executors'
     # sys.path), so executors run the driver's exact code; comma-separated, more files may follow.
     [[ -n "${LAKEFORGE_PY_FILES:-}" ]] && args+=(--py-files "$LAKEFORGE_PY_FILES")

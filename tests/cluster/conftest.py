@@ -579,9 +579,10 @@ def history(request, night, trained, tmp_path_factory) -> History:
 
     apps = wait_for("History Server listing every submitted application", listed, 120, service.process, service.log)
     history = History(url, sorted(apps, key=lambda app: app["attempts"][0]["startTime"]))
-    # Read the jobs now: the server is stopped when the session ends, and the tests need only these.
+    # Read the jobs and settings now: the server is stopped when the session ends, and the tests need only these.
     for app in history.applications:
         app["jobs"] = history.jobs(app["id"])
+        app["environment"] = http_json(f"{url}/api/v1/applications/{app['id']}/environment")
     service.stop()
     return history
 

@@ -51,6 +51,17 @@ def test_event_logs_show_every_submitted_run_in_the_history_server(history, trai
         assert app["jobs"] and {job["status"] for job in app["jobs"]} == {"SUCCEEDED"}, app["name"]
 
 
+def test_every_submitted_driver_mapped_the_class_archive(history, trained):
+    from lakeforge import jars
+
+    archive = jars.class_archive()
+    for app in history.applications:  # the driver JVM's command line: spark-submit with entrypoint.sh's options
+        command = dict(app["environment"]["systemProperties"])["sun.java.command"]
+        assert f"--conf spark.driver.extraJavaOptions=-XX:SharedArchiveFile={archive} -Dlog4j2" in command, command
+    for command, _, _, log in trained.submits:  # the JVM warns, and loads every class itself, when it cannot
+        assert "Unable to use shared archive" not in log.read_text(errors="replace"), command
+
+
 def test_status_shows_the_last_runs_health_and_champion(status_text, night):
     lines = status_text.splitlines()
     start = lines.index("last runs:") + 1
