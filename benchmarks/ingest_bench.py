@@ -47,10 +47,9 @@ def generate(landing: Path, mb: float, days: int, seed: int) -> dict:
 
 def read_declared(spark, source, landing: Path):
     """The source's landing files read by Spark's own reader with the declared schema: no checks at all."""
-    from lakeforge.ingest import declared_types
+    from lakeforge.ingest import _ddl, declared_types
 
-    schema = ", ".join(f"`{c}` {t}" for c, t in declared_types(source).items())
-    reader = spark.read.schema(schema)
+    reader = spark.read.schema(_ddl(declared_types(source)))
     folder = str(landing / source.path)
     return reader.json(folder) if source.format == "json" else reader.option("header", True).csv(folder)
 
@@ -74,11 +73,11 @@ def bare_writes(spark, sources: dict, landing: Path, lakehouse: Path) -> None:
     lake.forget_tables(spark)  # names an earlier run registered would point at its folders
     for name, source in sources.items():
         audited = read_declared(spark, source, landing).select(
-            "*", F.current_timestamp().alias("_ingested_at"), F.col("_metadata.file_name").alias("_source_file"),
+            "*", F.current_timestamp().alias("_ingested_at"), ingest._file_name(),  # _source_file, as ingest names it
             F.lit("bench").alias("_batch_id")).persist()
         props = {"delta.dataSkippingStatsColumns": ingest._stats_columns(source)}
         lake.append(spark, audited, lakehouse, f"bronze.{name}", properties=props)
-        latest = lake.latest_per_key(audited, source.primary_key, [source.event_time, "_ingested_at", "_source_file"])
+        latest = lake.latest_per_key(audited, source.primary_key, [source.event_time, "_ingested_at", ingest.FILE])
         lake.append(spark, latest, lakehouse, f"silver.{name}", properties=props)
         audited.unpersist()
 

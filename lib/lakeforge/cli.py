@@ -112,14 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, date=True)
 
     p = _verb(verbs, "train", help="train, evaluate on a time-based holdout, register in MLflow, set @champion "
-                                         "if it passes the gate")
+                                   "if it passes the gate")
     _common(p)
 
     p = _verb(verbs, "score", help="score a date with <pipeline>@champion into gold.<pipeline>_predictions")
     _common(p, date=True)
 
     p = _verb(verbs, "monitor", help="drift, matured performance and the retrain decision for a date into "
-                                         "ops.monitoring, with an HTML report")
+                                     "ops.monitoring, with an HTML report")
     _common(p, date=True)
 
     p = _verb(verbs, "promote", help="point an alias (default champion) at a model version, with a reason")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
 
     p = _verb(verbs, "run", help="run a named sequence: nightly = ingest, features, score, monitor "
-                                     "(and retrain when the policy fires)")
+                                 "(and retrain when the policy fires)")
     p.add_argument("sequence", choices=["nightly"])
     _common(p, date=True)
     p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
     p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
-                   help="skip the JVM class archive (saves about 200 MB and 40 s; each command starts ~4 s slower)")
+                   help="skip the JVM class archive (saves about 200 MB and 50 s; each command starts ~4 s slower)")
     return parser
 
 

@@ -89,6 +89,17 @@ def cached_jars() -> list[Path]:
     return jars
 
 
+def _submit_script(source: str, options: list[str]) -> subprocess.CompletedProcess:
+    """spark-submit (PySpark's own) a Python script given as text, on this interpreter; output captured."""
+    spark_home = _find_spark_home()
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_HOME=spark_home)
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "script.py"
+        script.write_text(source)
+        return subprocess.run([str(Path(spark_home) / "bin" / "spark-submit"), *options, str(script)],
+                              capture_output=True, text=True, env=env, cwd=tmp, timeout=1800)
+
+
 def fetch_jars(force: bool = False, ivy_settings: Path | None = None) -> list[Path]:
     """Resolve DELTA_PACKAGE with Spark's Ivy into the cache (once) and write the manifest."""
     target = cache_dir()
@@ -101,15 +112,10 @@ def fetch_jars(force: bool = False, ivy_settings: Path | None = None) -> list[Pa
     if force and target.exists():
         shutil.rmtree(target)
     ivy_home.mkdir(parents=True, exist_ok=True)
-    spark_submit = Path(_find_spark_home()) / "bin" / "spark-submit"
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "probe.py"
-        probe.write_text(_PROBE)
-        command = [str(spark_submit), "--packages", DELTA_PACKAGE, "--conf", f"spark.jars.ivy={ivy_home}"]
-        if ivy_settings is not None:
-            command += ["--conf", f"spark.jars.ivySettings={ivy_settings}"]
-        env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_HOME=str(_find_spark_home()))
-        done = subprocess.run(command + [str(probe)], capture_output=True, text=True, env=env)
+    options = ["--packages", DELTA_PACKAGE, "--conf", f"spark.jars.ivy={ivy_home}"]
+    if ivy_settings is not None:
+        options += ["--conf", f"spark.jars.ivySettings={ivy_settings}"]
+    done = _submit_script(_PROBE, options)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("LAKEFORGE_JARS=")), "")
     jars = [Path(uri.removeprefix("file:")) for uri in line.removeprefix("LAKEFORGE_JARS=").split(",") if uri]
     if done.returncode != 0 or not jars:
@@ -141,21 +147,14 @@ def class_archive() -> Path:
 
 
 def build_class_archive(force: bool = False) -> tuple[Path, bool]:
-    """Build the class archive once (about 40 s and 200 MB); return it and whether it was built now."""
+    """Build the class archive once (about 50 s and 200 MB); return it and whether it was built now."""
     target = class_archive()
     if target.is_file() and not force:
         return target, False
     partial = target.with_name(target.name + ".partial")  # renamed once complete: never mapped half-written
     partial.unlink(missing_ok=True)
-    spark_submit = Path(_find_spark_home()) / "bin" / "spark-submit"
-    with tempfile.TemporaryDirectory() as tmp:
-        workload = Path(tmp) / "workload.py"
-        workload.write_text(_CLASS_WORKLOAD)
-        command = [str(spark_submit), "--master", "local[1]", "--jars", ",".join(str(j) for j in cached_jars()),
-                   "--driver-java-options", f"-XX:ArchiveClassesAtExit={partial}", str(workload)]
-        env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-                   SPARK_HOME=str(_find_spark_home()))
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=tmp)
+    done = _submit_script(_CLASS_WORKLOAD, ["--master", "local[1]", "--jars", ",".join(map(str, cached_jars())),
+                                            "--driver-java-options", f"-XX:ArchiveClassesAtExit={partial}"])
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
