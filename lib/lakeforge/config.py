@@ -214,6 +214,9 @@ class Features(Frozen):
     function: str  # dotted path of a pandas function: one entity's rows for one as-of date -> one row
     columns: dict[str, SparkType]  # the function's output schema, key columns first
     population: str | None = None  # SQL filter on feature rows: who is trained on and scored (e.g. recent buyers)
+    # How far past the last ingested event a features or score date may be: further out, every window is
+    # empty and the rows would describe a world with no activity (the next night is 1 day ahead).
+    max_days_ahead: int = Field(1, ge=1)
     # Output columns kept in the features table but not given to the model, e.g. a text column that only
     # names a monitoring segment (the estimator takes numbers).
     not_model_inputs: list[str] = Field(default_factory=list)

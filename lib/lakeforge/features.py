@@ -207,16 +207,31 @@ def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline
                                    "lakeforge.owner": owner, "lakeforge.source": pipeline.features.function})
 
 
+def _dated_source(pipeline: Pipeline) -> str:
+    """The source whose event times say what the data covers: the feature events, else the label events."""
+    spec = _events(pipeline)
+    return spec.source if spec is not None else pipeline.label.events
+
+
 def event_date_range(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -> tuple[dt.date, dt.date]:
     """First and last event dates of the pipeline's event source (what the data covers)."""
-    spec = _events(pipeline)
-    source = spec.source if spec is not None else pipeline.label.events
+    source = _dated_source(pipeline)
     column = pipeline.sources[source].event_time
     row = lake.read(spark, lakehouse, f"silver.{source}").agg(
         F.min(F.to_date(column)).alias("first"), F.max(F.to_date(column)).alias("last")).first()
     if row["first"] is None:
         raise DataError(f"silver.{source} is empty: ingest landing files first (`lakeforge ingest`)")
     return row["first"], row["last"]
+
+
+def check_date(day: dt.date, last_event: dt.date, pipeline: Pipeline) -> None:
+    """Refuse an as-of date beyond the last ingested event plus `features.max_days_ahead`."""
+    limit = last_event + dt.timedelta(days=pipeline.features.max_days_ahead)
+    if day > limit:
+        raise DataError(f"date {day} is {(day - last_event).days} days after the last ingested event of "
+                        f"silver.{_dated_source(pipeline)} ({last_event}): its features would see no events. Ingest newer "
+                        f"landing files first, or choose a date up to {limit} "
+                        f"(features.max_days_ahead: {pipeline.features.max_days_ahead} in the pipeline YAML)")
 
 
 def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:

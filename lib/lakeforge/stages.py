@@ -61,6 +61,15 @@ def _default_score_date(ctx: Context) -> dt.date:
     return feats.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1] + dt.timedelta(days=1)
 
 
+def _checked_dates(ctx: Context, dates: list[dt.date] | None) -> list[dt.date]:
+    """The given as-of dates, refused beyond the ingested data; by default the next night to score."""
+    last = feats.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1]
+    if not dates:
+        return [last + dt.timedelta(days=1)]
+    feats.check_date(max(dates), last, ctx.pipeline)
+    return dates
+
+
 def ingest(ctx: Context) -> dict:
     """Load new landing files of every source into bronze/silver; bad rows to ops.quarantine."""
     with ctx.recorded("ingest") as run:
@@ -81,19 +90,27 @@ def ingest(ctx: Context) -> dict:
 
 def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
     """Build gold.<pipeline>_features for the dates (default: the next score date)."""
-    dates = dates or [_default_score_date(ctx)]
-    with ctx.recorded("features", run_date=max(dates)) as run:
+    with ctx.recorded("features", run_date=max(dates) if dates else None) as run:
+        dates = _checked_dates(ctx, dates)
+        run.run_date = max(dates)
         run.input(ctx.spark, ctx.lakehouse, f"bronze.{ctx.pipeline.features.spine.source}",
                   f"silver.{ctx.pipeline.features.events.source}")
         df = feats.build_features(ctx.spark, ctx.lakehouse, ctx.pipeline, dates)
         feats.write_features(ctx.spark, df, ctx.lakehouse, ctx.pipeline, dates, ctx.settings.owner)
         table = feats.features_table(ctx.pipeline)
         listed = [d.isoformat() for d in dates]
-        rows = lake.read(ctx.spark, ctx.lakehouse, table).where(F.col(feats.AS_OF).cast("string").isin(listed)).count()
+        written = lake.read(ctx.spark, ctx.lakehouse, table).where(F.col(feats.AS_OF).cast("string").isin(listed))
+        rows = written.count()
+        population = feats.in_population(written, ctx.pipeline).count() if ctx.pipeline.features.population else rows
         run.rows[table] = rows
+        run.rows[f"{table}.population"] = population
         run.output(ctx.spark, ctx.lakehouse, table)
-        run.log(f"{table}: {rows:,} rows for {len(dates)} date(s) {listed[0]}..{listed[-1]}")
-        return {"stage": "features", "dates": listed, "rows": rows}
+        run.log(f"{table}: {rows:,} rows for {len(dates)} date(s) {listed[0]}..{listed[-1]}, {population:,} in "
+                f"the population")
+        if rows and not population:
+            run.log(f"WARNING: the population filter `{ctx.pipeline.features.population}` keeps none of these "
+                    f"rows: nothing will be trained on or scored for these dates")
+        return {"stage": "features", "dates": listed, "rows": rows, "population": population}
 
 
 @dataclass
@@ -327,8 +344,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
             raise DataError(f"{pipeline.name} version {version} expects column(s) {', '.join(missing)} that "
                             f"{table} does not have; rebuild the features or retrain the model")
         if rows.limit(1).count() == 0:
-            raise DataError(f"{table} has no rows for {score_date}: run `lakeforge features --pipeline "
-                            f"{pipeline.name} --date {score_date}` first")
+            _explain_nothing_to_score(ctx, table, run.inputs[table], score_date)
         payload = scoring.broadcast_model(ctx.spark, model)
         predictions = scoring.stamp(
             scoring.predict(rows, payload, (pipeline.name, version), pipeline.features.entity, model.feature_names),
@@ -345,6 +361,20 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         run.output(ctx.spark, ctx.lakehouse, out)
         run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
         return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version}
+
+
+def _explain_nothing_to_score(ctx: Context, table: str, version: int, score_date: dt.date) -> None:
+    """Say why a date has no rows to score: beyond the data, not built, or all outside the population."""
+    pipeline = ctx.pipeline
+    _checked_dates(ctx, [score_date])
+    built = lake.read(ctx.spark, ctx.lakehouse, table, version=version).where(
+        F.col(feats.AS_OF) == F.lit(score_date)).count()
+    if built:
+        raise DataError(f"{table} has {built:,} rows for {score_date}, but the population filter "
+                        f"`{pipeline.features.population}` (features.population) keeps none of them: nothing to "
+                        f"score. Check the data of the days before {score_date}, or the filter")
+    raise DataError(f"{table} has no rows for {score_date}: run `lakeforge features --pipeline "
+                    f"{pipeline.name} --date {score_date}` first")
 
 
 def _read_pandas(ctx: Context, name: str, where=None, columns: list[str] | None = None):

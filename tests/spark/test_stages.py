@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -74,6 +75,36 @@ def test_weaker_model_becomes_challenger_and_promotion_is_audited(ctx_for, spark
                                          ("champion", 1, 2, "promote")]
     with pytest.raises(DataError, match=r"registered model 'churn' has no version 9"):
         stages.promote(strong, 9, "typo")
+
+    # A date past the data, and a date whose population is empty, are each named as such.
+    far = last + dt.timedelta(days=30)
+    with pytest.raises(DataError, match=rf"date {far} is 31 days after the last ingested event of silver.orders "
+                                        rf"\({last - dt.timedelta(days=1)}\).*up to {last}"):
+        stages.score(strong, far)
+    nobody = ctx_for(["pipeline.features.population=orders_90d > 1000000"])
+    assert stages.build_features(nobody, [last])["population"] == 0
+    with pytest.raises(DataError, match=rf"gold.churn_features has \d[\d,]* rows for {last}, but the population "
+                                        rf"filter `orders_90d > 1000000` \(features.population\) keeps none"):
+        stages.score(nobody, last)
+
+
+def test_features_refuse_a_date_past_the_ingested_data(ctx_for, lakehouse):
+    ctx = ctx_for()
+    last = stages.build_features(ctx)["dates"][0]
+    assert last == str(_last_event(ctx) + dt.timedelta(days=1))
+    far = dt.date.fromisoformat(last) + dt.timedelta(days=1)
+    with pytest.raises(DataError, match=rf"date {far} is 2 days after the last ingested event of silver.orders"):
+        stages.build_features(ctx, [far])
+    written = DeltaTable(str(lakehouse / "gold" / "churn_features")).to_pandas()
+    assert sorted(str(d) for d in written["as_of_date"].unique()) == [last]
+    # A wider tolerance in the pipeline YAML lets the same date through.
+    assert stages.build_features(ctx_for(["pipeline.features.max_days_ahead=2"]), [far])["dates"] == [str(far)]
+
+
+def _last_event(ctx) -> dt.date:
+    from lakeforge import features
+
+    return features.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1]
 
 
 def test_killing_scoring_mid_write_leaves_the_partition_as_it_was(ctx_for, spark, lakehouse, tmp_path):
