@@ -17,7 +17,8 @@ Spark, train and register models in MLflow, and score in batch every night.
 
 Start with `lakeforge demo` (generates the restaurant demo data and runs every stage).
 Configuration: conf/base.yaml + conf/<env>.yaml (--env or LAKEFORGE_ENV, default local),
-conf/pipelines/<name>.yaml; override any key with --set key=value (pipeline keys: --set pipeline.KEY=V).
+conf/pipelines/<name>.yaml naming sources from conf/sources/<name>.yaml; override any key with --set key=value
+(pipeline keys: --set pipeline.KEY=V, source keys: --set sources.NAME.KEY=V).
 `lakeforge VERB --help` says what a verb reads and writes.
 """
 EXIT_CODES = """exit codes: 0 done; 1 a Spark or MLflow failure (one line here, --debug for the traceback; the run is
@@ -32,10 +33,10 @@ DETAILS = {
     "generate": "Writes the demo's landing files (orders JSON lines with their dirt, customers and stores CSV) and\n"
                 "_manifest.json under paths.landing. The same seed and size give the same bytes.\n"
                 "example: lakeforge generate --customers 300 --days 90",
-    "ingest": "Reads each source of the pipeline YAML from paths.landing/<source path>; loads each new file once\n"
-              "into bronze.<source> (every kept row, with audit columns) and silver.<source> (latest row per\n"
-              "key, MERGEd); bad rows go to ops.quarantine with the reason; checks go to ops.quality and each\n"
-              "file to ops.ingested_files. A rerun with no new files writes nothing. An expectation with\n"
+    "ingest": "Reads each source the pipeline names (conf/sources/<name>.yaml) from paths.landing/<its path>;\n"
+              "loads each new file once into bronze.<source> (every kept row, with audit columns) and\n"
+              "silver.<source> (latest row per key, MERGEd); bad rows go to ops.quarantine with the reason;\n"
+              "checks go to ops.quality and each file to ops.ingested_files. A rerun with no new files writes nothing. An expectation with\n"
               "action fail stops the load before any write (exit 2). See docs/ingestion.md.\n"
               "example: lakeforge ingest --pipeline churn",
     "features": "Reads the spine and event sources from bronze/silver and writes gold.<pipeline>_features for\n"

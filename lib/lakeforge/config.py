@@ -393,8 +393,10 @@ def _explain(exc: ValidationError, model: type[BaseModel], layers: list[tuple[st
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(part) for part in loc)
-        origin = next((name for name, tree in reversed(layers) if _has_key(tree, loc)), layers[0][0])
-        if err["type"] == "extra_forbidden":
+        origin = next((name for name, tree in reversed(layers) if tree and _has_key(tree, loc)), layers[0][0])
+        if not loc:  # a check of the whole file (a validator across keys): its message names the keys
+            lines.append(f"{origin}: {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
             hint = f"; known keys here: {', '.join(allowed)}" if allowed else ""
             lines.append(f"{origin}: unknown key '{key}'{hint}")
@@ -460,7 +462,7 @@ def load_settings(env: str | None = None, overrides: list[str] | None = None,
         raise ConfigError(f"unknown environment '{env}': no overlay {overlay_path} "
                           f"(environments here: {known}; choose one with --env or LAKEFORGE_ENV)")
     overlay = _read_yaml(overlay_path, f"overlay for env '{env}'")
-    cli = {k: v for k, v in parse_overrides(overrides).items() if k != "pipeline"}
+    cli = {k: v for k, v in parse_overrides(overrides).items() if k not in ("pipeline", "sources")}
     layers = [(str(base_path), base), (str(overlay_path), overlay), ("--set", cli), ("env", {"env": env})]
     settings: Settings = _validate(Settings, layers)
     return _absolute(settings)
@@ -488,8 +490,40 @@ def available_pipelines(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (directory / "pipelines").glob("*.yaml"))
 
 
+def available_sources(directory: Path | None = None) -> list[str]:
+    """Source names declared under conf/sources/."""
+    directory = directory or conf_dir()
+    return sorted(p.stem for p in (directory / "sources").glob("*.yaml"))
+
+
+def load_source(name: str, overrides: list[str] | None = None, directory: Path | None = None) -> Source:
+    """Load conf/sources/<name>.yaml (+ `--set sources.<name>.<key>=value` overrides)."""
+    directory = directory or conf_dir()
+    path = directory / "sources" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_sources(directory)) or "none"
+        raise ConfigError(f"unknown source '{name}': no file {path} (sources here: {known})")
+    tree = _read_yaml(path, f"source '{name}'")
+    cli = parse_overrides(overrides).get("sources", {}).get(name, {})
+    return _validate(Source, [(str(path), tree), ("--set", cli)])
+
+
+def _source_names(tree: dict[str, Any], path: Path) -> list[str]:
+    """The pipeline's `sources:` list; a source defined inline is refused (its contract belongs to the project)."""
+    names = tree.get("sources")
+    if isinstance(names, dict):
+        raise ConfigError(f"{path}: key 'sources': sources are declared once for the project, each in "
+                          f"conf/sources/<name>.yaml, so that every pipeline shares one contract per table; move "
+                          f"{', '.join(map(str, names)) or 'them'} there and list the names here, e.g. "
+                          f"sources: [{', '.join(map(str, names))}]")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{path}: key 'sources': expected a list of source names from conf/sources/, "
+                          f"e.g. sources: [orders, customers] (got {names!r})")
+    return names
+
+
 def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path | None = None) -> Pipeline:
-    """Load conf/pipelines/<name>.yaml (+ `--set pipeline.<key>=value` overrides)."""
+    """Load conf/pipelines/<name>.yaml with the sources it names (+ `--set pipeline.<key>=value` overrides)."""
     directory = directory or conf_dir()
     path = directory / "pipelines" / f"{name}.yaml"
     if not path.is_file():
@@ -497,6 +531,16 @@ def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path
         raise ConfigError(f"unknown pipeline '{name}': no file {path} (pipelines here: {known})")
     tree = _read_yaml(path, f"pipeline '{name}'")
     cli = parse_overrides(overrides).get("pipeline", {})
+    if "sources" in cli:
+        raise ConfigError(f"--set pipeline.sources...: a source is changed with --set sources.<name>.<key>=value "
+                          f"(its file is conf/sources/<name>.yaml)")
+    names = _source_names(tree, path)
+    stray = [s for s in parse_overrides(overrides).get("sources", {}) if s not in names]
+    if stray:
+        raise ConfigError(f"--set sources.{stray[0]}...: pipeline {name} has no source '{stray[0]}' "
+                          f"(its sources: {', '.join(names)})")
+    sources = {source: load_source(source, overrides, directory) for source in names}
+    tree = {**tree, "sources": sources}
     pipeline: Pipeline = _validate(Pipeline, [(str(path), tree), ("--set", cli), ("name", {"name": name})])
     _check_model(pipeline, path)
     return pipeline

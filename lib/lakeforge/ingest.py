@@ -366,7 +366,7 @@ def effective_columns(spark: SparkSession, lakehouse: Path, source_name: str, so
     if changed:
         detail = "; ".join(f"{name} is declared {kind} but stored as {old}" for name, kind, old in changed)
         raise DataError(f"source {source_name}: type change in bronze.{source_name}: {detail}. lakeforge does not "
-                        f"change a stored column's type: declare the stored type again in the pipeline YAML, or rebuild the "
+                        f"change a stored column's type: declare the stored type again in conf/sources/{source_name}.yaml, or rebuild the "
                         f"source (delete bronze.{source_name}, silver.{source_name} and its rows in {FILE_LEDGER}, "
                         f"then ingest again).")
     return {**declared, **{name: kind for name, kind in stored.items() if name not in declared}}
@@ -395,7 +395,7 @@ def _parquet_columns(source_name: str, files: list[LandingFile], columns: dict[s
                 continue
             raise DataError(f"source {source_name}: type change in file {f.name}: column {name} is {kind} in the "
                             f"file but {expected} in the source's schema. Fix the file, or declare the column's "
-                            f"type in the pipeline YAML (a stored column's type cannot change).")
+                            f"type in conf/sources/{source_name}.yaml (a stored column's type cannot change).")
     return new
 
 
@@ -405,8 +405,8 @@ def _checked_new_columns(source_name: str, source: Source, new: dict[str, dict[s
         return {}
     where = "; ".join(f"{name} in {', '.join(sorted(files))}" for name, files in sorted(new.items()))
     if source.on_new_column == "fail":
-        raise DataError(f"source {source_name}: new column(s) not in the pipeline YAML ({where}); nothing was loaded. "
-                        f"Declare them under sources.{source_name}.columns, or set on_new_column: add.")
+        raise DataError(f"source {source_name}: new column(s) not declared ({where}); nothing was loaded. "
+                        f"Declare them under columns in conf/sources/{source_name}.yaml, or set on_new_column: add.")
     bad = [n for n in new if not n or re.search(r"[ ,;{}()\n\t=]", n) or n.startswith("_lf_") or n in AUDIT_COLUMNS]
     if bad:
         raise DataError(f"source {source_name}: new column(s) {', '.join(map(repr, bad))} ({where}) cannot be added: "
@@ -477,7 +477,7 @@ def _validate_patterns(spark: SparkSession, source_name: str, source: Source) ->
             except Exception as exc:
                 first = str(exc).strip().splitlines()[-1][:200]
                 raise DataError(f"source {source_name}: expectation '{quality.describe_expectation(e)}': not a valid "
-                                f"Java regular expression ({first}); fix it in the pipeline YAML.") from None
+                                f"Java regular expression ({first}); fix it in conf/sources/{source_name}.yaml.") from None
 
 
 def ingest_source(spark: SparkSession, source_name: str, source: Source, landing: Path,

@@ -239,7 +239,7 @@ def raise_on_failures(results: list[CheckResult], source_name: str) -> None:
     if failed:
         detail = "; ".join(summarize(name, rows, results) for name, rows in failed.items())
         raise DataError(f"source {source_name}: expectation with action 'fail' broken, nothing was loaded: {detail}. "
-                        f"Fix or remove the landing files, or change the expectation's action in the pipeline YAML.")
+                        f"Fix or remove the landing files, or change the expectation's action in conf/sources/{source_name}.yaml.")
 
 
 def quality_rows(spark: SparkSession, results: list[CheckResult], source_name: str, batch_id: str,

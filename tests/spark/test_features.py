@@ -219,6 +219,7 @@ def test_a_new_feature_reaches_training_and_scoring_without_changing_lakeforge(s
     (conf / "pipelines").mkdir(parents=True)
     for name in ("base.yaml", "test.yaml"):
         shutil.copy(REPO / "conf" / name, conf / name)
+    shutil.copytree(REPO / "conf" / "sources", conf / "sources")
     pipeline_yaml = yaml.safe_load((REPO / "conf" / "pipelines" / "churn.yaml").read_text())
     pipeline_yaml["features"]["function"] = "custom_features.activity_with_basket_size"
     pipeline_yaml["features"]["events"]["columns"].append("items")

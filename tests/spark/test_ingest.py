@@ -255,7 +255,7 @@ def test_a_failing_source_commits_nothing_while_the_other_sources_load(spark, tm
     assert [line for line in logged if "ERROR" in line] == [
         "returns: ERROR source returns: expectation with action 'fail' broken, nothing was loaded: 'amount range "
         "[-inf, 1000]' failed on 1 of 1 rows in 1 of 1 file(s) (day1.jsonl: 1 row). Fix or remove the landing "
-        "files, or change the expectation's action in the pipeline YAML."]
+        "files, or change the expectation's action in conf/sources/returns.yaml."]
     assert lake.list_tables(lakehouse) == ["bronze.refunds", "silver.refunds", "ops.ingested_files", "ops.quality"]
     assert sorted(r.order_id for r in table(spark, lakehouse, "silver.refunds", "order_id").collect()) == ["R1", "R2"]
     assertDataFrameEqual(table(spark, lakehouse, ingest.FILE_LEDGER, "source", "file", "rows_kept"),
@@ -266,7 +266,7 @@ def test_schema_changes_fail_clearly_before_any_commit(spark, orders_lake, tmp_p
     lakehouse = orders_lake["lakehouse"]
     before = versions(spark, lakehouse)
     write(tmp_path / "a" / "orders" / "day5.jsonl", order("O60", "2026-05-05T10:00:00", coupon="SAVE5") + "\n")
-    with pytest.raises(DataError, match=r"source orders: new column\(s\) not in the pipeline YAML "
+    with pytest.raises(DataError, match=r"source orders: new column\(s\) not declared "
                                         r"\(coupon in day5.jsonl\); nothing was loaded"):
         ingest.ingest_all(spark, {"orders": ORDERS.model_copy(update={"on_new_column": "fail"})}, tmp_path / "a",
                           lakehouse, "tests")
@@ -374,17 +374,18 @@ def test_parquet_columns_are_typed_from_the_file_and_type_changes_fail(spark, ty
 
 # ---------------------------------------------------------------- the command: crash and fail
 
+SOURCE_YAML = """\
+path: events
+format: json
+columns: {event_id: string, user_id: string, event_ts: timestamp, value: int}
+primary_key: [event_id]
+event_time: event_ts
+expectations:
+  - {column: value, rule: range, min: 0, max: 100, action: quarantine}
+"""
 PIPELINE_YAML = """\
 description: ingest tests
-sources:
-  events:
-    path: events
-    format: json
-    columns: {event_id: string, user_id: string, event_ts: timestamp, value: int}
-    primary_key: [event_id]
-    event_time: event_ts
-    expectations:
-      - {column: value, rule: range, min: 0, max: 100, action: quarantine}
+sources: [events]
 features:
   entity: user_id
   spine: {source: events, since: event_ts}
@@ -404,8 +405,10 @@ def command(repo, tmp_path):
     """Run `lakeforge ingest --pipeline events` on tmp folders (subprocess or in-process)."""
     conf = tmp_path / "conf"
     (conf / "pipelines").mkdir(parents=True)
+    (conf / "sources").mkdir()
     for name in ("base.yaml", "test.yaml", "log4j2.properties"):
         shutil.copy(repo / "conf" / name, conf / name)
+    (conf / "sources" / "events.yaml").write_text(SOURCE_YAML)
     (conf / "pipelines" / "events.yaml").write_text(PIPELINE_YAML)
     args = ["ingest", "--pipeline", "events", "--env", "test", "--set", f"paths.landing={tmp_path / 'landing'}",
             "--set", f"paths.lakehouse={tmp_path / 'lakehouse'}", "--set", f"paths.reports={tmp_path / 'reports'}"]
@@ -466,11 +469,11 @@ def test_fail_expectation_exits_non_zero_with_the_source_rule_and_count(spark, c
                                                       event("E2", "2026-05-01T11:00:00", 9)]) + "\n")
     monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(command["conf"]))
     monkeypatch.setattr(SparkSession, "stop", lambda self: None)
-    rule = "pipeline.sources.events.expectations=[{column: value, rule: range, max: 8, action: fail}]"
+    rule = "sources.events.expectations=[{column: value, rule: range, max: 8, action: fail}]"
     code = cli.main([*command["args"], "--set", rule])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "lakeforge ingest: error: source events: expectation with action 'fail' broken, nothing was loaded: "
         "'value range [-inf, 8]' failed on 1 of 2 rows in 1 of 1 file(s) (e1.jsonl: 1 row). Fix or remove the "
-        "landing files, or change the expectation's action in the pipeline YAML.")
+        "landing files, or change the expectation's action in conf/sources/events.yaml.")
     assert lake.list_tables(command["lakehouse"]) == ["ops.runs"]  # only the failed run was recorded

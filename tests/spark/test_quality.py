@@ -80,8 +80,8 @@ def test_counts_per_file_and_file_rules(spark):
     assert str(failed.value) == (
         "source t: expectation with action 'fail' broken, nothing was loaded: 'ts freshness 24h' failed on 7 of 7 "
         "rows in 2 of 3 file(s) (f1: newest ts is 60.0h old, at most 24h allowed, f2: newest ts is 36.0h old, "
-        "at most 24h allowed). Fix or remove the landing files, or change the expectation's action in the "
-        "pipeline YAML.")
+        "at most 24h allowed). Fix or remove the landing files, or change the expectation's action in "
+        "conf/sources/t.yaml.")
     assert quality.summarize("min_rows 3", quality.broken(results, "warn")["min_rows 3"], results) == (
         "'min_rows 3' failed on 2 of 8 rows in 2 of 3 file(s) (f2: 2 rows, at least 3 expected, "
         "f3: 0 rows, at least 3 expected)")

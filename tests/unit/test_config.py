@@ -114,11 +114,48 @@ def test_pipeline_unknown_nested_key(conf):
         config.load_pipeline("churn", None, conf)
 
 
-def test_pipeline_bad_enum_value(conf):
-    path = conf / "pipelines" / "churn.yaml"
+def test_source_bad_enum_value_names_the_source_file(conf):
+    path = conf / "sources" / "orders.yaml"
     path.write_text(path.read_text().replace("format: json", "format: xml"))
-    with pytest.raises(ConfigError, match=r"churn\.yaml: key 'sources\.orders\.format': input should be 'csv', 'json' or 'parquet'"):
+    with pytest.raises(ConfigError, match=r"sources/orders\.yaml: key 'format': input should be 'csv', 'json' or 'parquet'"):
         config.load_pipeline("churn", None, conf)
+
+
+def test_pipelines_share_one_declaration_of_a_source(conf):
+    churn, demand = config.load_pipeline("churn", None, conf), config.load_pipeline("demand", None, conf)
+    assert list(churn.sources) == ["stores", "customers", "orders"] and list(demand.sources) == ["stores", "orders"]
+    assert churn.sources["orders"] == demand.sources["orders"] == config.load_source("orders", None, conf)
+    # One override changes the source for every pipeline of the run.
+    changed = config.load_pipeline("demand", ["sources.orders.on_new_column=fail"], conf)
+    assert changed.sources["orders"].on_new_column == "fail"
+
+
+def test_a_source_defined_inside_a_pipeline_is_refused(conf):
+    path = conf / "pipelines" / "demand.yaml"
+    path.write_text(path.read_text().replace("sources: [stores, orders]",
+                                             "sources:\n  stores: {path: stores}\n  orders: {path: orders}"))
+    with pytest.raises(ConfigError, match=r"demand\.yaml: key 'sources': sources are declared once for the project, "
+                                          r"each in conf/sources/<name>\.yaml.*move stores, orders there.*"
+                                          r"sources: \[stores, orders\]"):
+        config.load_pipeline("demand", None, conf)
+
+
+def test_unknown_source_name_lists_the_known_ones(conf):
+    path = conf / "pipelines" / "demand.yaml"
+    path.write_text(path.read_text().replace("sources: [stores, orders]", "sources: [stores, order]"))
+    with pytest.raises(ConfigError, match=r"unknown source 'order': no file .*sources/order\.yaml "
+                                          r"\(sources here: customers, orders, stores\)"):
+        config.load_pipeline("demand", None, conf)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pipeline.sources.orders.format=csv", r"a source is changed with --set sources\.<name>\.<key>=value"),
+    ("sources.order.format=csv", r"--set sources\.order\.\.\.: pipeline demand has no source 'order' "
+                                 r"\(its sources: stores, orders\)"),
+])
+def test_source_overrides_name_a_source_of_the_pipeline(conf, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load_pipeline("demand", [override], conf)
 
 
 def test_not_model_inputs_stay_out_of_the_model_inputs(conf):

@@ -16,14 +16,14 @@ REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 @pytest.fixture
 def pipeline_with(tmp_path):
-    """Load the churn pipeline with its orders source changed by a function of the source's dict."""
+    """Load the churn pipeline with its orders source (conf/sources/orders.yaml) changed by a function of its dict."""
     shutil.copytree(REPO_CONF, tmp_path / "conf")
-    path = tmp_path / "conf" / "pipelines" / "churn.yaml"
+    path = tmp_path / "conf" / "sources" / "orders.yaml"
     original = yaml.safe_load(path.read_text())
 
     def load(change):
         tree = yaml.safe_load(yaml.safe_dump(original))
-        change(tree["sources"]["orders"])
+        change(tree)
         path.write_text(yaml.safe_dump(tree))
         return config.load_pipeline("churn", directory=tmp_path / "conf")
 
@@ -48,7 +48,7 @@ def test_the_demo_contracts_load_with_every_new_rule(pipeline_with):
 
 @pytest.mark.parametrize("change, message", [
     (lambda o: o["expectations"].append({"rule": "range", "column": "amount"}),
-     "key 'sources.orders.expectations.4': value error, rule range needs min, max or both"),
+     "key 'expectations.4': value error, rule range needs min, max or both"),
     (lambda o: o["expectations"].append({"rule": "min_rows", "min": 10, "action": "quarantine"}),
      "rule min_rows judges whole files: its action must be warn or fail, not quarantine"),
     (lambda o: o["expectations"].append({"rule": "accepted_values", "column": "channel", "values": ["a"], "max": 3}),
@@ -67,10 +67,10 @@ def test_the_demo_contracts_load_with_every_new_rule(pipeline_with):
     (lambda o: o.update({"primary_key": ["id"]}), "primary_key ['id']: must be distinct declared columns"),
     (lambda o: o.update({"event_time": "ts"}), "event_time 'ts' is not a declared column"),
     (lambda o: o.update({"options": {"mode": "FAILFAST"}}), "options mode: set by lakeforge, not configurable"),
-    (lambda o: o.update({"on_new_column": "ignore"}), "key 'sources.orders.on_new_column': input should be"),
+    (lambda o: o.update({"on_new_column": "ignore"}), "key 'on_new_column': input should be"),
 ])
 def test_a_bad_source_is_one_error_naming_the_key(pipeline_with, change, message):
     with pytest.raises(ConfigError) as error:
         pipeline_with(change)
     assert message in str(error.value)
-    assert "churn.yaml" in str(error.value)
+    assert "sources/orders.yaml" in str(error.value)
