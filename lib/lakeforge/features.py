@@ -259,10 +259,28 @@ def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
             .select(feat.entity, AS_OF, F.when(F.col("_active").isNull(), 1).otherwise(0).alias(label.name)))
 
 
+def label_events_table(pipeline: Pipeline) -> str:
+    """The table the label is computed from: the label's own events (not necessarily the features' events)."""
+    return f"silver.{pipeline.label.events}"
+
+
+def labelled(keys: DataFrame, events: DataFrame, pipeline: Pipeline) -> DataFrame:
+    """Each (entity, as-of date) row of `keys` with the label that follows it (pure): the one join of rows and
+    labels, shared by training and monitoring so that both give a row the same label."""
+    return keys.join(labels(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")
+
+
 def training_set(features: DataFrame, events: DataFrame, pipeline: Pipeline) -> DataFrame:
     """Point-in-time training rows: the population's feature rows as of each date with the label that follows it."""
-    keys = in_population(features, pipeline)
-    return keys.join(labels(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")
+    return labelled(in_population(features, pipeline), events, pipeline)
+
+
+def read_training_set(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date],
+                      versions: dict[str, int]) -> DataFrame:
+    """The training set of these dates from the features table and the label's events, at the given versions."""
+    table, events = features_table(pipeline), label_events_table(pipeline)
+    rows = lake.read(spark, lakehouse, table, version=versions[table]).where(F.col(AS_OF).isin(as_dates(dates)))
+    return training_set(rows, lake.read(spark, lakehouse, events, version=versions[events]), pipeline)
 
 
 # ---------------------------------------------------------------- pandas twins

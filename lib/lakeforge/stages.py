@@ -144,16 +144,12 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         run.log(f"{len(train_dates)} training dates {train_dates[0]}..{train_dates[-1]}, "
                 f"holdout {holdout_dates[0]}..{holdout_dates[-1]}")
         dates = train_dates + holdout_dates
-        spine, events = f"bronze.{pipeline.features.spine.source}", f"silver.{pipeline.features.events.source}"
-        run.input(ctx.spark, ctx.lakehouse, spine, events)
+        run.input(ctx.spark, ctx.lakehouse, f"bronze.{pipeline.features.spine.source}",
+                  f"silver.{pipeline.features.events.source}", feats.label_events_table(pipeline))
         feats.write_features(ctx.spark, feats.build_features(ctx.spark, ctx.lakehouse, pipeline, dates),
                              ctx.lakehouse, pipeline, dates, ctx.settings.owner)
-        table = feats.features_table(pipeline)
-        run.input(ctx.spark, ctx.lakehouse, table)
-        keys = feats.in_population(lake.read(ctx.spark, ctx.lakehouse, table, version=run.inputs[table]).where(
-            F.col(feats.AS_OF).isin(dates)), pipeline)
-        labelled_df = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events, version=run.inputs[events]),
-                                             keys, pipeline), on=[pipeline.features.entity, feats.AS_OF], how="inner")
+        run.input(ctx.spark, ctx.lakehouse, feats.features_table(pipeline))
+        labelled_df = feats.read_training_set(ctx.spark, ctx.lakehouse, pipeline, dates, run.inputs)
         columns, label, task = feats.feature_columns(pipeline), pipeline.label.name, pipeline.label.task
         is_train = ~F.col(feats.AS_OF).isin(holdout_dates)
         # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
@@ -421,7 +417,7 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         validation = champion_run.data.metrics.get(metric)
         trained_as_of = champion_run.data.tags.get("lakeforge.trained_as_of")
         features_table, predictions = feats.features_table(pipeline), scoring.predictions_table(pipeline.name)
-        events = f"silver.{pipeline.label.events}"
+        events = feats.label_events_table(pipeline)
         run.input(ctx.spark, ctx.lakehouse, features_table, predictions, events, "ops.quality", monitoring.MONITORING)
         policy = pipeline.retrain
         watched = set(policy.psi_features) if policy else set()
@@ -453,8 +449,8 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
             keys = (lake.read(ctx.spark, ctx.lakehouse, predictions)
                     .where(F.col("score_date").between(F.lit(start), F.lit(end)))
                     .select(entity, F.col("score_date").alias(feats.AS_OF), "prediction", "model_version"))
-            keys = keys.join(feats.labels(lake.read(ctx.spark, ctx.lakehouse, events), keys, pipeline),
-                             on=[entity, feats.AS_OF], how="inner")
+            keys = feats.labelled(keys, lake.read(ctx.spark, ctx.lakehouse, events, version=run.inputs.get(events)),
+                                  pipeline)
             labelled = _segments(ctx, keys, feats.AS_OF).toPandas()
         if not labelled.empty:
             labelled = monitoring.matured(labelled, day, horizon, pipeline.monitoring.window_days, feats.AS_OF)

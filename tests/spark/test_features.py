@@ -142,6 +142,36 @@ def test_labels_see_only_the_horizon_window(spark, churn):
     assert labelled(inside[1:] + outside)["churned"].tolist() == [1, 1, 0, 1]  # one inside does
 
 
+def test_training_labels_come_from_the_label_events_not_the_feature_events(spark, churn_lake):
+    """A label declared on other events than the features' (here: a customers-table update within 30 days, while
+    the features read orders): the training set carries exactly that label."""
+    pipeline = config.load_pipeline("churn", ["pipeline.label.events=customers"]).model_copy(
+        update={"name": "customer_updates"})
+    dates = churn_lake.dates[-2:]
+    features.write_features(spark, features.build_features(spark, churn_lake.lakehouse, pipeline, dates),
+                            churn_lake.lakehouse, pipeline, dates, owner="test")
+    versions = {name: lake.version(spark, churn_lake.lakehouse, name)
+                for name in (features.features_table(pipeline), "silver.customers")}
+    got = sorted_rows(features.read_training_set(spark, churn_lake.lakehouse, pipeline, dates, versions)
+                      .select(*KEYS, "churned").toPandas())
+
+    updates = lake.read(spark, churn_lake.lakehouse, "silver.customers").select("customer_id", "updated_at").toPandas()
+    population = features.in_population_pandas(
+        lake.read(spark, churn_lake.lakehouse, features.features_table(pipeline)).toPandas(), pipeline)
+    horizon = pd.Timedelta(days=30)
+    updated = {(c, d) for c, t in zip(updates.customer_id, updates.updated_at) for d in dates
+               if pd.Timestamp(d) <= t < pd.Timestamp(d) + horizon}
+    expected = sorted_rows(population[KEYS].assign(churned=[
+        0 if (c, d) in updated else 1 for c, d in zip(population.customer_id, population[features.AS_OF])]))
+    pd.testing.assert_frame_equal(got, expected.astype({"churned": "int32"}), check_exact=True)
+    assert 0 < got.churned.sum() < len(got)   # both label values occur, so the label column is not a constant
+    # The orders-based label gives other values to the same rows: the test tells the two sources apart.
+    on_orders = config.load_pipeline("churn").model_copy(update={"name": pipeline.name})
+    by_orders = features.training_set(lake.read(spark, churn_lake.lakehouse, features.features_table(pipeline)),
+                                      lake.read(spark, churn_lake.lakehouse, "silver.orders"), on_orders)
+    assert not sorted_rows(by_orders.select(*KEYS, "churned").toPandas()).equals(got)
+
+
 def test_rebuilding_a_date_replaces_that_date_only(spark, churn, churn_lake):
     spine, events = tables(spark, churn_lake)
     d1, d2 = churn_lake.dates[-2:]
