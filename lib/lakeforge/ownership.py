@@ -10,7 +10,8 @@ it (`.<file name>.lakeforge-owned`), since a file cannot hold one.
 `remove` (what `lakeforge demo --fresh` runs) deletes a folder or store only when its marker names
 this project and it lies inside the project folder (the folder lakeforge runs in, unless
 paths.allow_outside_project is true). Everything is checked before anything is deleted: one
-refusal and nothing goes, and the error names each folder, why, and what to do.
+refusal and nothing goes, and the error names each folder, why, and what to do. `check_replace`
+applies the same rule before `generate` replaces the demo's source folders in paths.landing.
 """
 
 from __future__ import annotations
@@ -119,6 +120,18 @@ def refusal(path: Path, project: str, inside: Path | None, is_file: bool = False
         return (f"another lakeforge project created it (its marker names project {record.get('project')!r}, "
                 f"this one is {project!r})")
     return None
+
+
+def check_replace(settings: Settings, key: str, parts: list[Path], project_dir: Path) -> None:
+    """Raise DeletionRefused when any of `parts` (folders in the `key` folder about to be deleted and written again)
+    exists and the `key` folder is not this project's to delete, as `remove` judges it."""
+    folder, existing = managed(settings)[key], [p for p in parts if p.exists() or p.is_symlink()]
+    inside = None if settings.paths.allow_outside_project else project_dir
+    why = refusal(folder, settings.project, inside) if existing else None
+    if why:
+        raise DeletionRefused(f"refusing to replace {', '.join(str(p) for p in existing)}: {key} {folder}: {why}. "
+                              f"lakeforge deletes only folders it created for this project; move them away or "
+                              f"delete them by hand if you are sure, or point {key} at another folder")
 
 
 def remove(settings: Settings, project_dir: Path) -> list[Path]:

@@ -627,7 +627,7 @@ def reset_local_state(settings: Settings) -> list[Path]:
 
 def generate(settings: Settings, **overrides) -> dict:
     """Write the demo landing files (deterministic for the seed) and return their manifest."""
-    from lakeforge.demo.generator import DemoSpec, generate_demo
+    from lakeforge.demo.generator import SOURCE_DIRS, DemoSpec, generate_demo
 
     demo = settings.demo.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     spec = DemoSpec(seed=demo.seed, customers=demo.customers, stores=demo.stores, days=demo.days,
@@ -635,6 +635,8 @@ def generate(settings: Settings, **overrides) -> dict:
                     column_added_date=demo.column_added_date, dirty=demo.dirty)
     landing = settings.paths.landing
     ownership.claim(settings, "paths.landing")
+    # The generator replaces its source folders whole: only in a landing folder lakeforge made for this project.
+    ownership.check_replace(settings, "paths.landing", [landing / name for name in SOURCE_DIRS], Path.cwd())
     manifest_path = landing / "_manifest.json"
     if manifest_path.is_file() and lake.exists(settings.paths.lakehouse, ingestion.FILE_LEDGER):
         old = json.loads(manifest_path.read_text()).get("spec")
@@ -642,5 +644,6 @@ def generate(settings: Settings, **overrides) -> dict:
         if old is not None and {k: str(v) for k, v in old.items()} != current:
             raise DataError(f"the landing files in {landing} were generated with another spec ({old}) and are "
                             f"already ingested; regenerating would change files the lakehouse has loaded. "
-                            f"Start fresh with `lakeforge demo --fresh` (deletes the folders lakeforge made) or `make clean`.")
+                            f"Start fresh with `lakeforge demo --fresh` (deletes the folders lakeforge made) or "
+                            f"`make clean`.")
     return generate_demo(landing, spec)
