@@ -5,7 +5,7 @@
 #
 #   entrypoint.sh master                      Spark standalone master
 #   entrypoint.sh worker                      Spark standalone worker (registers with $SPARK_MASTER_URL)
-#   entrypoint.sh mlflow                      MLflow tracking server on $MLFLOW_BACKEND_STORE_URI
+#   entrypoint.sh mlflow                      MLflow tracking server on $MLFLOW_BACKEND_STORE_URI (read from the environment)
 #   entrypoint.sh history                     Spark History Server over the event logs in $SPARK_EVENT_LOG_DIR
 #   entrypoint.sh submit STAGE [ARGS...]      spark-submit jobs/STAGE.py to $SPARK_MASTER_URL (ARGS: lakeforge's)
 #   entrypoint.sh scheduler HH:MM CMD...      every day at HH:MM (UTC), run `entrypoint.sh CMD...`
@@ -86,14 +86,16 @@ worker)
         --work-dir "${SPARK_WORKER_DIR:-/tmp/spark-work}" "$@" "$SPARK_MASTER_URL"
     ;;
 mlflow)
-    # Allowed Host headers come from MLFLOW_SERVER_ALLOWED_HOSTS (read by MLflow itself).
+    # Allowed Host headers come from MLFLOW_SERVER_ALLOWED_HOSTS (read by MLflow itself). The backend store URI
+    # holds the database password, so it stays in the environment: `mlflow server` reads MLFLOW_BACKEND_STORE_URI
+    # itself (its --backend-store-uri option's variable), and a command line is visible to every user (ps).
     : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI, e.g. postgresql://mlflow:PASSWORD@postgres:5432/mlflow}"
+    export MLFLOW_BACKEND_STORE_URI
     : "${MLFLOW_DEFAULT_ARTIFACT_ROOT:?set MLFLOW_DEFAULT_ARTIFACT_ROOT (a folder every job and the server share)}"
     # MLflow's server-side job runner (GenAI evaluation jobs) is not used by lakeforge: it would start a
     # handful of extra consumer processes and a queue folder in /dev/shm.
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
     run mlflow server \
-        --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
         --default-artifact-root "$MLFLOW_DEFAULT_ARTIFACT_ROOT" \
         --no-serve-artifacts \
         --host "${MLFLOW_HOST:-0.0.0.0}" \

@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _verb(verbs, "demo", help="generate the demo data and run every stage, then print a summary")
     _common(p)
-    p.add_argument("--fresh", action="store_true", help="delete ./var (landing, lakehouse, MLflow store) first")
+    p.add_argument("--fresh", action="store_true", help="first delete the folders lakeforge made for this project "
+                                                      "(landing, lakehouse, reports, MLflow store; README: "
+                                                      "Configuration)")
     _demo_size(p)
 
     p = _verb(verbs, "generate", help="write the demo landing files (deterministic for --seed)")

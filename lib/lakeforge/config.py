@@ -36,6 +36,8 @@ class PathSettings(Frozen):
     landing: Path = Path("var/landing")
     lakehouse: Path = Path("var/lakehouse")
     reports: Path = Path("var/reports")
+    # Deletes (demo --fresh) touch only folders inside the folder lakeforge runs in, unless this is true.
+    allow_outside_project: bool = False
 
 
 class SparkSettings(Frozen):
@@ -67,6 +69,9 @@ class DemoSettings(Frozen):
 
 class Settings(Frozen):
     env: str = DEFAULT_ENV
+    # Names this project in the marker of every folder lakeforge creates (see lakeforge.ownership); unset, it is
+    # derived from the conf folder's path. Set it when several places (a laptop, a container) share the folders.
+    project: str | None = Field(None, min_length=1)
     owner: str = "data-platform"
     log_format: Literal["text", "json"] = "text"
     paths: PathSettings = PathSettings()
@@ -465,12 +470,81 @@ def load_settings(env: str | None = None, overrides: list[str] | None = None,
     cli = {k: v for k, v in parse_overrides(overrides).items() if k not in ("pipeline", "sources")}
     layers = [(str(base_path), base), (str(overlay_path), overlay), ("--set", cli), ("env", {"env": env})]
     settings: Settings = _validate(Settings, layers)
-    return _absolute(settings)
+    if settings.project is None:
+        settings = settings.model_copy(update={"project": default_project(directory)})
+    settings = _absolute(settings)
+    _refuse_system_folders(settings, layers)
+    return settings
+
+
+def default_project(directory: Path) -> str:
+    """The project id when settings leave `project` unset: a stable hash of the conf folder's resolved path."""
+    return "conf-" + hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:16]
+
+
+# Folders no lakeforge setting may be: lakeforge writes its data there and `demo --fresh` may delete it.
+# Their sub-folders (/tmp/x, /var/lib/lakeforge, /data/lakehouse) are fine.
+SYSTEM_FOLDERS = frozenset(map(Path, [
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/media", "/mnt", "/opt", "/proc", "/root", "/run",
+    "/sbin", "/snap", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/backups", "/var/cache", "/var/lib",
+    "/var/local", "/var/lock", "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp"]))
+
+
+def _system_folder(path: Path) -> str | None:
+    """Why `path` (resolved) cannot hold lakeforge's data, None when it can."""
+    if path in SYSTEM_FOLDERS or path.parent == Path("/usr") or (path.parent == Path("/")
+                                                                  and path.name.startswith("lib")):
+        return "the filesystem root" if path == Path("/") else "a system folder"
+    try:
+        home = Path.home().resolve()
+    except (KeyError, RuntimeError):  # no HOME and no passwd entry: no home folder to protect
+        return None
+    if path == home:
+        return "the home folder"
+    if path in home.parents:
+        return f"an ancestor of the home folder {home}"
+    return None
+
+
+def file_uri_path(uri: str) -> Path | None:
+    """The local path of a file:// URI (percent-escapes decoded), None for any other scheme."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _refuse_system_folders(settings: Settings, layers: list[tuple[str, dict]]) -> None:
+    """Settings that point lakeforge's folders at /, a system folder or the home folder: one error naming each."""
+    places = [(("paths", name), getattr(settings.paths, name), "") for name in ("landing", "lakehouse", "reports")]
+    artifacts = file_uri_path(settings.mlflow.artifact_root)
+    if artifacts is not None:
+        places.append((("mlflow", "artifact_root"), artifacts, ""))
+    store = sqlite_path(settings.mlflow.tracking_uri)
+    if store is not None:
+        places.append((("mlflow", "tracking_uri"), store.parent, "the sqlite store's folder "))
+    lines = []
+    for loc, path, lead in places:
+        why = _system_folder(path)
+        if why:
+            origin, given = next(((name, tree[loc[0]][loc[1]]) for name, tree in reversed(layers)
+                                  if _has_key(tree, loc)), ("defaults", None))
+            lines.append(f"{origin}: key '{'.'.join(loc)}' = {given!r}: {lead}{path} is {why}; lakeforge writes "
+                         f"its data there and `demo --fresh` may delete it: use a folder of its own, "
+                         f"e.g. {path / 'lakeforge'}")
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def _absolute(settings: Settings) -> Settings:
     """Resolve relative paths once, so executors and subprocesses agree on them."""
-    paths = PathSettings(**{name: Path(value).resolve() for name, value in settings.paths})
+    paths = settings.paths.model_copy(update={name: getattr(settings.paths, name).resolve()
+                                              for name in ("landing", "lakehouse", "reports")})
     spark = settings.spark
     if spark.event_log_dir is not None:
         spark = spark.model_copy(update={"event_log_dir": spark.event_log_dir.resolve()})

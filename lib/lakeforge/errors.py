@@ -15,3 +15,7 @@ class EnvironmentProblem(LakeforgeError):
 
 class DataError(LakeforgeError):
     """Input data or a table is missing or breaks its contract."""
+
+
+class DeletionRefused(LakeforgeError):
+    """lakeforge was asked to delete a folder it did not create for this project."""

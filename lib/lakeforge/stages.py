@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +20,7 @@ from pyspark.sql import functions as F
 from lakeforge import features as feats
 from lakeforge import ingest as ingestion
 from lakeforge import distributed, lake, many_models, models, monitoring, plots, registry, runs, scoring, training, tuning
+from lakeforge import ownership
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
@@ -45,6 +45,7 @@ class Context:
 
     @cached_property
     def mlflow(self):
+        ownership.claim(self.settings, "mlflow.artifact_root", "mlflow.tracking_uri")
         return registry.connect(self.settings.mlflow)
 
     @property
@@ -52,6 +53,7 @@ class Context:
         return self.settings.paths.lakehouse
 
     def recorded(self, job: str, run_date: dt.date | None = None):
+        ownership.claim(self.settings, "paths.lakehouse")
         return runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
                              json_logs=self.settings.log_format == "json")
 
@@ -536,6 +538,7 @@ def _write_report(ctx: Context, day: dt.date, history, version: int, policy, tod
     text = report.render(ctx.pipeline.name, day, history, version, validation,
                          policy.psi_threshold if policy else None)
     path = ctx.settings.paths.reports / ctx.pipeline.name / f"{day}.html"
+    ownership.claim(ctx.settings, "paths.reports")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     mlflow.set_experiment(experiment_id=registry.experiment_id(ctx.mlflow, ctx.pipeline.name,
@@ -642,26 +645,24 @@ def status(ctx: Context) -> dict:
             "champion": pipelines[ctx.pipeline.name]["champion"]}
 
 
-def reset_local_state(settings: Settings) -> None:
-    """Delete the embedded default's data (landing, lakehouse, MLflow store) for a fresh demo."""
-    for path in (settings.paths.landing, settings.paths.lakehouse, settings.paths.reports):
-        shutil.rmtree(path, ignore_errors=True)
-    uri = settings.mlflow.tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).unlink(missing_ok=True)
-    if settings.mlflow.artifact_root.startswith("file://"):
-        shutil.rmtree(settings.mlflow.artifact_root.removeprefix("file://"), ignore_errors=True)
+def reset_local_state(settings: Settings) -> list[Path]:
+    """Delete what lakeforge made for this project (landing, lakehouse, reports, MLflow store) for a fresh demo;
+    anything it did not make is refused (see lakeforge.ownership)."""
+    return ownership.remove(settings, Path.cwd())
 
 
 def generate(settings: Settings, **overrides) -> dict:
     """Write the demo landing files (deterministic for the seed) and return their manifest."""
-    from lakeforge.demo.generator import DemoSpec, generate_demo
+    from lakeforge.demo.generator import SOURCE_DIRS, DemoSpec, generate_demo
 
     demo = settings.demo.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     spec = DemoSpec(seed=demo.seed, customers=demo.customers, stores=demo.stores, days=demo.days,
                     start_date=demo.start_date, shift_date=demo.shift_date,
                     column_added_date=demo.column_added_date, dirty=demo.dirty)
     landing = settings.paths.landing
+    ownership.claim(settings, "paths.landing")
+    # The generator replaces its source folders whole: only in a landing folder lakeforge made for this project.
+    ownership.check_replace(settings, "paths.landing", [landing / name for name in SOURCE_DIRS], Path.cwd())
     manifest_path = landing / "_manifest.json"
     if manifest_path.is_file() and lake.exists(settings.paths.lakehouse, ingestion.FILE_LEDGER):
         old = json.loads(manifest_path.read_text()).get("spec")
@@ -669,5 +670,6 @@ def generate(settings: Settings, **overrides) -> dict:
         if old is not None and {k: str(v) for k, v in old.items()} != current:
             raise DataError(f"the landing files in {landing} were generated with another spec ({old}) and are "
                             f"already ingested; regenerating would change files the lakehouse has loaded. "
-                            f"Start fresh with `lakeforge demo --fresh` (deletes ./var) or `make clean`.")
+                            f"Start fresh with `lakeforge demo --fresh` (deletes the folders lakeforge made) or "
+                            f"`make clean`.")
     return generate_demo(landing, spec)

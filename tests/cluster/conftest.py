@@ -148,6 +148,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def command_lines(session: int) -> list[str]:
+    """The command lines of every process in a session (a Service's process and all it spawned)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ProcessLookupError):  # ended meanwhile
+            continue
+    return found
+
+
 def run_to_end(argv: list[str], env: dict[str, str], cwd: Path, log: Path, timeout_s: float = SUBMIT_TIMEOUT_S,
                stderr_log: Path | None = None) -> int:
     """Run a command in its own process group, output to `log` (stderr too, unless `stderr_log`); kill the
@@ -286,6 +298,10 @@ def mlflow_server(request, postgres, tmp_path_factory) -> MlflowServer:
             return response.status == 200
 
     wait_for("MLflow server", healthy, 120, service.process, service.log)
+    # The store URI (which holds the password in the compose set-up) reaches MLflow through its environment:
+    # no process of the server (gunicorn/uvicorn workers included) shows it on its command line.
+    lines = command_lines(service.process.pid)
+    assert any("mlflow" in line for line in lines) and not any(postgres.uri in line for line in lines), lines
     return MlflowServer(url, artifacts, postgres.uri)
 
 

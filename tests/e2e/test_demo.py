@@ -133,6 +133,22 @@ def test_status_queries_tables_by_name_from_another_process(demo_runs):
     assert "champion: version 2" in status.stdout
 
 
+def test_every_folder_the_demo_made_is_marked_as_this_projects(demo_runs, monkeypatch):
+    """What `demo --fresh` may delete: each place the demo wrote carries this project's marker, nothing refuses."""
+    from lakeforge import config, ownership
+
+    cwd = demo_runs[0]
+    monkeypatch.chdir(cwd)
+    settings = config.load_settings("test", directory=REPO / "conf")
+    places = ownership.managed(settings)
+    assert sorted(places) == ["mlflow.artifact_root", "mlflow.tracking_uri", "paths.lakehouse", "paths.landing",
+                              "paths.reports"]
+    for key, path in places.items():
+        assert path.exists() and path.is_relative_to(cwd / "var"), (key, path)
+        assert ownership.refusal(path, settings.project, cwd, is_file=key == ownership.SQLITE) is None, key
+    assert not (cwd / "var" / ownership.MARKER).exists()  # var/ itself was made on the way, not claimed
+
+
 def test_missing_jars_fail_fast_with_the_fix(tmp_path):
     result = lakeforge(tmp_path, "ingest", "--env", "test", env={"LAKEFORGE_JAR_CACHE": str(tmp_path / "none")})
     assert result.returncode == 2

@@ -25,7 +25,9 @@ DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 CRON = REPO / "deploy" / "cron" / "lakeforge.cron"
 LAKEFORGE_SERVICES = ["mlflow", "spark-master", "spark-worker-1", "spark-worker-2", "spark-history", "scheduler"]
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+# ${VAR}, ${VAR:-default} / ${VAR-default}, ${VAR:?message} / ${VAR?message}: name, operator, default or message.
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|TOKEN")
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,14 @@ def settings():
     return config.load_settings("compose", directory=REPO / "conf")
 
 
+def required_value(name: str) -> str:
+    """What these tests set a required variable (${VAR:?...}, a secret) to, as a .env file would."""
+    return f"test-{name.lower().replace('_', '-')}"
+
+
 def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default}, with the defaults (what `docker compose up` uses without a .env)."""
-    return VARIABLE.sub(lambda m: m.group(2) or "", value)
+    """Compose's interpolation: ${VAR:-default} gives its default, a required ${VAR:?...} its test value."""
+    return VARIABLE.sub(lambda m: required_value(m.group(1)) if "?" in (m.group(2) or "") else m.group(3) or "", value)
 
 
 def environment(compose: dict, service: str) -> dict[str, str]:
@@ -131,11 +138,16 @@ def test_services_are_the_development_cluster(compose):
         assert (REPO / "conf" / "compose.yaml").is_file()
 
 
-def test_every_variable_has_a_default_and_secrets_stay_out_of_the_repo(compose, settings):
+def test_secrets_have_no_default_and_other_variables_have_one(compose, settings):
     used = VARIABLE.findall(COMPOSE_FILE.read_text())
-    assert used, "expected ${POSTGRES_PASSWORD:-...} at least"
-    assert all(default for _, default in used), f"a variable without a default breaks `up` without .env: {used}"
-    assert {name for name, _ in used} == {"POSTGRES_PASSWORD"}
+    assert {name for name, _, _ in used} == {"POSTGRES_PASSWORD"}
+    for name, operator, text in used:
+        if SECRET_NAME.search(name):
+            # No fallback password: `docker compose` stops and prints the message until the variable is set.
+            assert operator == ":?" and "docker/README.md" in text, (name, operator, text)
+        else:
+            assert operator in (":-", "-") and text, f"a variable without a default breaks `up` without .env: {name}"
+    assert "${POSTGRES_PASSWORD:?" in (REPO / "docker" / "README.md").read_text()
     # The overlay holds no credentials: the database URI (with its password) is the mlflow service's env.
     values = json.dumps(settings.model_dump(mode="json"))
     assert "postgresql" not in values and "@" not in settings.mlflow.tracking_uri
@@ -266,12 +278,40 @@ def test_each_service_command_has_what_it_needs(compose, service, program):
         assert argv[argv.index("--port") + 1] == env["SPARK_MASTER_PORT"]
     if service.startswith("spark-worker"):
         assert argv[-1] == env["SPARK_MASTER_URL"] and argv[argv.index("--cores") + 1] == "1"
-    if service == "mlflow":
-        assert argv[argv.index("--backend-store-uri") + 1] == env["MLFLOW_BACKEND_STORE_URI"]
+    if service == "mlflow":  # the store URI (with the password) is read from the environment: see below
+        assert "--backend-store-uri" not in argv and env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     if service == "spark-history":
         options = argv[1].split("=", 1)[1].split()
         assert f"-Dspark.history.fs.logDirectory=file:{env['SPARK_EVENT_LOG_DIR']}" in options
         assert f"-Dspark.history.ui.port={env['SPARK_HISTORY_PORT']}" in options
+
+
+def test_no_secret_is_on_any_command_line(compose):
+    """A process's command line is visible to every user of the machine (ps, /proc/PID/cmdline): secrets stay in the
+    environment. Neither a service's command nor what the entrypoint runs for it contains one."""
+    secrets = {name: required_value(name) for name, _, _ in VARIABLE.findall(COMPOSE_FILE.read_text())
+               if SECRET_NAME.search(name)}
+    assert secrets
+    for name, service in compose["services"].items():
+        for field in ("command", "entrypoint"):
+            text = json.dumps(service.get(field, ""))
+            assert not any(m for m in VARIABLE.findall(text) if SECRET_NAME.search(m[0])), (name, field, text)
+            assert "postgresql://" not in text, (name, field)
+        if name in LAKEFORGE_SERVICES:
+            done = dry_run(compose, name)
+            assert done.returncode == 0, done.stderr
+            assert not any(value in done.stdout for value in secrets.values()), (name, done.stdout)
+    assert any(secrets["POSTGRES_PASSWORD"] in value for value in environment(compose, "mlflow").values())
+
+
+def test_mlflow_server_reads_its_backend_store_from_the_environment():
+    """`mlflow server` (the pinned MLflow) takes --backend-store-uri from MLFLOW_BACKEND_STORE_URI, which is how
+    entrypoint.sh passes it; were that variable dropped, the server would quietly use a local sqlite file."""
+    from mlflow.cli import server
+
+    options = {p.name: p for p in server.params}
+    assert options["backend_store_uri"].envvar == "MLFLOW_BACKEND_STORE_URI"
+    assert options["default_artifact_root"].envvar == "MLFLOW_DEFAULT_ARTIFACT_ROOT"
 
 
 def test_scheduler_submits_the_nightly_job_with_the_wheel(compose):
