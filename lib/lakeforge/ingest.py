@@ -137,7 +137,7 @@ def _refusal(path: Path, st: os.stat_result, folder: Path) -> str | None:
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISLNK(mode):
-        kind = f"symbolic link to {path.resolve()}"  # resolving reads links only, never the target's content
+        kind = f"symbolic link to {os.path.realpath(path)}"  # reads links only (a loop too), never a target
     else:
         kind = next((name for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
                                              (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -181,13 +181,13 @@ def inspect_file(entry: LandingFile, source: Source, known: dict[str, str]) -> L
     listed would block a plain open forever), and it must still be the entry that was listed."""
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
+    except OSError as exc:  # a link put in its place (ELOOP), or a file it may not open
         try:
-            st = os.lstat(entry.path)
+            why = _refusal(entry.path, os.lstat(entry.path), entry.path.parent)
         except OSError:
-            return replace(entry, problem=f"cannot be opened: {exc.strerror or exc}")
-        return replace(entry, refused=_refusal(entry.path, st, entry.path.parent)
-                       or f"cannot be opened: {exc.strerror or exc}")
+            why = None
+        return replace(entry, refused=why) if why else replace(entry, problem=f"cannot be opened: "
+                                                                              f"{exc.strerror or exc}")
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
         if _identity(st) != entry.identity:
@@ -334,8 +334,8 @@ def max_record_bytes(source: Source) -> int:
     if not limits:
         return JSON_MAX_STRING
     if not limits[-1].isdigit():
-        raise DataError(f"source option maxStringLen: {limits[-1]!r} is not a whole number of characters; fix "
-                        f"it under the source's options in the pipeline YAML.")
+        raise DataError(f"source in landing folder {source.path}: option maxStringLen {limits[-1]!r} is not a whole "
+                        f"number of characters; fix it under the source's options in the pipeline YAML.")
     return int(limits[-1])
 
 

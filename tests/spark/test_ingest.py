@@ -332,6 +332,11 @@ def test_links_fifos_and_other_entries_are_refused_unread_and_examined_again_whe
     logged: list[str] = []
     first = ingest_with_timeout(spark, {"orders": ORDERS}, landing, lakehouse, logged.append,
                                 [folder / "pipe.jsonl"])[0]
+    tables = delta_tables(lakehouse)
+    leaks = [(name, column) for name, df in tables.items() for column in df.columns
+             for cell in df[column] if secret in str(cell)]
+    assert leaks == []
+    assert sorted(tables) == ["bronze/orders", "ops/ingested_files", "ops/quality", "silver/orders"]
 
     real = folder.resolve()
     rule = f": landing files must be regular files inside {real}"
@@ -350,11 +355,6 @@ def test_links_fifos_and_other_entries_are_refused_unread_and_examined_again_whe
         f"examined again when it changes" for name, reason in sorted(reasons.items())] + [
         "orders: 1 new file(s), 1 rows read = 1 kept + 0 quarantined + 0 dropped; 4 refused (not regular files "
         "inside the folder)"]
-    tables = delta_tables(lakehouse)
-    assert sorted(tables) == ["bronze/orders", "ops/ingested_files", "ops/quality", "silver/orders"]
-    leaks = [(name, column) for name, df in tables.items() for column in df.columns
-             for cell in df[column] if secret in str(cell)]
-    assert leaks == []
 
     # Unchanged, the refused entries are not recorded again; a link replaced by the real file is loaded.
     rerun = ingest_with_timeout(spark, {"orders": ORDERS}, landing, lakehouse, logged.append, [folder / "pipe.jsonl"])
@@ -381,6 +381,26 @@ def test_a_landing_folder_leading_outside_the_landing_root_is_an_error_before_an
     assert not lakehouse.exists()
 
 
+def test_a_file_changed_while_spark_reads_it_stops_the_load_before_any_commit(spark, tmp_path, monkeypatch):
+    """Spark opens landing files by name: one swapped after its inspection must not be loaded unchecked."""
+    lake.forget_tables(spark)
+    landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
+    day1 = write(landing / "orders" / "day1.jsonl", order("O1", "2026-05-01T10:00:00") + "\n")
+    counted = ingest.quality.count_files
+
+    def count_then_swap(*args):
+        counts = counted(*args)
+        day1.unlink()
+        day1.symlink_to(write(tmp_path / "other.jsonl", order("O9", "2026-05-01T10:00:00") + "\n"))
+        return counts
+
+    monkeypatch.setattr(ingest.quality, "count_files", count_then_swap)
+    with pytest.raises(DataError, match=r"^source orders: landing file\(s\) day1.jsonl changed or were replaced "
+                                        r"while they were being read; nothing was loaded"):
+        ingest.ingest_all(spark, {"orders": ORDERS}, landing, lakehouse, "tests")
+    assert not lakehouse.exists()
+
+
 def test_a_json_record_longer_than_the_parsers_limit_is_quarantined_for_its_size(spark, tmp_path):
     """The parser refuses strings over 20,000,000 characters; the record is not blamed on its typed keys."""
     lake.forget_tables(spark)
@@ -389,10 +409,10 @@ def test_a_json_record_longer_than_the_parsers_limit_is_quarantined_for_its_size
     write(landing / "orders" / "day1.jsonl", "\n".join(
         [order("O1", "2026-05-01T10:00:00"), big, order("O3", "2026-05-01T12:00:00")]) + "\n")
     result = ingest.ingest_all(spark, {"orders": ORDERS}, landing, lakehouse, "tests")[0]
-    assert (result.rows_read, result.rows_kept, result.rows_quarantined, result.rows_dropped, result.new_columns) == (
-        3, 2, 1, 0, ())
     assertDataFrameEqual(lake.read(spark, lakehouse, ingest.QUARANTINE).selectExpr("reason", "length(raw_record) AS n"),
                          [Row(reason=f"record too large: {len(big.encode())} bytes", n=len(big))])
+    assert (result.rows_read, result.rows_kept, result.rows_quarantined, result.rows_dropped, result.new_columns) == (
+        3, 2, 1, 0, ())
     assertDataFrameEqual(table(spark, lakehouse, "bronze.orders", "order_id"), [Row(order_id="O1"), Row(order_id="O3")])
     assertDataFrameEqual(table(spark, lakehouse, ingest.FILE_LEDGER, "rows_read", "rows_kept", "rows_quarantined"),
                          [Row(rows_read=3, rows_kept=2, rows_quarantined=1)])
