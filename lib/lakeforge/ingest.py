@@ -10,9 +10,10 @@ with no new files commits nothing.
 
 A landing file is identified by its name. A new file whose bytes equal a file already loaded
 (or an earlier file of the same batch) is recorded as a duplicate delivery and loads nothing.
-A file that cannot be read (not valid gzip or Parquet, no CSV header, a directory or broken
-link) is recorded as unreadable with the reason; it is retried when its size or modification
-time changes.
+A file that cannot be read (not valid gzip or Parquet, no CSV header) is recorded as unreadable
+with the reason; it is retried when its size or modification time changes. Only regular files
+inside the source's folder are read: a symbolic link (to anything), a directory, a FIFO, a socket
+or a device is recorded as refused without being opened, and examined again when it changes.
 
 Test hook: with LAKEFORGE_TEST_CRASH_AFTER=<step> in the environment, the process kills itself
 with SIGKILL right after that write (steps: quarantine, bronze, silver, quality, ledger), so the
@@ -51,6 +52,7 @@ QUARANTINE = "ops.quarantine"
 AUDIT_COLUMNS = ["_ingested_at", "_source_file", "_batch_id"]
 EXTENSIONS = {"csv": (".csv",), "json": (".json", ".jsonl", ".ndjson"), "parquet": (".parquet",)}
 CORRUPT = "_lf_corrupt"
+JSON_MAX_STRING = 20_000_000  # Spark's JSON parser (Jackson 2.15+): the longest string value, in characters
 LEDGER_SCHEMA = ("source string, file string, batch_id string, status string, ingested_at timestamp, bytes bigint, "
                  "modified_at timestamp, content_sha256 string, duplicate_of string, error string, rows_read bigint, "
                  "rows_kept bigint, rows_quarantined bigint, rows_dropped bigint, new_columns array<string>")
@@ -79,11 +81,12 @@ class IngestResult:
     unreadable: tuple[str, ...] = ()  # new files that could not be read: recorded, retried when they change
     new_columns: tuple[str, ...] = ()  # columns added to bronze/silver by this batch
     warnings: tuple[str, ...] = ()  # broken `warn` expectations
+    refused: tuple[str, ...] = ()  # entries that are not regular files inside the folder: recorded, never read
 
 
 @dataclass(frozen=True)
 class LandingFile:
-    """A landing file as found: its fingerprint, and what reading it needs (or why it cannot be read)."""
+    """A landing file as found: its fingerprint, and what reading it needs (or why it cannot or may not be read)."""
 
     path: Path
     bytes: int | None
@@ -93,6 +96,8 @@ class LandingFile:
     header: tuple[str, ...] = ()  # csv: the header row, as declared column names where they match
     types: tuple[tuple[str, str | None], ...] = ()  # parquet: (column, Spark type) as stored in the file
     duplicate_of: str | None = None
+    refused: str | None = None  # why it may not be read (not a regular file inside its folder); None when it may
+    identity: tuple[int, ...] = ()  # device, inode, size and modification time (ns) of the entry itself
 
     @property
     def name(self) -> str:
@@ -109,61 +114,114 @@ def _data_name(name: str, fmt: str) -> bool:
     return lower.endswith(EXTENSIONS[fmt])
 
 
-def landing_entries(landing: Path, source: Source) -> list[Path]:
-    """The source's landing files by name (csv and json may be .gz); names starting with . or _ are not data."""
-    folder = landing / source.path
+def source_folder(landing: Path, source_name: str, source: Source) -> Path:
+    """The source's landing folder as a real path; one that leaves the landing root (a symbolic link, `..`)
+    is an error: lakeforge reads nothing outside paths.landing."""
+    root = landing.resolve()
+    folder = (landing / source.path).resolve()
+    if not folder.is_relative_to(root):
+        raise DataError(f"source {source_name}: landing folder {landing / source.path} leads to {folder}, outside "
+                        f"the landing root {root}; nothing was loaded. Landing folders must be real folders under "
+                        f"paths.landing: move the files there, or fix the source's path in its YAML.")
+    return folder
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _refusal(path: Path, st: os.stat_result, folder: Path) -> str | None:
+    """Why a landing entry may not be read (from its own lstat, so nothing is followed or opened); None for a
+    regular file, which, listed in the real folder and not a link, lies inside it."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        kind = f"symbolic link to {os.path.realpath(path)}"  # reads links only (a loop too), never a target
+    else:
+        kind = next((name for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                                             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                                             (stat.S_ISBLK, "a block device")) if test(mode)), "not a regular file")
+    return f"{kind}: landing files must be regular files inside {folder}"
+
+
+def landing_entries(landing: Path, source: Source, source_name: str = "") -> list[LandingFile]:
+    """The source's landing entries by name (csv and json may be .gz; names starting with . or _ are not data),
+    fingerprinted without following links; those that are not regular files carry why they are refused."""
+    folder = source_folder(landing, source_name or source.path, source)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith((".", "_")) and _data_name(p.name, source.format))
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith((".", "_")) or not _data_name(entry.name, source.format):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            path = folder / entry.name
+            found.append(LandingFile(path, st.st_size, _mtime(st), refused=_refusal(path, st, folder),
+                                     identity=_identity(st)))
+    return sorted(found, key=lambda f: f.name)
 
 
-def _fingerprint(path: Path) -> tuple[int | None, dt.datetime | None]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None, None
-    return st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).replace(microsecond=0)
+def _mtime(st: os.stat_result) -> dt.datetime:
+    return dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).replace(microsecond=0)
 
 
 def _options(source: Source) -> dict[str, str]:
     return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in source.options.items()}
 
 
-def inspect_file(path: Path, source: Source, known: dict[str, str]) -> LandingFile:
-    """Fingerprint, hash and check that the file can be read; `known` maps lower-case names to column names."""
-    size, modified = _fingerprint(path)
-    found = LandingFile(path, size, modified)
-    if size is None:
-        return replace(found, problem="cannot be opened (a broken symbolic link?)")
-    if not stat.S_ISREG(path.stat().st_mode):
-        return replace(found, problem="not a regular file (a directory?)")
+def inspect_file(entry: LandingFile, source: Source, known: dict[str, str]) -> LandingFile:
+    """Hash and check that a regular landing file can be read; `known` maps lower-case names to column names.
+
+    The file is opened without following a link and without blocking (a FIFO put in its place since it was
+    listed would block a plain open forever), and it must still be the entry that was listed."""
     try:
-        with open(path, "rb") as fh:
-            found = replace(found, sha256=hashlib.file_digest(fh, "sha256").hexdigest())
-    except OSError as exc:
-        return replace(found, problem=f"cannot be read: {exc.strerror or exc}")
-    if size == 0:
-        return found  # an empty delivery: loaded, zero rows
-    compressed = source.format != "parquet" and path.name.lower().endswith(".gz")
-    if compressed:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # a link put in its place (ELOOP), or a file it may not open
         try:
-            with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 22):
-                    pass
-        except (OSError, EOFError, zlib.error) as exc:
-            return replace(found, problem=f"not a valid gzip file ({exc})")
-    if source.format == "csv":
-        return _inspect_csv(found, source, known, compressed)
-    if source.format == "parquet":
-        return _inspect_parquet(found)
-    return found
+            why = _refusal(entry.path, os.lstat(entry.path), entry.path.parent)
+        except OSError:
+            why = None
+        return replace(entry, refused=why) if why else replace(entry, problem=f"cannot be opened: "
+                                                                              f"{exc.strerror or exc}")
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if _identity(st) != entry.identity:
+            return replace(entry, refused=(_refusal(entry.path, st, entry.path.parent)
+                                           or "replaced while it was being inspected; it is examined again next run"))
+        try:
+            found = replace(entry, sha256=hashlib.file_digest(fh, "sha256").hexdigest())
+        except OSError as exc:
+            return replace(entry, problem=f"cannot be read: {exc.strerror or exc}")
+        if entry.bytes == 0:
+            return found  # an empty delivery: loaded, zero rows
+        compressed = source.format != "parquet" and entry.name.lower().endswith(".gz")
+        if compressed:
+            fh.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=fh, mode="rb") as unzipped:
+                    while unzipped.read(1 << 22):
+                        pass
+            except (OSError, EOFError, zlib.error) as exc:
+                return replace(found, problem=f"not a valid gzip file ({exc})")
+        fh.seek(0)
+        if source.format == "csv":
+            return _inspect_csv(found, fh, source, known, compressed)
+        if source.format == "parquet":
+            return _inspect_parquet(found, fh)
+        return found
 
 
-def _inspect_csv(found: LandingFile, source: Source, known: dict[str, str], compressed: bool) -> LandingFile:
+def _inspect_csv(found: LandingFile, fh, source: Source, known: dict[str, str], compressed: bool) -> LandingFile:
     options = {k.lower(): v for k, v in _options(source).items()}
-    opener = gzip.open if compressed else open
-    with opener(found.path, "rb") as fh:
+    if compressed:
+        with gzip.GzipFile(fileobj=fh, mode="rb") as unzipped:
+            first = unzipped.readline(1 << 20)
+    else:
         first = fh.readline(1 << 20)
     encoding = options.get("encoding", options.get("charset", "utf-8"))
     try:
@@ -203,11 +261,11 @@ def _arrow_to_spark(t) -> str | None:
     return f"?{t}"  # nested and rare types: left to Spark
 
 
-def _inspect_parquet(found: LandingFile) -> LandingFile:
+def _inspect_parquet(found: LandingFile, fh) -> LandingFile:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(found.path)
+        schema = pq.read_schema(fh)
     except Exception as exc:  # pyarrow raises several types for a bad footer
         return replace(found, problem=f"not a valid Parquet file ({str(exc).splitlines()[0][:200]})")
     return replace(found, types=tuple((f.name, _arrow_to_spark(f.type)) for f in schema))
@@ -221,16 +279,16 @@ def _ledger_entries(spark: SparkSession, lakehouse: Path, source_name: str) -> d
     if not lake.exists(lakehouse, FILE_LEDGER):
         return {}
     rows = (lake.read(spark, lakehouse, FILE_LEDGER).where(F.col("source") == source_name)
-            .select("file", "status", "ingested_at", "bytes", "modified_at", "content_sha256").collect())
+            .select("file", "status", "ingested_at", "bytes", "modified_at", "content_sha256", "error").collect())
     latest: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: r["ingested_at"]):
         latest[row["file"]] = row.asDict()
     return latest
 
 
-def _same_fingerprint(entry: dict, path: Path) -> bool:
-    """True when the file still has the size and modification time the ledger recorded."""
-    size, modified = _fingerprint(path)
+def _same_fingerprint(entry: dict, found: LandingFile) -> bool:
+    """True when the entry still has the size and modification time the ledger recorded."""
+    size, modified = found.bytes, found.modified_at
     recorded = entry["modified_at"]  # naive local time, as PySpark returns timestamps
     same_time = (recorded is None and modified is None) or (
         recorded is not None and modified is not None and int(recorded.timestamp()) == int(modified.timestamp()))
@@ -269,13 +327,31 @@ def read_batch(spark: SparkSession, files: list[LandingFile], source: Source, co
     return _read_parquet(spark, readable, columns)
 
 
+def max_record_bytes(source: Source) -> int:
+    """The longest JSON line parsed, in bytes: the parser's longest string (its `maxStringLen` option, in
+    characters, which a source may raise under `options`), as a character takes at least one byte."""
+    limits = [v for k, v in _options(source).items() if k.lower() == "maxstringlen"]
+    if not limits:
+        return JSON_MAX_STRING
+    if not limits[-1].isdigit():
+        raise DataError(f"source in landing folder {source.path}: option maxStringLen {limits[-1]!r} is not a whole "
+                        f"number of characters; fix it under the source's options in the pipeline YAML.")
+    return int(limits[-1])
+
+
 def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
     value = F.col("value")
     options = {**_options(source), "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
     lines = (spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name())
              .where(~value.rlike(r"^\s*$")))  # blank lines are not records
+    # The JSON parser refuses a string value longer than its limit, and the record would then be blamed on
+    # its typed keys. A line within the limit in bytes holds no longer string, so a longer line is not parsed
+    # at all: it is quarantined for its size.
+    size = F.octet_length(value)
+    too_large = size > max_record_bytes(source)
     record = F.col("_lf_record")
-    parsed = lines.select(value, FILE, F.from_json(value, _ddl(columns) + f", `{CORRUPT}` string", options)
+    parsed = lines.select(value, FILE, F.from_json(F.when(~too_large, value),
+                                                   _ddl(columns) + f", `{CORRUPT}` string", options)
                           .alias("_lf_record"))
     corrupt = record[CORRUPT].isNotNull()
     # A record with a value of the wrong type: the key is there (not JSON null) but the typed field is null.
@@ -289,13 +365,14 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
     # (a necessary condition for text after the object) take it: a flat record's only `}` ends the line.
     one_value = (~value.rlike(r"\}\s*\S")
                  | (F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) == 2))
-    malformed = (F.when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
+    malformed = (F.when(too_large, F.concat(F.lit("record too large: "), size.cast("string"), F.lit(" bytes")))
+                 .when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
                  .when(~value.rlike(r"^\s*\{"), F.lit("malformed JSON line: not a JSON object"))
                  .when(corrupt & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
                  .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    unknown = F.filter(F.json_object_keys(value), lambda key: ~F.lower(key).isin(known))
+    unknown = F.filter(F.json_object_keys(F.when(~too_large, value)), lambda key: ~F.lower(key).isin(known))
     new_keys = F.when(F.size(unknown) > 0, unknown)  # null, not an empty array, on the usual line: less to cache
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
@@ -485,26 +562,35 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
     """Load the source's new landing files into bronze and silver; bad rows go to ops.quarantine."""
     ledger = _ledger_entries(spark, lakehouse, source_name)
     candidates = []
-    for path in landing_entries(landing, source):
-        entry = ledger.get(path.name)
+    for found in landing_entries(landing, source, source_name):
+        entry = ledger.get(found.name)
         if entry is None:
-            candidates.append(path)
+            candidates.append(found)
         elif entry["status"] == "unreadable":
-            if not _same_fingerprint(entry, path):
-                candidates.append(path)  # changed since it was found unreadable: try again
-        elif not _same_fingerprint(entry, path):
-            log(f"{source_name}: WARNING {path.name} changed after it was loaded ({entry['status']} "
+            if not _same_fingerprint(entry, found):
+                candidates.append(found)  # changed since it was found unreadable: try again
+        elif entry["status"] == "refused":
+            # Examined again when it changes (a link replaced by the real file then loads); unchanged, it is not
+            # recorded again.
+            if found.refused != entry["error"] or not _same_fingerprint(entry, found):
+                candidates.append(found)
+        elif not _same_fingerprint(entry, found):
+            log(f"{source_name}: WARNING {found.name} changed after it was loaded ({entry['status']} "
                 f"{entry['ingested_at']}); the change is ignored: deliver corrections under a new file name")
     if not candidates:
         return IngestResult(source_name, None, 0, 0, 0, 0, 0)
 
     declared_lower = {name.lower(): name for name in source.columns}
-    found = [inspect_file(p, source, declared_lower) for p in candidates]
+    inspected = [f if f.refused else inspect_file(f, source, declared_lower) for f in candidates]
     loaded_hashes = {e["content_sha256"]: name for name, e in ledger.items()
                      if e["status"] == "loaded" and e["content_sha256"] and e["bytes"]}
-    to_load, duplicates, unreadable = [], [], []
-    for f in found:
-        if f.problem:
+    to_load, duplicates, unreadable, refused = [], [], [], []
+    for f in inspected:
+        if f.refused:
+            refused.append(f)
+            log(f"{source_name}: WARNING {f.name} refused, its content was not read: {f.refused}; recorded in "
+                f"{FILE_LEDGER}, examined again when it changes")
+        elif f.problem:
             unreadable.append(f)
             log(f"{source_name}: WARNING {f.name} is unreadable: {f.problem}; recorded in {FILE_LEDGER}, "
                 f"retried when the file changes")
@@ -516,7 +602,7 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
             to_load.append(f)
             if f.bytes:
                 loaded_hashes[f.sha256] = f.name
-    batch_id = batch_id_for(source_name, to_load + duplicates + unreadable)
+    batch_id = batch_id_for(source_name, to_load + duplicates + unreadable + refused)
     now = dt.datetime.now(dt.timezone.utc)
     counts: dict[str, quality.FileCounts] = {}
     added: dict[str, str] = {}
@@ -527,11 +613,12 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
             f"(batch {batch_id})")
         counts, added, carried, warnings = _load(spark, source_name, source, to_load, landing, lakehouse, owner,
                                                  batch_id, now, log)
-    ledger_rows = _ledger_rows(spark, source_name, batch_id, now, to_load, duplicates, unreadable, counts, carried)
+    ledger_rows = _ledger_rows(spark, source_name, batch_id, now, to_load, duplicates, unreadable, refused, counts,
+                               carried)
     with _OPS_WRITES:
         lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
                     properties=_props("Landing files seen, once each: loaded (with their row accounting), "
-                                      "duplicate deliveries and unreadable files", owner, "lakeforge"))
+                                      "duplicate deliveries, unreadable and refused entries", owner, "lakeforge"))
     crash_point("ledger")
     if to_load:
         _pending(lakehouse, source_name).unlink(missing_ok=True)
@@ -540,10 +627,11 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
     log(f"{source_name}: {len(to_load)} new file(s), {total.read:,} rows read = {total.kept:,} kept + "
         f"{total.quarantined:,} quarantined + {total.dropped:,} dropped"
         + (f"; {len(duplicates)} duplicate deliveries" if duplicates else "")
-        + (f"; {len(unreadable)} unreadable" if unreadable else ""))
+        + (f"; {len(unreadable)} unreadable" if unreadable else "")
+        + (f"; {len(refused)} refused (not regular files inside the folder)" if refused else ""))
     return IngestResult(source_name, batch_id, len(to_load), total.read, total.kept, total.quarantined, total.dropped,
                         tuple(f.name for f in duplicates), tuple(f.name for f in unreadable), tuple(added),
-                        tuple(warnings))
+                        tuple(warnings), tuple(f.name for f in refused))
 
 
 def _load(spark: SparkSession, source_name: str, source: Source, files: list[LandingFile], landing: Path,
@@ -580,6 +668,12 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
         strays = set(counts) - set(names)
         if strays:
             raise RuntimeError(f"rows attributed to files outside the batch: {sorted(strays)}")
+        # Spark opens the files by name: one swapped (for a link, say) after it was inspected is caught here.
+        changed = [f.name for f in files if not _unchanged(f)]
+        if changed:
+            raise DataError(f"source {source_name}: landing file(s) {', '.join(changed)} changed or were replaced "
+                            f"while they were being read; nothing was loaded. Run `lakeforge ingest` again; deliver "
+                            f"files under a name starting with _ or . and rename them when complete.")
         results = quality.evaluate(counts, names, source)
         quality.raise_on_failures(results, source_name)  # `fail` stops here, before any commit
         warnings = [quality.summarize(check, failed, results)
@@ -636,6 +730,14 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
     return counts, added, carried, warnings
 
 
+def _unchanged(f: LandingFile) -> bool:
+    """True when the entry is still the regular file that was inspected (same device, inode, size, time)."""
+    try:
+        return _identity(os.lstat(f.path)) == f.identity
+    except OSError:
+        return False
+
+
 def _has_rows(spark: SparkSession, lakehouse: Path, table: str, where: str) -> bool:
     """True when the table has rows matching `where` (left by an earlier, interrupted load of the same files)."""
     return lake.exists(lakehouse, table) and lake.read(spark, lakehouse, table).where(where).limit(1).count() > 0
@@ -679,14 +781,16 @@ def _aligned(spark: SparkSession, df: DataFrame, lakehouse: Path, table: str) ->
 
 def _ledger_rows(spark: SparkSession, source_name: str, batch_id: str, now: dt.datetime,
                  loaded: list[LandingFile], duplicates: list[LandingFile], unreadable: list[LandingFile],
-                 counts: dict[str, quality.FileCounts], carried: dict[str, list[str]]) -> DataFrame:
+                 refused: list[LandingFile], counts: dict[str, quality.FileCounts],
+                 carried: dict[str, list[str]]) -> DataFrame:
     """One ledger row per file of the batch, with its own accounting (an empty file is recorded with zero rows)."""
     rows = []
-    for status, files in (("loaded", loaded), ("duplicate", duplicates), ("unreadable", unreadable)):
+    for status, files in (("loaded", loaded), ("duplicate", duplicates), ("unreadable", unreadable),
+                          ("refused", refused)):
         for f in files:
             c = counts.get(f.name, quality.FileCounts())
             rows.append((source_name, f.name, batch_id, status, now, f.bytes, f.modified_at, f.sha256, f.duplicate_of,
-                         f.problem, c.read, c.kept, c.quarantined, c.dropped,
+                         f.refused or f.problem, c.read, c.kept, c.quarantined, c.dropped,
                          sorted(carried.get(f.name, []))))
     return spark.createDataFrame(rows, LEDGER_SCHEMA)
 
@@ -697,6 +801,8 @@ def ingest_all(spark: SparkSession, sources: dict[str, Source], landing: Path, l
 
     Each source is loaded (or not) on its own: one that fails does not stop the others. Once all are
     done, the first failure in declaration order is raised and any later ones are logged."""
+    for name, source in sources.items():
+        source_folder(landing, name, source)
     missing = [name for name, s in sources.items() if not (landing / s.path).is_dir()]
     if missing:
         raise DataError(f"no landing folder for source(s) {', '.join(missing)} under {landing} "

@@ -13,10 +13,13 @@ import datetime as dt
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -93,7 +96,7 @@ def orders_lake(spark, tmp_path_factory):
     write(folder / "day2.jsonl.gz", gzip.compress((order("O20", "2026-05-02T10:00:00") + "\n").encode()))
     write(folder / "empty.jsonl", b"")
     write(folder / "broken.jsonl.gz", b"this is not gzip")  # unreadable (for root too)
-    (folder / "link.jsonl").symlink_to(folder / "gone.jsonl")  # a broken link: unreadable
+    (folder / "link.jsonl").symlink_to(folder / "gone.jsonl")  # a broken link: refused
     write(folder / "_partial.jsonl", order("O99", "2026-05-01T00:00:00"))  # `_` names are in-flight, not data
     logged: list[str] = []
     first = ingest.ingest_all(spark, {"orders": ORDERS}, landing, lakehouse, "tests", log=logged.append)
@@ -117,7 +120,8 @@ def test_every_bad_input_ends_in_the_ledger_or_quarantine_with_exact_counts(spar
     first = orders_lake["first"]
     assert (first.files, first.rows_read, first.rows_kept, first.rows_quarantined, first.rows_dropped) == (
         3, 14, 5, 8, 1)
-    assert (first.unreadable, first.new_columns, first.duplicates) == (("broken.jsonl.gz", "link.jsonl"), ("tip",), ())
+    assert (first.unreadable, first.refused, first.new_columns, first.duplicates) == (
+        ("broken.jsonl.gz",), ("link.jsonl",), ("tip",), ())
     assert first.warnings == ("'amount range [0, 500]' failed on 1 of 9 rows in 1 of 3 file(s) (day1.jsonl: 1 row)",)
     ledger = lake.read(spark, orders_lake["lakehouse"], ingest.FILE_LEDGER).where(
         f"batch_id = '{first.batch_id}'")
@@ -131,11 +135,13 @@ def test_every_bad_input_ends_in_the_ledger_or_quarantine_with_exact_counts(spar
              new_columns=[]),
          Row(file="broken.jsonl.gz", status="unreadable", rows_read=0, rows_kept=0, rows_quarantined=0,
              rows_dropped=0, new_columns=[]),
-         Row(file="link.jsonl", status="unreadable", rows_read=0, rows_kept=0, rows_quarantined=0, rows_dropped=0,
+         Row(file="link.jsonl", status="refused", rows_read=0, rows_kept=0, rows_quarantined=0, rows_dropped=0,
              new_columns=[])])
-    errors = {r["file"]: r["error"] for r in ledger.where("status = 'unreadable'").collect()}
+    errors = {r["file"]: r["error"] for r in ledger.where("status != 'loaded'").collect()}
     assert errors["broken.jsonl.gz"].startswith("not a valid gzip file")
-    assert errors["link.jsonl"] == "cannot be opened (a broken symbolic link?)"
+    folder = (orders_lake["landing"] / "orders").resolve()
+    assert errors["link.jsonl"] == (f"symbolic link to {folder / 'gone.jsonl'}: landing files must be regular files "
+                                    f"inside {folder}")
     quarantine = table(spark, orders_lake["lakehouse"], ingest.QUARANTINE, "source", "file", "raw_record", "reason")
     assertDataFrameEqual(quarantine, [
         Row(source="orders", file="day1.jsonl", raw_record=TRUNCATED, reason="malformed JSON line: does not parse"),
@@ -276,6 +282,140 @@ def test_schema_changes_fail_clearly_before_any_commit(spark, orders_lake, tmp_p
                                         "stored as int"):
         ingest.ingest_all(spark, {"orders": wider}, tmp_path / "b", lakehouse, "tests")
     assert versions(spark, lakehouse) == before
+
+
+def delta_tables(lakehouse: Path) -> dict[str, pd.DataFrame]:
+    """Every Delta table under the lakehouse folder, read with the independent reader (delta-rs)."""
+    from deltalake import DeltaTable
+
+    return {str(log.parent.relative_to(lakehouse)): DeltaTable(str(log.parent)).to_pandas()
+            for log in sorted(lakehouse.rglob("_delta_log"))}
+
+
+def ingest_with_timeout(spark, sources, landing: Path, lakehouse: Path, log, unblock: list[Path]):
+    """`ingest_all`, failing after a timeout instead of hanging (on a FIFO opened for reading, say); the FIFOs in
+    `unblock` are then opened for writing once, which frees a reader stuck in them."""
+    done: dict = {}
+
+    def run():
+        try:
+            done["results"] = ingest.ingest_all(spark, sources, landing, lakehouse, "tests", log=log)
+        except BaseException as exc:  # handed to the test below
+            done["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    if worker.is_alive():
+        for fifo in unblock:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        pytest.fail("ingest did not finish within 300 s (blocked on a landing entry?)")
+    if "error" in done:
+        raise done["error"]
+    return done["results"]
+
+
+def test_links_fifos_and_other_entries_are_refused_unread_and_examined_again_when_they_change(spark, tmp_path):
+    lake.forget_tables(spark)
+    landing, lakehouse, folder = tmp_path / "landing", tmp_path / "lakehouse", tmp_path / "landing" / "orders"
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    write(folder / "good.jsonl", order("O1", "2026-05-01T10:00:00") + "\n")
+    outside = write(tmp_path / "elsewhere" / "secret.jsonl",
+                    order(secret, "2026-05-01T10:00:00", customer=secret) + "\n" + secret + "\n")
+    (folder / "outside.jsonl").symlink_to(outside)
+    (folder / "inside.jsonl").symlink_to(folder / "good.jsonl")
+    os.mkfifo(folder / "pipe.jsonl")
+    (folder / "dir.jsonl").mkdir()
+    logged: list[str] = []
+    first = ingest_with_timeout(spark, {"orders": ORDERS}, landing, lakehouse, logged.append,
+                                [folder / "pipe.jsonl"])[0]
+    tables = delta_tables(lakehouse)
+    leaks = [(name, column) for name, df in tables.items() for column in df.columns
+             for cell in df[column] if secret in str(cell)]
+    assert leaks == []
+    assert sorted(tables) == ["bronze/orders", "ops/ingested_files", "ops/quality", "silver/orders"]
+
+    real = folder.resolve()
+    rule = f": landing files must be regular files inside {real}"
+    reasons = {"dir.jsonl": "a directory" + rule, "inside.jsonl": f"symbolic link to {real / 'good.jsonl'}" + rule,
+               "outside.jsonl": f"symbolic link to {outside.resolve()}" + rule,
+               "pipe.jsonl": "a named pipe (FIFO)" + rule}
+    assert (first.files, first.rows_read, first.rows_kept, first.rows_quarantined, first.rows_dropped) == (
+        1, 1, 1, 0, 0)
+    assert (first.refused, first.unreadable, first.duplicates) == (tuple(sorted(reasons)), (), ())
+    assertDataFrameEqual(table(spark, lakehouse, ingest.FILE_LEDGER, "file", "status", "error", "rows_read"),
+                         [Row(file="good.jsonl", status="loaded", error=None, rows_read=1)]
+                         + [Row(file=name, status="refused", error=reason, rows_read=0)
+                            for name, reason in reasons.items()])
+    assert [line for line in logged if "refused" in line] == [
+        f"orders: WARNING {name} refused, its content was not read: {reason}; recorded in ops.ingested_files, "
+        f"examined again when it changes" for name, reason in sorted(reasons.items())] + [
+        "orders: 1 new file(s), 1 rows read = 1 kept + 0 quarantined + 0 dropped; 4 refused (not regular files "
+        "inside the folder)"]
+
+    # Unchanged, the refused entries are not recorded again; a link replaced by the real file is loaded.
+    rerun = ingest_with_timeout(spark, {"orders": ORDERS}, landing, lakehouse, logged.append, [folder / "pipe.jsonl"])
+    assert (rerun[0].batch_id, rerun[0].refused) == (None, ())
+    (folder / "inside.jsonl").unlink()
+    write(folder / "inside.jsonl", order("O2", "2026-05-01T11:00:00") + "\n")
+    fixed = ingest_with_timeout(spark, {"orders": ORDERS}, landing, lakehouse, logged.append, [folder / "pipe.jsonl"])
+    assert (fixed[0].files, fixed[0].rows_kept, fixed[0].refused) == (1, 1, ())
+    assert sorted(r.order_id for r in table(spark, lakehouse, "silver.orders", "order_id").collect()) == ["O1", "O2"]
+    assert table(spark, lakehouse, ingest.FILE_LEDGER, "file").count() == 6
+
+
+def test_a_landing_folder_leading_outside_the_landing_root_is_an_error_before_any_commit(spark, tmp_path):
+    lake.forget_tables(spark)
+    landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
+    write(landing / "orders" / "day1.jsonl", order("O1", "2026-05-01T10:00:00") + "\n")
+    write(tmp_path / "etc" / "passwd.jsonl", order("O9", "2026-05-01T10:00:00") + "\n")
+    (landing / "leak").symlink_to(tmp_path / "etc")
+    with pytest.raises(DataError, match="^" + re.escape(
+            f"source leak: landing folder {landing / 'leak'} leads to {(tmp_path / 'etc').resolve()}, outside the "
+            f"landing root {landing.resolve()}; nothing was loaded")):
+        ingest.ingest_all(spark, {"orders": ORDERS, "leak": ORDERS.model_copy(update={"path": "leak"})},
+                          landing, lakehouse, "tests")
+    assert not lakehouse.exists()
+
+
+def test_a_file_changed_while_spark_reads_it_stops_the_load_before_any_commit(spark, tmp_path, monkeypatch):
+    """Spark opens landing files by name: one swapped after its inspection must not be loaded unchecked."""
+    lake.forget_tables(spark)
+    landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
+    day1 = write(landing / "orders" / "day1.jsonl", order("O1", "2026-05-01T10:00:00") + "\n")
+    counted = ingest.quality.count_files
+
+    def count_then_swap(*args):
+        counts = counted(*args)
+        day1.unlink()
+        day1.symlink_to(write(tmp_path / "other.jsonl", order("O9", "2026-05-01T10:00:00") + "\n"))
+        return counts
+
+    monkeypatch.setattr(ingest.quality, "count_files", count_then_swap)
+    with pytest.raises(DataError, match=r"^source orders: landing file\(s\) day1.jsonl changed or were replaced "
+                                        r"while they were being read; nothing was loaded"):
+        ingest.ingest_all(spark, {"orders": ORDERS}, landing, lakehouse, "tests")
+    assert not lakehouse.exists()
+
+
+def test_a_json_record_longer_than_the_parsers_limit_is_quarantined_for_its_size(spark, tmp_path):
+    """The parser refuses strings over 20,000,000 characters; the record is not blamed on its typed keys."""
+    lake.forget_tables(spark)
+    landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
+    big = order("O2", "2026-05-01T11:00:00", note="x" * 25 * 2**20)
+    write(landing / "orders" / "day1.jsonl", "\n".join(
+        [order("O1", "2026-05-01T10:00:00"), big, order("O3", "2026-05-01T12:00:00")]) + "\n")
+    result = ingest.ingest_all(spark, {"orders": ORDERS}, landing, lakehouse, "tests")[0]
+    assertDataFrameEqual(lake.read(spark, lakehouse, ingest.QUARANTINE).selectExpr("reason", "length(raw_record) AS n"),
+                         [Row(reason=f"record too large: {len(big.encode())} bytes", n=len(big))])
+    assert (result.rows_read, result.rows_kept, result.rows_quarantined, result.rows_dropped, result.new_columns) == (
+        3, 2, 1, 0, ())
+    assertDataFrameEqual(table(spark, lakehouse, "bronze.orders", "order_id"), [Row(order_id="O1"), Row(order_id="O3")])
+    assertDataFrameEqual(table(spark, lakehouse, ingest.FILE_LEDGER, "rows_read", "rows_kept", "rows_quarantined"),
+                         [Row(rows_read=3, rows_kept=2, rows_quarantined=1)])
 
 
 # ---------------------------------------------------------------- CSV and Parquet
