@@ -443,9 +443,9 @@ def effective_columns(spark: SparkSession, lakehouse: Path, source_name: str, so
     if changed:
         detail = "; ".join(f"{name} is declared {kind} but stored as {old}" for name, kind, old in changed)
         raise DataError(f"source {source_name}: type change in bronze.{source_name}: {detail}. lakeforge does not "
-                        f"change a stored column's type: declare the stored type again in conf/sources/{source_name}.yaml, or rebuild the "
-                        f"source (delete bronze.{source_name}, silver.{source_name} and its rows in {FILE_LEDGER}, "
-                        f"then ingest again).")
+                        f"change a stored column's type: declare the stored type again in "
+                        f"conf/sources/{source_name}.yaml, or rebuild the source (delete bronze.{source_name}, "
+                        f"silver.{source_name} and its rows in {FILE_LEDGER}, then ingest again).")
     return {**declared, **{name: kind for name, kind in stored.items() if name not in declared}}
 
 

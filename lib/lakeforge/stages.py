@@ -82,7 +82,7 @@ def ingest(ctx: Context) -> dict:
         for r in results:
             run.rows.update({f"{r.source}.files": r.files, f"{r.source}.read": r.rows_read,
                              f"{r.source}.kept": r.rows_kept, f"{r.source}.quarantined": r.rows_quarantined,
-                             f"{r.source}.dropped": r.rows_dropped})
+                             f"{r.source}.dropped": r.rows_dropped, f"{r.source}.refused": len(r.refused)})
             if r.files == 0:
                 run.log(f"{r.source}: no new files")
         run.output(ctx.spark, ctx.lakehouse, *[f"{layer}.{name}" for name in sources for layer in ("bronze", "silver")],
