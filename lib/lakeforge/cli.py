@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from lakeforge.errors import LakeforgeError
+from lakeforge.errors import LakeforgeError, root_cause
 
 DESCRIPTION = """\
 lakeforge: ingest raw files into a Delta lakehouse, build features with pandas functions run on
@@ -171,11 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lakeforge {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # Spark/MLflow failures: one readable line, the traceback on --debug
+    except Exception as exc:  # Spark/MLflow failures: the deepest cause on one line, the traceback on --debug
         if debug:
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"lakeforge {args.verb}: failed: {type(exc).__name__}: {first} "
+        print(f"lakeforge {args.verb}: failed: {root_cause(exc)} "
               f"(rerun with --debug for the traceback; the run is recorded in ops.runs)", file=sys.stderr)
         return 1
 
