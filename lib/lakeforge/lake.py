@@ -237,9 +237,9 @@ def check(spark: SparkSession, lakehouse: Path, name: str, advise: bool = False)
         problem = f"its Delta log does not load: {root_cause(exc)}"
         if gaps:
             problem += f" (commits {_ranges(gaps)} missing from _delta_log)"
-        return TableHealth(name, path, None, (problem,), (
-            f"copy the missing _delta_log files back from a backup of {path}, or the whole folder "
-            f"(docs/operations.md, Backups); no version can be read or restored until the log loads",) if advise else ())
+        recovery = (f"copy the missing _delta_log files back from a backup of {path}, or the whole folder "
+                    f"(docs/operations.md, Backups); no version can be read or restored until the log loads",)
+        return TableHealth(name, path, None, (problem,), recovery if advise else ())
     problems, recovery = [], []
     lost = sorted({v for v, _ in beside if v > current})
     if lost:
@@ -256,7 +256,7 @@ def check(spark: SparkSession, lakehouse: Path, name: str, advise: bool = False)
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         problems.append(f"{len(missing)} data file(s) of version {current} missing: {shown}")
         if advise:
-            recovery += [f"copy the missing file(s) back from a backup (same names, same folders)",
+            recovery += ["copy the missing file(s) back from a backup (same names, same folders)",
                          _restore_advice(spark, path, current, commits)]
     return TableHealth(name, path, current, tuple(problems), tuple(recovery))
 

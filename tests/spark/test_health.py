@@ -12,6 +12,7 @@ import shutil
 
 import deltalake
 import pytest
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import SparkSession
 
 from lakeforge import cli, lake, stages
@@ -33,7 +34,8 @@ def added_in(spark, lakehouse, name: str, version: int) -> list[str]:
     path = str(lake.table_path(lakehouse, name))
 
     def files(v):
-        return {f.rsplit("/", 1)[-1] for f in spark.read.format("delta").option("versionAsOf", v).load(path).inputFiles()}
+        table = spark.read.format("delta").option("versionAsOf", v).load(path)
+        return {f.rsplit("/", 1)[-1] for f in table.inputFiles()}
 
     return sorted(files(version) - files(version - 1))
 
@@ -127,7 +129,8 @@ def test_doctor_on_a_healthy_lakehouse_exits_0(spark, lakehouse, monkeypatch, ca
     commits(spark, lakehouse, "ops.runs_like", 1)
     code, out = doctor(monkeypatch, capsys, repo, lakehouse)
     assert code == 0
-    assert [line.split() for line in out] == [["gold.fine", "ok", "version", "2"], ["ops.runs_like", "ok", "version", "1"],
+    assert [line.split() for line in out] == [["gold.fine", "ok", "version", "2"],
+                                              ["ops.runs_like", "ok", "version", "1"],
                                               [], ["2", "of", "2", "tables", "healthy"]]
     assert rows_by_delta_rs(lakehouse, "gold.fine") == [("r0", 0), ("r1", 1)]
 
@@ -136,3 +139,5 @@ def test_version_is_the_one_delta_reads(spark, lakehouse, damaged):
     assert lake.version(spark, lakehouse, "gold.fine") == 4
     assert lake.version(spark, lakehouse, "gold.lost") == 3  # not 4: the leftover 4.crc does not count
     assert lake.version(spark, lakehouse, "gold.none") is None
+    with pytest.raises(Py4JJavaError, match=r"DELTA_VERSIONS_NOT_CONTIGUOUS\] Versions \(0, 1, 3, 4\)"):
+        lake.version(spark, lakehouse, "gold.gap")  # the newest file name says 4; Delta cannot read the log
