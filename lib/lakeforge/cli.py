@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from lakeforge.errors import LakeforgeError
+from lakeforge.errors import LakeforgeError, root_cause
 
 DESCRIPTION = """\
 lakeforge: ingest raw files into a Delta lakehouse, build features with pandas functions run on
@@ -66,6 +66,12 @@ DETAILS = {
     "status": "Lists every lakehouse table (version, rows, last write, description), the last runs from ops.runs,\n"
               "and each pipeline's health and @champion.\n"
               "example: lakeforge status --env cluster",
+    "doctor": "Checks every table under paths.lakehouse: its Delta log loads (commits contiguous from 0 or from a\n"
+              "checkpoint, none missing after the newest readable one) and every data file its current version\n"
+              "references exists. Prints one line per table (ok, or what is wrong) and, for each problem, how to\n"
+              "recover (RESTORE to a version whose files all exist, a backup). Writes nothing. Exit 0 when every\n"
+              "table is healthy, 2 when any is not. See docs/operations.md.\n"
+              "example: lakeforge doctor --env cluster",
     "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
                   "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
                   "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
@@ -141,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "status", help="tables (version, rows, last write), the last runs and the champion")
     _common(p)
 
+    p = _verb(verbs, "doctor", help="check every table's Delta log and data files; say how to recover a damaged one")
+    _common(p, pipeline=False)
+
     p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
     p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
@@ -174,11 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lakeforge {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # Spark/MLflow failures: one readable line, the traceback on --debug
+    except Exception as exc:  # Spark/MLflow failures: the deepest cause on one line, the traceback on --debug
         if debug:
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"lakeforge {args.verb}: failed: {type(exc).__name__}: {first} "
+        print(f"lakeforge {args.verb}: failed: {root_cause(exc)} "
               f"(rerun with --debug for the traceback; the run is recorded in ops.runs)", file=sys.stderr)
         return 1
 
@@ -207,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     # Settings and the pipeline are checked before the stages (and MLflow, LightGBM...) are imported, so a
     # mistake in them is reported in a second rather than after five seconds of imports.
     settings = config.load_settings(args.env, args.overrides)
-    pipeline = None if args.verb == "generate" else config.load_pipeline(args.pipeline, args.overrides)
+    pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)
     from lakeforge import stages
 
     if args.verb == "generate":
@@ -248,6 +256,12 @@ def run(args: argparse.Namespace) -> int:
             from lakeforge.demo.summary import format_status
 
             print(format_status(stages.status(ctx)))
+        elif args.verb == "doctor":
+            from lakeforge.demo.summary import format_doctor
+
+            report = stages.doctor(ctx)
+            print(format_doctor(report))
+            return 0 if all(t.healthy for t in report) else 2
     finally:
         if "spark" in ctx.__dict__:
             ctx.spark.stop()

@@ -1,4 +1,11 @@
-"""Errors a user can cause and fix; the CLI prints them as one line, without a traceback."""
+"""Errors a user can cause and fix; the CLI prints them as one line, without a traceback.
+
+Also the one-line cause of any other failure (`root_cause`): what the CLI prints for a Spark error.
+"""
+
+from __future__ import annotations
+
+import re
 
 
 class LakeforgeError(Exception):
@@ -19,3 +26,56 @@ class DataError(LakeforgeError):
 
 class DeletionRefused(LakeforgeError):
     """lakeforge was asked to delete a folder it did not create for this project."""
+
+
+# A Java exception line: `java.io.IOException: No space left on device` (the class has a package, or ends in
+# Exception/Error, so a prose line with a colon is not taken for one).
+_JAVA_LINE = re.compile(r"^(?:Caused by: |: )?((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error|Throwable)?|"
+                        r"[A-Z][\w$]*(?:Exception|Error))(?:: (.*))?$")
+# The last line of a Python traceback: `ValueError: boom` or `pkg.module.CustomError: boom`.
+_PYTHON_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
+_PYTHON_WORKER = "org.apache.spark.api.python.PythonException"
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line naming the deepest cause of a failure: the innermost `Caused by:` of a Java exception, a Python
+    worker's own exception, else the exception itself (`Type: first line`)."""
+    try:
+        text = str(exc)
+    except Exception:  # a Py4J error whose JVM is gone cannot render its Java stack
+        text = ""
+    found = root_cause_of_text(text) if text else None
+    if found:
+        return found
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def root_cause_of_text(text: str) -> str | None:
+    """The deepest cause named in an exception's text (a Java stack trace, a Python worker's traceback), or None."""
+    lines = text.splitlines()
+    causes = [i for i, line in enumerate(lines) if line.startswith("Caused by: ")]
+    if causes:
+        start = causes[-1]
+    else:  # no cause: the first Java exception line (a Py4JJavaError's text starts `An error occurred ... \n: ...`)
+        start = next((i for i, line in enumerate(lines) if line.startswith(": ") and _JAVA_LINE.match(line)), None)
+    if start is not None:
+        match = _JAVA_LINE.match(lines[start])
+        if match and match.group(1) != _PYTHON_WORKER:
+            return f"{match.group(1)}: {match.group(2)}" if match.group(2) else match.group(1)
+        # A Python worker failed: its traceback follows the Java line, up to the Java frames.
+        worker = []
+        for line in lines[start + 1:]:
+            if line.startswith("\tat "):
+                break
+            worker.append(line)
+        return _last_python_error(worker)
+    return _last_python_error(lines)
+
+
+def _last_python_error(lines: list[str]) -> str | None:
+    for line in reversed(lines):
+        match = _PYTHON_LINE.match(line)
+        if match:
+            return f"{match.group(1)}: {match.group(2)}"
+    return None

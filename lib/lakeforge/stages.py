@@ -626,12 +626,12 @@ def _monitoring_rows(ctx: Context, frame: pd.DataFrame):
 
 
 def status(ctx: Context) -> dict:
-    """Tables (version, rows, last write), the last runs, and each pipeline's health and champion."""
+    """Tables (version, rows, last write, health), the last runs, and each pipeline's health and champion."""
     from lakeforge.config import available_pipelines
 
     tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
     all_runs = []
-    if lake.exists(ctx.lakehouse, runs.RUNS):
+    if any(t["table"] == runs.RUNS and t["health"] == "ok" for t in tables):  # a damaged ledger is flagged above
         all_runs = [r.asDict() for r in runs.read_runs(ctx.spark, ctx.lakehouse)
                     .select("started_at", "job", "pipeline", "status", "run_date", "duration_s", "error").collect()]
     last_runs = sorted(all_runs, key=lambda r: r["started_at"], reverse=True)[:10]
@@ -643,6 +643,12 @@ def status(ctx: Context) -> dict:
                  for name in names}
     return {"tables": tables, "runs": last_runs, "pipelines": pipelines,
             "champion": pipelines[ctx.pipeline.name]["champion"]}
+
+
+def doctor(ctx: Context) -> list:
+    """Check every table's log and data files, with how to recover a damaged one (reads only; no run recorded,
+    so it works on a lakehouse whose ops.runs is itself damaged or on read-only storage)."""
+    return lake.doctor(ctx.spark, ctx.lakehouse)
 
 
 def reset_local_state(settings: Settings) -> list[Path]:

@@ -54,6 +54,11 @@ def format_status(status: dict) -> str:
     """`lakeforge status` as a readable table."""
     lines = [f"{'table':<28} {'version':>7} {'rows':>10}  {'last write':<19}  description"]
     for t in status["tables"]:
+        if t["health"] != "ok":  # no figures the log cannot vouch for: what is wrong, and where to look
+            version = "-" if t["version"] is None else t["version"]
+            lines.append(f"{t['table']:<28} {version:>7} {'-':>10}  {'-':<19}  DAMAGED: {t['health']} "
+                         f"(run `lakeforge doctor`)")
+            continue
         lines.append(f"{t['table']:<28} {t['version']:>7} {t['rows']:>10,}  "
                      f"{t['last_write']:%Y-%m-%d %H:%M:%S}  {t['description']}")
     lines += ["", "last runs:"]
@@ -68,6 +73,24 @@ def format_status(status: dict) -> str:
         last = f"last run {last['started_at']:%Y-%m-%d %H:%M:%S} {last['job']} {last['status']}" if last else "no runs"
         champion = f"champion: version {p['champion']}" if p["champion"] is not None else "champion: none yet"
         lines.append(f"  {name:<10} {health:<24} {last:<45} {champion}")
+    return "\n".join(lines)
+
+
+def format_doctor(report: list) -> str:
+    """`lakeforge doctor`: one line per table (ok, or what is wrong), then how to recover each damaged one."""
+    if not report:
+        return "no tables under the lakehouse"
+    lines = []
+    for t in report:
+        where = f"version {t.version}" if t.version is not None else "no readable version"
+        lines.append(f"{t.table:<28} {'ok' if t.healthy else 'DAMAGED':<8} {where}")
+        for problem in t.problems:
+            lines.append(f"    problem: {problem}")
+        for step in t.recovery:
+            lines.append(f"    recover: {step}")
+    bad = [t.table for t in report if not t.healthy]
+    lines += ["", f"{len(report) - len(bad)} of {len(report)} tables healthy" +
+              (f"; damaged: {', '.join(bad)} (see docs/operations.md)" if bad else "")]
     return "\n".join(lines)
 
 

@@ -1,0 +1,65 @@
+"""`root_cause`: the one line the CLI prints for a failure is its deepest cause, from real exception texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lakeforge import cli
+from lakeforge.errors import root_cause, root_cause_of_text
+
+TEXTS = Path(__file__).resolve().parents[1] / "fixtures" / "exceptions"
+# A Py4JJavaError without a `Caused by` (a table whose log lost a commit in the middle), as Py4J renders it.
+NO_CAUSE = """An error occurred while calling z:io.delta.tables.DeltaTable.forPath.
+: org.apache.spark.sql.delta.DeltaIllegalStateException: [DELTA_VERSIONS_NOT_CONTIGUOUS] Versions (0, 1, 3, 4) are not contiguous. 
+A gap in the delta log between versions 0 and 4 was detected while trying to load version -1.
+\tat org.apache.spark.sql.delta.DeltaErrorsBase.deltaVersionsNotContiguousException(DeltaErrors.scala:1370)
+"""
+
+
+class FakePy4JError(Exception):
+    """Renders as a Py4JJavaError does: the call, then the Java stack trace with its causes."""
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("read_only_save.txt", "java.io.FileNotFoundException: /tmp/h5exp/m/ro/ops/runs/"
+                           "part-00001-9bd64784-46b3-45f1-aba4-75407fa681c4-c000.snappy.parquet (Read-only file system)"),
+    ("disk_full_save.txt", "java.io.IOException: No space left on device"),
+    ("python_worker.txt", "ValueError: feature function churn_features: column 'orders_30d' is missing"),
+])
+def test_the_deepest_cause_of_real_failures(name, cause):
+    assert root_cause_of_text((TEXTS / name).read_text()) == cause
+
+
+def test_a_java_exception_without_cause_is_its_own_first_line():
+    assert root_cause(FakePy4JError(NO_CAUSE)) == (
+        "org.apache.spark.sql.delta.DeltaIllegalStateException: [DELTA_VERSIONS_NOT_CONTIGUOUS] Versions "
+        "(0, 1, 3, 4) are not contiguous. ")
+
+
+def test_a_python_worker_failure_inside_a_java_trace_is_the_worker_exception():
+    text = ("An error occurred while calling o88.save.\n: org.apache.spark.SparkException: Job aborted.\n"
+            "\tat org.apache.spark.sql.errors.QueryExecutionErrors$.jobAbortedError(QueryExecutionErrors.scala:652)\n"
+            "Caused by: org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+            "  File \"/srv/pipelines/churn.py\", line 9, in boom\n"
+            "KeyError: 'orders_30d'\n\n"
+            "\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:581)\n")
+    assert root_cause(FakePy4JError(text)) == "KeyError: 'orders_30d'"
+
+
+def test_any_other_error_is_its_type_and_first_line():
+    assert root_cause(KeyError("model churn has no alias champion")) == "KeyError: 'model churn has no alias champion'"
+    assert root_cause(RuntimeError("two\nlines")) == "RuntimeError: two"
+    assert root_cause(RuntimeError()) == "RuntimeError"
+
+
+def test_the_cli_prints_the_cause_on_one_line(monkeypatch, capsys):
+    def fail(args):
+        raise FakePy4JError((TEXTS / "disk_full_save.txt").read_text())
+
+    monkeypatch.setattr(cli, "run", fail)
+    assert cli.main(["ingest"]) == 1
+    assert capsys.readouterr().err == (
+        "lakeforge ingest: failed: java.io.IOException: No space left on device (rerun with --debug for the "
+        "traceback; the run is recorded in ops.runs)\n")
