@@ -56,8 +56,11 @@ def version(spark: SparkSession, lakehouse: Path, name: str) -> int | None:
     """The table's current version as Delta reads it (its newest commit), None when the table does not exist."""
     if not exists(lakehouse, name):
         return None
-    last = DeltaTable.forPath(spark, str(table_path(lakehouse, name))).history(1).select("version").first()
-    return int(last["version"])
+    # forPath loads the newest snapshot (and fails on a broken log); its version is read from that snapshot
+    # through Delta's internal DeltaLog, because the public history(1) runs a query each time and every stage
+    # asks for several versions (the cost of each way is in the commit that chose this).
+    table = DeltaTable.forPath(spark, str(table_path(lakehouse, name)))
+    return int(table._jdt.deltaLog().unsafeVolatileSnapshot().version())
 
 
 def _ensure(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
