@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import mlflow
 import mlflow.data
@@ -23,12 +25,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
 
-from lakeforge import __version__
+from lakeforge import __version__, runs
 from lakeforge.config import Gate, MlflowSettings
 from lakeforge.errors import DataError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# Tags set when a training run starts, so the next training can tell a run whose process was killed
+# (left RUNNING forever) from one still going: lakeforge's run id, the process id and the host.
+RUN_TAG, PID_TAG, HOST_TAG = "lakeforge.run_id", "lakeforge.pid", "lakeforge.host"
 
 
 class ProbabilityModel(mlflow.pyfunc.PythonModel):
@@ -81,11 +87,34 @@ BASELINE_ARTIFACT = "monitoring/baseline.json"
 
 
 @contextmanager
-def training_run(client: MlflowClient, pipeline: str, artifact_root: str) -> Iterator[str]:
-    """The parent MLflow run of one training (search trials nest under it); yields its run id."""
+def training_run(client: MlflowClient, pipeline: str, artifact_root: str, run_id: str) -> Iterator[str]:
+    """The parent MLflow run of lakeforge run `run_id`'s training (search trials nest under it); yields its id."""
     mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
-    with mlflow.start_run(run_name=f"train-{pipeline}") as run:
+    tags = {RUN_TAG: run_id, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    with mlflow.start_run(run_name=f"train-{pipeline}", tags=tags) as run:
         yield run.info.run_id
+
+
+def end_orphan_runs(client: MlflowClient, pipeline: str, log: Callable[[str], None] = print) -> list[str]:
+    """End as KILLED the runs of experiment `lakeforge/<pipeline>` left RUNNING by a training whose process is
+    gone (and the trial runs nested under them); returns their MLflow run ids."""
+    found = client.get_experiment_by_name(f"lakeforge/{pipeline}")
+    if found is None:
+        return []
+    running = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+    orphans = {}
+    for run in running:
+        tags = run.data.tags
+        if PID_TAG in tags and runs.process_gone(tags.get(HOST_TAG, ""), int(tags[PID_TAG]),
+                                                 run.info.start_time / 1000):
+            orphans[run.info.run_id] = tags
+    trials = [r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in orphans]
+    for run_id in [*orphans, *trials]:
+        client.set_terminated(run_id, "KILLED")
+    for run_id, tags in orphans.items():
+        log(f"MLflow run {run_id} of lakeforge run {tags.get(RUN_TAG)} was still RUNNING but its process "
+            f"(pid {tags[PID_TAG]} on {tags.get(HOST_TAG)}) is gone: ended as KILLED")
+    return [*orphans, *trials]
 
 
 def log_inputs(datasets: list[tuple[str, str, int, object]]) -> None:
@@ -123,6 +152,7 @@ def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, mo
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
                                        input_example=example, registered_model_name=pipeline,
                                        pip_requirements=_requirements())
+        runs.crash_point("train.model_registered")  # the version exists, the MLflow run is still RUNNING
     version = int(info.registered_model_version)
     wait_until_ready(client, pipeline, version)
     return LoggedModel(run.info.run_id, version)
@@ -149,6 +179,73 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: int) -> int 
     previous = alias_version(client, name, alias)
     client.set_registered_model_alias(name, alias, str(version))
     return previous
+
+
+def move_alias(client: MlflowClient, spark: SparkSession, lakehouse: Path, name: str, alias: str, version: int,
+               job: str, reason: str, run_id: str) -> int | None:
+    """Point `alias` at `version`, its ops.audit row `intended` before and `done` after (a kill in between is
+    repaired by `reconcile_aliases`); returns the version it pointed at before (None if unset)."""
+    previous = alias_version(client, name, alias)
+    reason = f"{job}: {reason}"
+    runs.record_alias_change(spark, lakehouse, name, alias, previous, version, reason, run_id, runs.INTENDED)
+    client.set_registered_model_alias(name, alias, str(version))
+    runs.crash_point(f"{job}.alias_moved")
+    runs.record_alias_change(spark, lakehouse, name, alias, previous, version, reason, run_id, runs.DONE)
+    return previous
+
+
+@dataclass(frozen=True)
+class AuditGap:
+    """A fact ops.audit lacks: the registry holds `alias` -> `to_version` while the audit said `from_version`."""
+
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    reason: str
+
+
+def audit_gaps(aliases: dict[str, int], audit: list[dict]) -> list[AuditGap]:
+    """Where ops.audit (rows oldest first, with status) and the registry's aliases disagree, per alias.
+
+    The audit's word on an alias is its last completed row (done or reconciled); an `intended` row after
+    it is an open intent: completed when the registry holds its version, else abandoned (the alias never
+    moved). An alias that differs with no open intent pointing there was moved outside lakeforge.
+    """
+    gaps = []
+    for alias in sorted(set(aliases) | {r["alias"] for r in audit}):
+        rows = [r for r in audit if r["alias"] == alias]
+        completed = [r for r in rows if r["status"] != runs.INTENDED]
+        audited = completed[-1]["to_version"] if completed else None
+        since = completed[-1]["changed_at"] if completed else None
+        intents = [r for r in rows if r["status"] == runs.INTENDED and (since is None or r["changed_at"] > since)]
+        actual = aliases.get(alias)
+        if actual == audited and not intents:
+            continue
+        held = f"@{alias} -> v{actual}" if actual is not None else f"no @{alias}"
+        said = f"v{audited}" if audited is not None else "nothing"
+        facts = [f"registry has {held}, ops.audit said {said}"]
+        facts += [f"the intent of run {r['run_id']} (-> v{r['to_version']}, {r['reason']}) was "
+                  f"{'completed' if r['to_version'] == actual else 'abandoned'}" for r in intents]
+        if actual != audited and not any(r["to_version"] == actual for r in intents):
+            facts.append("changed outside lakeforge (no intent recorded)")
+        gaps.append(AuditGap(alias, audited, actual, "; ".join(facts)))
+    return gaps
+
+
+def reconcile_aliases(client: MlflowClient, spark: SparkSession, lakehouse: Path, name: str, run_id: str,
+                      log: Callable[[str], None] = print) -> list[AuditGap]:
+    """Bring ops.audit into agreement with the registry's aliases of model `name` (see `audit_gaps`): append a
+    `reconciled` row per alias that differs or has an open intent; returns what was appended."""
+    try:
+        aliases = {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
+    except MlflowException:  # no such model yet
+        aliases = {}
+    gaps = audit_gaps(aliases, runs.read_audit(spark, lakehouse, name))
+    for gap in gaps:
+        runs.record_alias_change(spark, lakehouse, name, gap.alias, gap.from_version, gap.to_version,
+                                 f"reconciled: {gap.reason}", run_id, runs.RECONCILED)
+        log(f"ops.audit reconciled with the registry: {gap.reason}")
+    return gaps
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:

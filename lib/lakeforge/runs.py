@@ -179,14 +179,54 @@ def pipeline_health(rows: list[dict]) -> dict[str, dict]:
 
 AUDIT = "ops.audit"
 AUDIT_SCHEMA = ("changed_at timestamp, user string, host string, model string, alias string, "
-                "from_version int, to_version int, reason string, run_id string")
+                "from_version int, to_version int, reason string, run_id string, status string")
+# An alias move appends its `intended` row before the registry changes and its `done` row after; a
+# `reconciled` row records what the registry was found to hold when the two disagreed (a kill between
+# them, or a change made outside lakeforge). Rows from before the status column count as done.
+INTENDED, DONE, RECONCILED = "intended", "done", "reconciled"
 
 
 def record_alias_change(spark: SparkSession, lakehouse: Path, model: str, alias: str, from_version: int | None,
-                        to_version: int, reason: str, run_id: str) -> None:
-    """Append who moved which alias, when, from which version to which, and why, to ops.audit."""
+                        to_version: int | None, reason: str, run_id: str, status: str = DONE) -> None:
+    """Append who moved which alias, when, from which version to which, why, and how far (status), to ops.audit."""
     row = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), getpass.getuser(), socket.gethostname(), model,
-           alias, from_version, to_version, reason, run_id)
-    lake.append(spark, spark.createDataFrame([row], AUDIT_SCHEMA), lakehouse, AUDIT,
-                properties={"lakeforge.description": "Every model alias change: who, when, from, to, why",
+           alias, from_version, to_version, reason, run_id, status)
+    # mergeSchema: an ops.audit written before the status column existed takes the new column on this append.
+    lake.append(spark, spark.createDataFrame([row], AUDIT_SCHEMA), lakehouse, AUDIT, merge_schema=True,
+                properties={"lakeforge.description": "Every model alias change: who, when, from, to, why, and "
+                                                     "whether intended, done or reconciled with the registry",
                             "lakeforge.owner": "lakeforge", "lakeforge.source": "lakeforge"})
+
+
+def read_audit(spark: SparkSession, lakehouse: Path, model: str) -> list[dict]:
+    """ops.audit rows of a model, oldest first, each with its status (rows without one are `done`)."""
+    if not lake.exists(lakehouse, AUDIT):
+        return []
+    rows = lake.read(spark, lakehouse, AUDIT).where(F.col("model") == model)
+    status = F.col("status") if "status" in rows.columns else F.lit(None).cast("string")
+    rows = rows.withColumn("status", F.coalesce(status, F.lit(DONE)))
+    return [r.asDict() for r in rows.orderBy("changed_at").collect()]
+
+
+def process_gone(host: str, pid: int, started_at: float | None = None) -> bool:
+    """True when process `pid` on `host` (this machine) has ended, or its pid now belongs to a process born
+    after `started_at` (epoch seconds, when the run began); False when it may still run, on another host too."""
+    if host != socket.gethostname():
+        return False  # another machine's processes cannot be asked from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    try:  # Linux: state and start time (clock ticks after boot) follow the parenthesised command name
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return False
+    if fields[0] == "Z":  # killed, not yet reaped by its parent
+        return True
+    born = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    # The boot time is whole seconds: a second's slack keeps the run's own process from looking newer.
+    return started_at is not None and born > started_at + 1.0

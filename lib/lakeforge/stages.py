@@ -135,6 +135,8 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
     """
     pipeline = ctx.pipeline
     with ctx.recorded(why, run_date=as_of) as run:
+        registry.end_orphan_runs(ctx.mlflow, pipeline.name, run.log)
+        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, run.run_id, run.log)
         first, last = feats.event_date_range(ctx.spark, ctx.lakehouse, pipeline)
         if as_of is not None:
             last = min(last, as_of - dt.timedelta(days=1))
@@ -159,7 +161,8 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         order = [feats.AS_OF, pipeline.features.entity]
         holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
         train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
-        with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root) as mlflow_run_id:
+        with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
+                                   run.run_id) as mlflow_run_id:
             trained = _fit(ctx, run, labelled_df.where(is_train), train_rows, train_dates, columns, label, order)
             run.log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
             predictions = trained.model.predict(None, holdout)
@@ -194,9 +197,8 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         champion_value = _champion_metric(ctx, holdout, label)
         metric = pipeline.model.metric
         decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)
-        previous = registry.set_alias(ctx.mlflow, pipeline.name, decision.alias, logged.version)
-        runs.record_alias_change(ctx.spark, ctx.lakehouse, pipeline.name, decision.alias, previous, logged.version,
-                                 f"{why}: {decision.reason}", run.run_id)
+        previous = registry.move_alias(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, decision.alias,
+                                       logged.version, why, decision.reason, run.run_id)
         run.details.update(model=pipeline.name, version=logged.version, alias=decision.alias, previous=previous,
                            gate=decision.reason, **{f"champion_{metric}": champion_value},
                            mlflow_run_id=logged.run_id,
@@ -326,6 +328,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
     """Score every entity's features for the date with @champion into gold.<pipeline>_predictions."""
     pipeline = ctx.pipeline
     with ctx.recorded("score", run_date=score_date) as run:
+        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, run.run_id, run.log)
         mv = registry.champion(ctx.mlflow, pipeline.name)
         version = int(mv.version)
         score_date = run.run_date = score_date or _default_score_date(ctx)
@@ -559,10 +562,10 @@ def _write_report(ctx: Context, day: dt.date, history, version: int, policy, tod
 def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMPION) -> dict:
     """Point an alias at a version by hand, recorded in ops.runs with the reason."""
     with ctx.recorded("promote") as run:
+        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, ctx.pipeline.name, run.run_id, run.log)
         registry.wait_until_ready(ctx.mlflow, ctx.pipeline.name, version)
-        previous = registry.set_alias(ctx.mlflow, ctx.pipeline.name, alias, version)
-        runs.record_alias_change(ctx.spark, ctx.lakehouse, ctx.pipeline.name, alias, previous, version,
-                                 f"promote: {reason}", run.run_id)
+        previous = registry.move_alias(ctx.mlflow, ctx.spark, ctx.lakehouse, ctx.pipeline.name, alias, version,
+                                       "promote", reason, run.run_id)
         run.details.update(alias=alias, previous=previous, version=version, reason=reason)
         run.log(f"{ctx.pipeline.name}@{alias}: {previous} -> {version} ({reason})")
         return {"stage": "promote", "alias": alias, "from": previous, "to": version}

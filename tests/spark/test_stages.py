@@ -70,9 +70,11 @@ def test_weaker_model_becomes_challenger_and_promotion_is_audited(ctx_for, spark
     stages.promote(strong, 2, "rollout test")
     assert registry.alias_version(client, "churn", registry.CHAMPION) == 2
     audit = lake.read(spark, lakehouse, "ops.audit").orderBy("changed_at").select(
-        "alias", "from_version", "to_version", F.substring_index("reason", ":", 1).alias("by")).collect()
-    assert [tuple(r) for r in audit] == [("champion", None, 1, "train"), ("challenger", None, 2, "train"),
-                                         ("champion", 1, 2, "promote")]
+        "alias", "from_version", "to_version", F.substring_index("reason", ":", 1).alias("by"), "status").collect()
+    # Each change is intended before the registry moves and done after.
+    assert [tuple(r) for r in audit] == [(*change, status) for change in [
+        ("champion", None, 1, "train"), ("challenger", None, 2, "train"), ("champion", 1, 2, "promote")]
+        for status in ("intended", "done")]
     with pytest.raises(DataError, match=r"registered model 'churn' has no version 9"):
         stages.promote(strong, 9, "typo")
 

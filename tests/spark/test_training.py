@@ -1,5 +1,5 @@
 """Training patterns on the tiny demo: per-store models with a fallback (demand), a parallel hyperopt search
-that repeats exactly, the distributed MLlib learner, and a kill between model logging and the alias change."""
+that repeats exactly, the distributed MLlib learner, and kills of `lakeforge train` between its steps."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import contextlib
 import datetime as dt
 import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import deltalake
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
@@ -188,14 +191,10 @@ def test_distributed_learner_trains_on_the_executors_and_scores_like_any_model(c
     assert predictions.where((F.col("prediction") <= 0) | (F.col("prediction") >= 1)).count() == 0
 
 
-def test_killing_training_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark,
-                                                                                           lakehouse, tmp_path,
-                                                                                           monkeypatch):
-    """SIGKILL `lakeforge train` (the CLI, its own driver and JVM) right after the new version is registered
-    and before the gate moves an alias: nothing changes @champion, and a rerun leaves exactly one, READY."""
-    ctx = ctx_for("churn", ["pipeline.model.params.n_estimators=30"])
+def _train_killed_at(ctx: stages.Context, step: str, log: Path) -> int:
+    """Run `lakeforge train` (the CLI, its own driver and JVM) until it SIGKILLs itself at crash point `step`;
+    returns its process id."""
     s = ctx.settings
-    log = tmp_path / "train.log"
     with log.open("w") as out:
         job = subprocess.Popen(
             [sys.executable, "-m", "lakeforge", "train", "--pipeline", "churn", "--env", "test",
@@ -203,12 +202,22 @@ def test_killing_training_between_model_logging_and_alias_change_leaves_one_read
              "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
              "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}",
              "--set", "pipeline.model.params.n_estimators=30"],
-            env={**os.environ, runs.CRASH_AFTER: "train.model_logged"}, start_new_session=True, stdout=out,
+            env={**os.environ, runs.CRASH_AFTER: step}, start_new_session=True, stdout=out,
             stderr=subprocess.STDOUT)
         returncode = job.wait(timeout=900)
     with contextlib.suppress(ProcessLookupError):  # the hook killed the driver; its JVM goes with the job too
         os.killpg(job.pid, signal.SIGKILL)
     assert returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    return job.pid
+
+
+def test_killing_training_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark,
+                                                                                           lakehouse, tmp_path,
+                                                                                           monkeypatch):
+    """SIGKILL `lakeforge train` right after the new version is registered and before the gate moves an
+    alias: nothing changes @champion, and a rerun leaves exactly one, READY."""
+    ctx = ctx_for("churn", ["pipeline.model.params.n_estimators=30"])
+    _train_killed_at(ctx, "train.model_logged", tmp_path / "train.log")
     client = ctx.mlflow
     # Version 1 is registered but no alias points at it: scoring has nothing to resolve yet.
     assert [(int(mv.version), mv.aliases) for mv in client.search_model_versions("name = 'churn'")] == [(1, [])]
@@ -236,3 +245,63 @@ def test_killing_training_between_model_logging_and_alias_change_leaves_one_read
     monkeypatch.setattr(client, "get_model_version", pending)
     with pytest.raises(DataError, match="points at version 2, which is PENDING_REGISTRATION, not READY"):
         stages.score(ctx)
+
+
+def _delta_rows(lakehouse: Path, name: str, order_by: str) -> list[dict]:
+    """A table's rows as read by delta-rs (independent of Spark), in `order_by` order."""
+    layer, table = name.split(".")
+    return sorted(deltalake.DeltaTable(str(lakehouse / layer / table)).to_pyarrow_table().to_pylist(),
+                  key=lambda r: r[order_by])
+
+
+def test_a_train_killed_after_moving_the_alias_is_reconciled_and_its_orphan_mlflow_run_ended(ctx_for, spark,
+                                                                                             lakehouse, tmp_path):
+    """Two `lakeforge train` runs SIGKILLed: the first while its MLflow run is open (the version registered),
+    the second right after it moved @champion, before its ops.audit `done` row. The second ends the first's
+    MLflow run as KILLED; the next score reconciles ops.audit with the registry. The ops.audit it finds was
+    written before the status column, and takes the new rows."""
+    ctx = ctx_for("churn", ["pipeline.model.params.n_estimators=30"])
+    client, host = ctx.mlflow, socket.gethostname()
+    first_pid = _train_killed_at(ctx, "train.model_registered", tmp_path / "first.log")
+    experiment = client.get_experiment_by_name("lakeforge/churn").experiment_id
+    (orphan,) = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    (first_run,) = [r for r in _delta_rows(lakehouse, "ops.runs", "started_at") if r["job"] == "train"]
+    assert {k: orphan.data.tags[k] for k in (registry.RUN_TAG, registry.PID_TAG, registry.HOST_TAG)} == {
+        registry.RUN_TAG: first_run["run_id"], registry.PID_TAG: str(first_pid), registry.HOST_TAG: host}
+
+    # ops.audit as lakeforge wrote it before the status column: @challenger -> v1, as the registry has it.
+    old_schema = runs.AUDIT_SCHEMA.removesuffix(", status string")
+    lake.append(spark, spark.createDataFrame([(dt.datetime(2026, 11, 1, 3), "ops", "old-host", "churn", "challenger",
+                                               None, 1, "promote: before the status column", "old")], old_schema),
+                lakehouse, runs.AUDIT)
+    client.set_registered_model_alias("churn", registry.CHALLENGER, "1")
+
+    second_log = tmp_path / "second.log"
+    _train_killed_at(ctx, "train.alias_moved", second_log)
+    ended = client.get_run(orphan.info.run_id).info
+    assert (ended.status, ended.end_time is not None) == ("KILLED", True)
+    assert (f"MLflow run {orphan.info.run_id} of lakeforge run {first_run['run_id']} was still RUNNING but its "
+            f"process (pid {first_pid} on {host}) is gone: ended as KILLED") in second_log.read_text()
+    second_run = [r for r in _delta_rows(lakehouse, "ops.runs", "started_at") if r["job"] == "train"][1]["run_id"]
+    assert registry.alias_version(client, "churn", registry.CHAMPION) == 2
+    audit = _delta_rows(lakehouse, runs.AUDIT, "changed_at")
+    intent = audit[1]["reason"]
+    assert intent.startswith("train: holdout AUC ")
+    assert [(r["alias"], r["from_version"], r["to_version"], r["run_id"], r["status"]) for r in audit] == [
+        ("challenger", None, 1, "old", None), ("champion", None, 2, second_run, "intended")]
+
+    stages.build_features(ctx)
+    assert stages.score(ctx)["version"] == 2
+    (score_run,) = {r["run_id"] for r in _delta_rows(lakehouse, "ops.runs", "started_at") if r["job"] == "score"}
+    audit = _delta_rows(lakehouse, runs.AUDIT, "changed_at")
+    assert [(r["alias"], r["from_version"], r["to_version"], r["reason"], r["run_id"], r["status"])
+            for r in audit] == [
+        ("challenger", None, 1, "promote: before the status column", "old", None),
+        ("champion", None, 2, intent, second_run, "intended"),
+        ("champion", None, 2, f"reconciled: registry has @champion -> v2, ops.audit said nothing; the intent of run "
+                              f"{second_run} (-> v2, {intent}) was completed", score_run, "reconciled")]
+    # Registry and ops.audit agree: the last completed row of each alias names the version the alias points at.
+    completed = {r["alias"]: r["to_version"] for r in audit if r["status"] != runs.INTENDED}
+    assert completed == {a: int(v) for a, v in client.get_registered_model("churn").aliases.items()} == {
+        "champion": 2, "challenger": 1}
+    assert registry.reconcile_aliases(client, spark, lakehouse, "churn", "again") == []
