@@ -69,6 +69,7 @@ class Settings(Frozen):
     env: str = DEFAULT_ENV
     owner: str = "data-platform"
     log_format: Literal["text", "json"] = "text"
+    lock_wait_s: float = Field(0.0, ge=0)  # a second ingest/score/train of a pipeline: wait this long, then exit 2
     paths: PathSettings = PathSettings()
     spark: SparkSettings = SparkSettings()
     mlflow: MlflowSettings = MlflowSettings()

@@ -91,10 +91,14 @@ def _writer(df: DataFrame, partition_by: list[str] | None):
 
 
 def append(spark: SparkSession, df: DataFrame, lakehouse: Path, name: str, *,
-           partition_by: list[str] | None = None, properties: dict[str, str] | None = None) -> None:
-    """Append rows (for ledgers whose rows are unique by construction)."""
+           partition_by: list[str] | None = None, properties: dict[str, str] | None = None,
+           merge_schema: bool = False) -> None:
+    """Append rows (for ledgers whose rows are unique by construction); `merge_schema` adds new columns."""
     _ensure(spark, lakehouse, name, df, partition_by, properties)
-    _writer(df, partition_by).mode("append").save(str(table_path(lakehouse, name)))
+    writer = _writer(df, partition_by).mode("append")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
+    writer.save(str(table_path(lakehouse, name)))
 
 
 def replace_where(spark: SparkSession, df: DataFrame, lakehouse: Path, name: str, where: str, *,
