@@ -209,7 +209,7 @@ def _heartbeat_at(lakehouse: Path, run_id: str) -> float:
 
 class _Heartbeat:
     """The heartbeat file of an open run: written when it starts, its mtime touched every HEARTBEAT_S by a
-    daemon thread (a file, not a Delta commit: a heartbeat every 30 s would bloat the table's log)."""
+    daemon thread (a file, not a Delta commit: a commit per heartbeat would bloat ops.runs' log)."""
 
     def __init__(self, lakehouse: Path, row: dict):
         self.path = heartbeat_dir(lakehouse) / f"{row['run_id']}.json"

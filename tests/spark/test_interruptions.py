@@ -10,12 +10,14 @@ the tables are read afterwards with delta-rs.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,3 +189,80 @@ def test_a_second_ingest_exits_2_while_one_runs_and_sigterm_records_the_first(se
                                                                   ("E3", "e2.jsonl"), ("E4", "e3.jsonl")]
     ledger = DeltaTable(str(tmp_path / "lakehouse" / "ops" / "ingested_files")).to_pandas()
     assert sorted(ledger.file) == ["e1.jsonl", "e2.jsonl", "e3.jsonl"]
+
+
+def _sleep_batches(batches):
+    for batch in batches:
+        time.sleep(30)
+        yield batch
+
+
+def test_a_signal_during_a_spark_call_cancels_it_and_leaves_the_session_usable(spark):
+    """In-process: SIGTERM while the main thread waits in a Py4J call for a Spark job."""
+    from lakeforge import interrupts
+
+    previous = interrupts.raise_on_stop_signals()
+    timer = threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        started = time.monotonic()
+        try:
+            spark.range(2, numPartitions=2).mapInPandas(_sleep_batches, "id long").count()
+        except interrupts.Interrupted as exc:  # handled as runs.recorded does, while the exception is alive
+            assert str(exc) == "interrupted by SIGTERM"
+            interrupts.settle(spark)
+            assert spark.range(3).count() == 3  # this call's own answer, not the cancelled job's
+        else:
+            pytest.fail("the Spark call was not interrupted")
+        assert time.monotonic() - started < 25  # the sleeping job was cancelled, not waited for
+    finally:
+        timer.cancel()
+        interrupts.restore(previous)
+
+
+def test_the_next_run_records_an_abandoned_run_in_the_same_commit_as_its_start(spark, lakehouse, capsys):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    started = dt.datetime(2026, 12, 1, 2, 30)
+    start_row = {"run_id": "deadbeef00000000", "job": "score", "pipeline": "churn", "env": "test", "run_date": None,
+                 "status": "running", "started_at": started, "ended_at": None, "duration_s": None, "user": "cron",
+                 "host": socket.gethostname(), "git_commit": "", "lakeforge_version": "0", "inputs": {},
+                 "outputs": {}, "rows": {}, "details": "{}", "error": None, "pid": gone.pid, "process_start": None}
+    runs._write(spark, lakehouse, [start_row])
+    beat = runs.heartbeat_dir(lakehouse) / "deadbeef00000000.json"
+    beat.parent.mkdir(parents=True)
+    beat.write_text(json.dumps(start_row, default=str))
+    last_beat = dt.datetime(2026, 12, 1, 2, 31, tzinfo=dt.timezone.utc).timestamp()
+    os.utime(beat, (last_beat, last_beat))
+
+    with runs.recorded(spark, lakehouse, "monitor", "churn", "test"):  # another job: not its business
+        pass
+    assert "abandoned" not in capsys.readouterr().err
+    with runs.recorded(spark, lakehouse, "score", "churn", "test") as run:
+        pass
+    assert (f"WARNING run deadbeef00000000 (score churn, started 2026-12-01 02:30:00 UTC on {socket.gethostname()}, "
+            f"pid {gone.pid}) was abandoned: its process is gone; recorded as abandoned in ops.runs") in (
+        capsys.readouterr().err)
+    table = DeltaTable(str(lakehouse / "ops" / "runs"))
+    rows = table.to_pandas().sort_values(["started_at", "ended_at"], na_position="first")
+    assert rows[["run_id", "status", "ended_at"]].astype(str).values.tolist()[:2] == [
+        ["deadbeef00000000", "running", "NaT"], ["deadbeef00000000", "abandoned", "2026-12-01 02:31:00+00:00"]]
+    assert rows[rows.run_id == run.run_id].status.tolist() == ["running", "succeeded"]
+    assert [c["operation"] for c in table.history()].count("WRITE") == 5  # 1 + 2 per run: no commit of its own
+    assert not beat.exists()
+
+
+def test_an_ops_runs_table_from_before_pids_takes_them_on_its_next_append(spark, lakehouse):
+    old_schema = runs.SCHEMA.removesuffix(", pid bigint, process_start string")
+    old_row = ("0ld", "ingest", "churn", "test", None, "succeeded", dt.datetime(2026, 11, 1), dt.datetime(2026, 11, 1, 0, 1),
+               60.0, "cron", "box", "", "0", {}, {}, {}, "{}", None)
+    lake.append(spark, spark.createDataFrame([old_row], old_schema), lakehouse, runs.RUNS)
+    assert [tuple(r) for r in runs.read_runs(spark, lakehouse).select("run_id", "pid", "process_start").collect()] == [
+        ("0ld", None, None)]
+
+    with runs.recorded(spark, lakehouse, "ingest", "churn", "test") as run:
+        pass
+    rows = DeltaTable(str(lakehouse / "ops" / "runs")).to_pandas().sort_values(["started_at", "ended_at"],
+                                                                               na_position="first")
+    assert [(r.run_id, r.status, None if r.pid != r.pid else int(r.pid)) for r in rows.itertuples()] == [
+        ("0ld", "succeeded", None), (run.run_id, "running", os.getpid()), (run.run_id, "succeeded", os.getpid())]
