@@ -191,15 +191,14 @@ def test_a_second_ingest_exits_2_while_one_runs_and_sigterm_records_the_first(se
     assert sorted(ledger.file) == ["e1.jsonl", "e2.jsonl", "e3.jsonl"]
 
 
-def _sleep_batches(batches):
-    for batch in batches:
-        time.sleep(30)
-        yield batch
-
-
 def test_a_signal_during_a_spark_call_cancels_it_and_leaves_the_session_usable(spark):
     """In-process: SIGTERM while the main thread waits in a Py4J call for a Spark job."""
     from lakeforge import interrupts
+
+    def sleep_batches(batches):  # defined here: pickled by value, the Python workers cannot import this module
+        for batch in batches:
+            time.sleep(30)
+            yield batch
 
     previous = interrupts.raise_on_stop_signals()
     timer = threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM))
@@ -207,7 +206,7 @@ def test_a_signal_during_a_spark_call_cancels_it_and_leaves_the_session_usable(s
         timer.start()
         started = time.monotonic()
         try:
-            spark.range(2, numPartitions=2).mapInPandas(_sleep_batches, "id long").count()
+            spark.range(2, numPartitions=2).mapInPandas(sleep_batches, "id long").count()
         except interrupts.Interrupted as exc:  # handled as runs.recorded does, while the exception is alive
             assert str(exc) == "interrupted by SIGTERM"
             interrupts.settle(spark)
