@@ -9,6 +9,7 @@ import sys
 import time
 import traceback
 
+from lakeforge import interrupts
 from lakeforge.errors import LakeforgeError, root_cause
 
 DESCRIPTION = """\
@@ -22,7 +23,9 @@ conf/pipelines/<name>.yaml naming sources from conf/sources/<name>.yaml; overrid
 `lakeforge VERB --help` says what a verb reads and writes.
 """
 EXIT_CODES = """exit codes: 0 done; 1 a Spark or MLflow failure (one line here, --debug for the traceback; the run is
-recorded in ops.runs); 2 a configuration or data problem, named in the message with its fix; 130 interrupted.
+recorded in ops.runs); 2 a configuration or data problem, named in the message with its fix, or the same job
+already running (lock_wait_s to wait); 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: the stage's Spark jobs
+are cancelled and its run is recorded in ops.runs as interrupted.
 """
 # What `lakeforge VERB --help` says under the usage line: what the verb reads, writes and repeats safely.
 DETAILS = {
@@ -173,6 +176,7 @@ def _demo_size(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("LAKEFORGE_DEBUG") == "1"
+    previous = interrupts.raise_on_stop_signals()
     try:
         return run(args)
     except LakeforgeError as exc:
@@ -180,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"lakeforge {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except interrupts.Interrupted as exc:
+        print(f"lakeforge {args.verb}: {exc}: stopped; a run it had started is recorded in ops.runs as "
+              f"interrupted", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"lakeforge {args.verb}: interrupted", file=sys.stderr)
         return 130
@@ -189,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lakeforge {args.verb}: failed: {root_cause(exc)} "
               f"(rerun with --debug for the traceback; the run is recorded in ops.runs)", file=sys.stderr)
         return 1
+    finally:
+        interrupts.restore(previous)
 
 
 def run(args: argparse.Namespace) -> int:

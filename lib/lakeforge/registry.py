@@ -35,6 +35,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # Tags set when a training run starts, so the next training can tell a run whose process was killed
 # (left RUNNING forever) from one still going: lakeforge's run id, the process id and the host.
 RUN_TAG, PID_TAG, HOST_TAG = "lakeforge.run_id", "lakeforge.pid", "lakeforge.host"
+START_TAG = "lakeforge.process_start"  # tells the training process apart from a later one given its pid
 
 
 class ProbabilityModel(mlflow.pyfunc.PythonModel):
@@ -90,7 +91,8 @@ BASELINE_ARTIFACT = "monitoring/baseline.json"
 def training_run(client: MlflowClient, pipeline: str, artifact_root: str, run_id: str) -> Iterator[str]:
     """The parent MLflow run of lakeforge run `run_id`'s training (search trials nest under it); yields its id."""
     mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
-    tags = {RUN_TAG: run_id, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    tags = {RUN_TAG: run_id, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(),
+            START_TAG: runs.process_start(os.getpid()) or ""}
     with mlflow.start_run(run_name=f"train-{pipeline}", tags=tags) as run:
         yield run.info.run_id
 
@@ -106,7 +108,7 @@ def end_orphan_runs(client: MlflowClient, pipeline: str, log: Callable[[str], No
     for run in running:
         tags = run.data.tags
         if PID_TAG in tags and runs.process_gone(tags.get(HOST_TAG, ""), int(tags[PID_TAG]),
-                                                 run.info.start_time / 1000):
+                                                 tags.get(START_TAG) or None):
             orphans[run.info.run_id] = tags
     trials = [r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in orphans]
     for run_id in [*orphans, *trials]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,8 +20,8 @@ from pyspark.sql import functions as F
 
 from lakeforge import features as feats
 from lakeforge import ingest as ingestion
-from lakeforge import distributed, lake, many_models, models, monitoring, plots, registry, runs, scoring, training, tuning
-from lakeforge import ownership
+from lakeforge import (distributed, interrupts, lake, locks, many_models, models, monitoring, ownership, plots,
+                       registry, runs, scoring, training, tuning)
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
@@ -39,7 +40,8 @@ class Context:
         from lakeforge.spark import build_session
 
         factory = self.spark_factory or build_session
-        spark = factory(self.settings)
+        with interrupts.children_ignore_sigterm():  # the JVM outlives a SIGTERM to record the run's end
+            spark = factory(self.settings)
         lake.register_tables(spark, self.lakehouse)
         return spark
 
@@ -52,10 +54,24 @@ class Context:
     def lakehouse(self) -> Path:
         return self.settings.paths.lakehouse
 
+    @contextmanager
     def recorded(self, job: str, run_date: dt.date | None = None):
+        """The job's run in ops.runs, under the job's lock (LOCKS) when it has one, taken before any write."""
         ownership.claim(self.settings, "paths.lakehouse")
-        return runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
-                             json_logs=self.settings.log_format == "json")
+        run_id = runs.new_run_id()
+        lock = LOCKS.get(job)
+        with (locks.held(self.lakehouse, lock.format(pipeline=self.pipeline.name), job, self.pipeline.name, run_id,
+                         self.settings.lock_wait_s) if lock else nullcontext()):
+            with runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
+                               json_logs=self.settings.log_format == "json", run_id=run_id) as run:
+                yield run
+
+
+# One writer per lakehouse and job: ingest per lakehouse (pipelines share their sources), score per pipeline,
+# and train, retrain and promote share one lock per pipeline (each moves the pipeline's aliases). `run nightly`
+# and `demo` take each stage's lock while that stage runs, so one process never waits for itself.
+LOCKS = {"ingest": "ingest", "score": "score-{pipeline}", "train": "train-{pipeline}",
+         "retrain": "train-{pipeline}", "promote": "train-{pipeline}"}
 
 
 def _default_score_date(ctx: Context) -> dt.date:
@@ -635,13 +651,14 @@ def status(ctx: Context) -> dict:
     tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
     all_runs = []
     if any(t["table"] == runs.RUNS and t["health"] == "ok" for t in tables):  # a damaged ledger is flagged above
-        all_runs = [r.asDict() for r in runs.read_runs(ctx.spark, ctx.lakehouse)
-                    .select("started_at", "job", "pipeline", "status", "run_date", "duration_s", "error").collect()]
+        all_runs = runs.mark_abandoned([r.asDict() for r in runs.read_runs(ctx.spark, ctx.lakehouse).select(
+            "run_id", "started_at", "job", "pipeline", "status", "run_date", "duration_s", "error", "host", "pid",
+            "process_start").collect()], ctx.lakehouse)
     last_runs = sorted(all_runs, key=lambda r: r["started_at"], reverse=True)[:10]
     health = runs.pipeline_health(all_runs)
     names = sorted({ctx.pipeline.name, *available_pipelines(), *health})
-    pipelines = {name: {**health.get(name, {"health": "never run", "failed_jobs": [], "running_jobs": [],
-                                             "last_run": None}),
+    pipelines = {name: {**health.get(name, {"health": "never run", "failed_jobs": [], "interrupted_jobs": [],
+                                             "abandoned_jobs": [], "running_jobs": [], "last_run": None}),
                         "champion": registry.alias_version(ctx.mlflow, name, registry.CHAMPION)}
                  for name in names}
     return {"tables": tables, "runs": last_runs, "pipelines": pipelines,

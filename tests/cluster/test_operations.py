@@ -95,5 +95,6 @@ def test_health_is_the_latest_run_of_each_job():
     rerun.append(run(42, "score", "succeeded"))
     assert pipeline_health(list(reversed(rerun)))["churn"]["health"] == "running"
     rerun[-2] = run(41, "features", "succeeded")
-    assert pipeline_health(rerun)["churn"] == {"health": "ok", "failed_jobs": [], "running_jobs": [],
+    assert pipeline_health(rerun)["churn"] == {"health": "ok", "failed_jobs": [], "interrupted_jobs": [],
+                                               "abandoned_jobs": [], "running_jobs": [],
                                                "last_run": run(42, "score", "succeeded")}

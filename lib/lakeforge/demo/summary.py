@@ -64,11 +64,13 @@ def format_status(status: dict) -> str:
     lines += ["", "last runs:"]
     for r in status["runs"]:
         took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
-        lines.append(f"  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['job']:<9} {r['pipeline']:<8} {r['status']:<9} "
+        lines.append(f"  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['job']:<9} {r['pipeline']:<8} {r['status']:<11} "
                      f"{took:>8}  {_one_line(r['error'])}")
     lines += ["", "pipelines:"]
     for name, p in status["pipelines"].items():
-        health = p["health"] + (f" ({', '.join(p['failed_jobs'])} failed)" if p["failed_jobs"] else "")
+        which = [f"{', '.join(p[f'{status}_jobs'])} {status}" for status in ("failed", "interrupted", "abandoned")
+                 if p.get(f"{status}_jobs")]
+        health = p["health"] + (f" ({'; '.join(which)})" if which else "")
         last = p["last_run"]
         last = f"last run {last['started_at']:%Y-%m-%d %H:%M:%S} {last['job']} {last['status']}" if last else "no runs"
         champion = f"champion: version {p['champion']}" if p["champion"] is not None else "champion: none yet"
