@@ -109,3 +109,40 @@ def ingested_lakehouse(lakehouse, ingested_tiny) -> Path:
 
     shutil.copytree(ingested_tiny, lakehouse)
     return lakehouse
+
+
+EVENTS_SOURCE = """\
+path: events
+format: json
+columns: {event_id: string, user_id: string, event_ts: timestamp, value: int}
+primary_key: [event_id]
+event_time: event_ts
+expectations:
+  - {column: value, rule: range, min: 0, max: 100, action: quarantine}
+"""
+EVENTS_PIPELINE = """\
+description: a one-source pipeline for command tests
+sources: [events]
+features:
+  entity: user_id
+  spine: {source: events, since: event_ts}
+  events: {source: events, columns: [event_ts]}
+  function: lakeforge.demo.churn.customer_activity
+  columns: {user_id: string, as_of_date: date}
+label: {name: churned, rule: no_event_within_horizon, events: events, horizon_days: 30}
+"""
+
+
+@pytest.fixture
+def events_conf(tmp_path) -> Path:
+    """A conf folder (the repo's settings) with one JSON source `events` and a pipeline `events` that reads it."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    (conf / "pipelines").mkdir(parents=True)
+    (conf / "sources").mkdir()
+    for name in ("base.yaml", "test.yaml", "log4j2.properties"):
+        shutil.copy(REPO / "conf" / name, conf / name)
+    (conf / "sources" / "events.yaml").write_text(EVENTS_SOURCE)
+    (conf / "pipelines" / "events.yaml").write_text(EVENTS_PIPELINE)
+    return conf

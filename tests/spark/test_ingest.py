@@ -514,42 +514,14 @@ def test_parquet_columns_are_typed_from_the_file_and_type_changes_fail(spark, ty
 
 # ---------------------------------------------------------------- the command: crash and fail
 
-SOURCE_YAML = """\
-path: events
-format: json
-columns: {event_id: string, user_id: string, event_ts: timestamp, value: int}
-primary_key: [event_id]
-event_time: event_ts
-expectations:
-  - {column: value, rule: range, min: 0, max: 100, action: quarantine}
-"""
-PIPELINE_YAML = """\
-description: ingest tests
-sources: [events]
-features:
-  entity: user_id
-  spine: {source: events, since: event_ts}
-  events: {source: events, columns: [event_ts]}
-  function: lakeforge.demo.churn.customer_activity
-  columns: {user_id: string, as_of_date: date}
-label: {name: churned, rule: no_event_within_horizon, events: events, horizon_days: 30}
-"""
-
-
 def event(event_id, ts, value=1, user="U1") -> str:
     return f'{{"event_id":"{event_id}","user_id":"{user}","event_ts":"{ts}","value":{value}}}'
 
 
 @pytest.fixture
-def command(repo, tmp_path):
+def command(events_conf, tmp_path):
     """Run `lakeforge ingest --pipeline events` on tmp folders (subprocess or in-process)."""
-    conf = tmp_path / "conf"
-    (conf / "pipelines").mkdir(parents=True)
-    (conf / "sources").mkdir()
-    for name in ("base.yaml", "test.yaml", "log4j2.properties"):
-        shutil.copy(repo / "conf" / name, conf / name)
-    (conf / "sources" / "events.yaml").write_text(SOURCE_YAML)
-    (conf / "pipelines" / "events.yaml").write_text(PIPELINE_YAML)
+    conf = events_conf
     args = ["ingest", "--pipeline", "events", "--env", "test", "--set", f"paths.landing={tmp_path / 'landing'}",
             "--set", f"paths.lakehouse={tmp_path / 'lakehouse'}", "--set", f"paths.reports={tmp_path / 'reports'}"]
 

@@ -124,37 +124,14 @@ def test_a_killed_run_is_abandoned_in_status_and_recorded_by_the_next_run(churn_
     assert list(runs.heartbeat_dir(ctx.lakehouse).iterdir()) == []
 
 
-EVENTS_YAML = """\
-description: interruption tests
-sources:
-  events:
-    path: events
-    format: json
-    columns: {event_id: string, user_id: string, event_ts: timestamp, value: int}
-    primary_key: [event_id]
-    event_time: event_ts
-features:
-  entity: user_id
-  spine: {source: events, since: event_ts}
-  events: {source: events, columns: [event_ts]}
-  function: lakeforge.demo.churn.customer_activity
-  columns: {user_id: string, as_of_date: date}
-label: {name: churned, rule: no_event_within_horizon, events: events, horizon_days: 30}
-"""
-
-
 def events_file(path: Path, *ids: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f'{{"event_id":"{i}","user_id":"U1","event_ts":"2026-05-01T10:00:00","value":1}}\n'
                             for i in ids))
 
 
-def test_a_second_ingest_exits_2_while_one_runs_and_sigterm_records_the_first(settings_at, repo, tmp_path):
-    conf = tmp_path / "conf"
-    (conf / "pipelines").mkdir(parents=True)
-    for name in ("base.yaml", "test.yaml", "log4j2.properties"):
-        shutil.copy(repo / "conf" / name, conf / name)
-    (conf / "pipelines" / "events.yaml").write_text(EVENTS_YAML)
+def test_a_second_ingest_exits_2_while_one_runs_and_sigterm_records_the_first(settings_at, events_conf, tmp_path):
+    conf = events_conf
     settings = settings_at(tmp_path / "landing", tmp_path / "lakehouse", tmp_path, tmp_path / "reports")
     args = command("ingest", settings, "--pipeline", "events")
     env = {"LAKEFORGE_CONF_DIR": str(conf)}

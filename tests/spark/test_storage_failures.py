@@ -22,23 +22,6 @@ from lakeforge import config, lake, stages
 
 pytestmark = pytest.mark.spark
 
-PIPELINE_YAML = """\
-description: storage failure tests
-sources:
-  events:
-    path: events
-    format: json
-    columns: {event_id: string, user_id: string, event_ts: timestamp, value: int}
-    primary_key: [event_id]
-    event_time: event_ts
-features:
-  entity: user_id
-  spine: {source: events, since: event_ts}
-  events: {source: events, columns: [event_ts]}
-  function: lakeforge.demo.churn.customer_activity
-  columns: {user_id: string, as_of_date: date}
-label: {name: churned, rule: no_event_within_horizon, events: events, horizon_days: 30}
-"""
 HINT = " (rerun with --debug for the traceback; the run is recorded in ops.runs)"
 
 
@@ -66,15 +49,10 @@ def mounted(target: Path, *commands: list[str]):
 
 
 @pytest.fixture
-def events_lake(spark, repo, tmp_path, monkeypatch, settings_at):
+def events_lake(spark, events_conf, tmp_path, monkeypatch, settings_at):
     """A lakehouse with one ingested landing file, and a second landing file waiting; `ingest(lakehouse)` runs
     `lakeforge ingest` on it in a subprocess."""
-    conf = tmp_path / "conf"
-    (conf / "pipelines").mkdir(parents=True)
-    for name in ("base.yaml", "test.yaml", "log4j2.properties"):
-        shutil.copy(repo / "conf" / name, conf / name)
-    (conf / "pipelines" / "events.yaml").write_text(PIPELINE_YAML)
-    monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(conf))
+    monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(events_conf))
     landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
     (landing / "events").mkdir(parents=True)
     (landing / "events" / "e1.jsonl").write_text(event("E1", 1))
