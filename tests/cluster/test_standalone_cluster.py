@@ -23,7 +23,9 @@ def test_stages_run_as_applications_on_both_workers(trained, spark_cluster):
 
 def test_a_stage_failing_on_the_executors_exits_nonzero_and_is_recorded(night, trained):
     assert night.failed.returncode == 1, night.failed.stdout[-3000:]
-    assert "lakeforge run: failed: PythonException" in night.failed.stdout  # raised in an executor's Python worker
+    # Raised in an executor's Python worker: the message is the worker's own exception, not the Java wrapper's.
+    assert ("lakeforge run: failed: RuntimeError: injected executor failure (lakeforge cluster test) (rerun with "
+            "--debug") in night.failed.stdout
     assert "recorded in ops.runs" in night.failed.stdout
     runs = trained.runs()
     failed_night = runs.iloc[night.runs_before:night.runs_before + 3]

@@ -231,9 +231,10 @@ def test_killing_training_between_model_logging_and_alias_change_leaves_one_read
     assert versions == {1: ("READY", []), 2: ("READY", ["champion"])}
     stages.build_features(ctx)
     assert stages.score(ctx)["version"] == 2
-    # The killed run left only its `running` row in ops.runs; the rerun also appended its end.
+    # The killed run left only its `running` row in ops.runs; the rerun found its process gone, recorded it as
+    # abandoned, and appended its own end.
     ledger = runs.read_runs(spark, lakehouse).where("job = 'train'").orderBy("started_at").collect()
-    assert [(r.status, r.ended_at is None) for r in ledger] == [("running", True), ("succeeded", False)]
+    assert [(r.status, r.ended_at is None) for r in ledger] == [("abandoned", False), ("succeeded", False)]
 
     # Scoring only ever resolves a READY version: an alias on a version still registering is refused.
     real = client.get_model_version
@@ -282,7 +283,9 @@ def test_a_train_killed_after_moving_the_alias_is_reconciled_and_its_orphan_mlfl
     assert (ended.status, ended.end_time is not None) == ("KILLED", True)
     assert (f"MLflow run {orphan.info.run_id} of lakeforge run {first_run['run_id']} was still RUNNING but its "
             f"process (pid {first_pid} on {host}) is gone: ended as KILLED") in second_log.read_text()
-    second_run = [r for r in _delta_rows(lakehouse, "ops.runs", "started_at") if r["job"] == "train"][1]["run_id"]
+    # In start order; the second run also appended the first one's `abandoned` row (with the first's start time).
+    second_run = list(dict.fromkeys(r["run_id"] for r in _delta_rows(lakehouse, "ops.runs", "started_at")
+                                    if r["job"] == "train"))[1]
     assert registry.alias_version(client, "churn", registry.CHAMPION) == 2
     audit = _delta_rows(lakehouse, runs.AUDIT, "changed_at")
     intent = audit[1]["reason"]
