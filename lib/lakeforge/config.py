@@ -565,6 +565,16 @@ def available_pipelines(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (directory / "pipelines").glob("*.yaml"))
 
 
+def _named_file(directory: Path, kind: str, name: str) -> tuple[Path, dict[str, Any]]:
+    """conf/<kind>s/<name>.yaml and its content, or an error listing the names that folder has."""
+    folder = directory / f"{kind}s"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+        raise ConfigError(f"unknown {kind} '{name}': no file {path} ({kind}s here: {known})")
+    return path, _read_yaml(path, f"{kind} '{name}'")
+
+
 def available_sources(directory: Path | None = None) -> list[str]:
     """Source names declared under conf/sources/."""
     directory = directory or conf_dir()
@@ -573,12 +583,7 @@ def available_sources(directory: Path | None = None) -> list[str]:
 
 def load_source(name: str, overrides: list[str] | None = None, directory: Path | None = None) -> Source:
     """Load conf/sources/<name>.yaml (+ `--set sources.<name>.<key>=value` overrides)."""
-    directory = directory or conf_dir()
-    path = directory / "sources" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(available_sources(directory)) or "none"
-        raise ConfigError(f"unknown source '{name}': no file {path} (sources here: {known})")
-    tree = _read_yaml(path, f"source '{name}'")
+    path, tree = _named_file(directory or conf_dir(), "source", name)
     cli = parse_overrides(overrides).get("sources", {}).get(name, {})
     return _validate(Source, [(str(path), tree), ("--set", cli)])
 
@@ -600,11 +605,7 @@ def _source_names(tree: dict[str, Any], path: Path) -> list[str]:
 def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path | None = None) -> Pipeline:
     """Load conf/pipelines/<name>.yaml with the sources it names (+ `--set pipeline.<key>=value` overrides)."""
     directory = directory or conf_dir()
-    path = directory / "pipelines" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(available_pipelines(directory)) or "none"
-        raise ConfigError(f"unknown pipeline '{name}': no file {path} (pipelines here: {known})")
-    tree = _read_yaml(path, f"pipeline '{name}'")
+    path, tree = _named_file(directory, "pipeline", name)
     cli = parse_overrides(overrides).get("pipeline", {})
     if "sources" in cli:
         raise ConfigError(f"--set pipeline.sources...: a source is changed with --set sources.<name>.<key>=value "
