@@ -55,6 +55,14 @@ def in_population(features: DataFrame, pipeline: Pipeline) -> DataFrame:
     return features.where(population) if population else features
 
 
+def count_population(features: DataFrame, pipeline: Pipeline) -> tuple[int, int]:
+    """How many feature rows there are, and how many of them the population filter keeps (one pass)."""
+    population = pipeline.features.population
+    kept = F.when(F.expr(population), 1).otherwise(0) if population else F.lit(1)
+    row = features.agg(F.count(F.lit(1)).alias("rows"), F.sum(kept).alias("kept")).first()
+    return int(row["rows"]), int(row["kept"] or 0)
+
+
 def in_population_pandas(features: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
     """The same filter on pandas (`DataFrame.query`: comparisons, `and`, `or` read the same in SQL and pandas)."""
     population = pipeline.features.population

@@ -76,7 +76,7 @@ LOCKS = {"ingest": "ingest", "score": "score-{pipeline}", "train": "train-{pipel
 
 def _default_score_date(ctx: Context) -> dt.date:
     """The day after the last event: the next night to score."""
-    return feats.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1] + dt.timedelta(days=1)
+    return _checked_dates(ctx, None)[0]
 
 
 def _checked_dates(ctx: Context, dates: list[dt.date] | None) -> list[dt.date]:
@@ -118,8 +118,7 @@ def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
         table = feats.features_table(ctx.pipeline)
         listed = [d.isoformat() for d in dates]
         written = lake.read(ctx.spark, ctx.lakehouse, table).where(F.col(feats.AS_OF).cast("string").isin(listed))
-        rows = written.count()
-        population = feats.in_population(written, ctx.pipeline).count() if ctx.pipeline.features.population else rows
+        rows, population = feats.count_population(written, ctx.pipeline)
         run.rows[table] = rows
         run.rows[f"{table}.population"] = population
         run.output(ctx.spark, ctx.lakehouse, table)
