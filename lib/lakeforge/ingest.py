@@ -335,7 +335,7 @@ def max_record_bytes(source: Source) -> int:
         return JSON_MAX_STRING
     if not limits[-1].isdigit():
         raise DataError(f"source in landing folder {source.path}: option maxStringLen {limits[-1]!r} is not a whole "
-                        f"number of characters; fix it under the source's options in the pipeline YAML.")
+                        f"number of characters; fix it under options in the source's conf/sources/<name>.yaml.")
     return int(limits[-1])
 
 

@@ -82,3 +82,15 @@ def test_links_in_a_loop_and_sockets_are_refused_from_the_listing(folder):
     assert entries == {"a.jsonl": f"symbolic link to {real / 'a.jsonl'}" + rule,
                        "b.jsonl": f"symbolic link to {real / 'b.jsonl'}" + rule,
                        "day1.jsonl": None, "s.jsonl": "a socket" + rule}
+
+
+def test_the_json_record_limit_follows_the_source_and_a_bad_one_is_named():
+    from lakeforge import config
+    from lakeforge.errors import DataError
+
+    orders = config.load_source("orders")
+    assert ingest.max_record_bytes(orders) == ingest.JSON_MAX_STRING
+    assert ingest.max_record_bytes(orders.model_copy(update={"options": {"maxStringLen": "50000000"}})) == 50_000_000
+    with pytest.raises(DataError, match=r"landing folder orders: option maxStringLen 'lots' is not a whole number "
+                                        r"of characters; fix it under options in the source's conf/sources/"):
+        ingest.max_record_bytes(orders.model_copy(update={"options": {"maxStringLen": "lots"}}))
