@@ -176,7 +176,7 @@ def main() -> int:
 
     payload = scoring.broadcast_model(spark, python_model)
     with PeakMemory() as memory:
-        t = timed(lambda: scoring.predict(rows_df, payload, ("churn", logged.version), "customer_id", columns)
+        t = timed(lambda: scoring.predict(rows_df, payload, ("churn", logged.version), ["customer_id"], columns)
                   .write.format("noop").mode("overwrite").save(), args.repeat)
         results["c_lakeforge_noop_s"] = statistics.median(t)
         log(f"(c) lakeforge predict, no-op sink: {statistics.median(t):.2f}s")

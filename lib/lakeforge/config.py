@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Annotated
 
 from lakeforge.errors import ConfigError
 
 DEFAULT_ENV = "local"
+AS_OF_DATE = "as_of_date"        # the date a feature row is as of (snapshot) or its instant's date (event)
+PREDICTION_AT = "prediction_at"  # event points: the instant each point is predicted at
 
 
 class Frozen(BaseModel):
@@ -197,6 +200,24 @@ class Source(Frozen):
                              f"(json sources are JSON lines; csv files have a header row)")
 
 
+def _duration(value: Any) -> dt.timedelta:
+    """`90d`, `1h`, `30m`, `45s` (or a number of days) as a timedelta."""
+    if isinstance(value, dt.timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.timedelta(days=value)
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms])\s*", str(value))
+    if not match:
+        raise ValueError(f"expected a duration such as 90d, 1h, 30m or 45s (got {value!r})")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match[2]]
+    return dt.timedelta(**{unit: float(match[1])})
+
+
+Duration = Annotated[dt.timedelta, BeforeValidator(_duration)]
+
+
 class Spine(Frozen):
     """Which entities get a feature row as of a date: rows of `source` whose `since` is before it."""
 
@@ -213,12 +234,56 @@ class Events(Frozen):
     lookback_days: int = Field(180, ge=1)
 
 
+class Points(Frozen):
+    """What one row of the training set and of the predictions is (see docs/your-own-pipeline.md).
+
+    snapshot: every entity of `features.spine` on every as-of date (the instant is the date's midnight).
+    event: every row of `source` (keyed by its primary key) that passes `where`, predicted at the instant in
+    its column `at` (timestamp precision); its as-of date is that instant's date.
+    """
+
+    kind: Literal["snapshot", "event"] = "snapshot"
+    source: str | None = None       # event: the source whose rows are the prediction points
+    at: str | None = None           # event: the timestamp column of the prediction instant (default: event_time)
+    where: str | None = None        # event: which rows are points (an expression SQL and pandas both read)
+    columns: list[str] = Field(default_factory=list)      # event: point-row columns known at the instant
+    known_later: list[str] = Field(default_factory=list)  # event: columns known only later: never a feature input
+
+
+class FeatureSet(Frozen):
+    """Rows of one source joined to each prediction point as of its instant, through one pandas function.
+
+    A source row is joined when its `join` columns equal the point's, its event time is in
+    [instant - window, instant) and it had been ingested when the point's date was first built
+    (features never change after they were served). `latest: true` keeps only the latest such row
+    (the value as of the instant, `window` being its maximum age).
+    """
+
+    source: str
+    join: dict[str, str]             # point column -> source column, e.g. {store_id: store_id}
+    window: Duration                 # lookback (or, with latest, the maximum age of the latest row)
+    latest: bool = False
+    columns: list[str] = Field(default_factory=list)  # source columns the function reads (plus its event time)
+    function: str                    # module.function: the set's rows of many points -> one row per point
+    output: dict[str, SparkType]     # the function's columns besides the point key
+
+    def model_post_init(self, _context: Any) -> None:
+        if not self.join:
+            raise ValueError("join: map at least one point column to a column of the source, e.g. "
+                             "{store_id: store_id}")
+        if self.window <= dt.timedelta(0):
+            raise ValueError("window must be positive")
+
+
 class Features(Frozen):
-    entity: str
-    spine: Spine
-    events: Events
-    function: str  # dotted path of a pandas function: one entity's rows for one as-of date -> one row
-    columns: dict[str, SparkType]  # the function's output schema, key columns first
+    # snapshot points (and the one-function form): the entity, its spine, its events and one function
+    entity: str | None = None
+    spine: Spine | None = None
+    events: Events | None = None
+    function: str | None = None  # dotted path of a pandas function: one entity's rows for one as-of date -> one row
+    columns: dict[str, SparkType] = Field(default_factory=dict)  # the function's output schema, key columns first
+    # event points: named feature sets, each joined point-in-time by its own key(s)
+    sets: dict[str, FeatureSet] = Field(default_factory=dict)
     population: str | None = None  # SQL filter on feature rows: who is trained on and scored (e.g. recent buyers)
     # How far past the last ingested event a features or score date may be: further out, every window is
     # empty and the rows would describe a world with no activity (the next night is 1 day ahead).
@@ -227,26 +292,52 @@ class Features(Frozen):
     # names a monitoring segment (the estimator takes numbers).
     not_model_inputs: list[str] = Field(default_factory=list)
 
-    def model_post_init(self, _context: Any) -> None:
-        """Every column kept from the model must be a declared output column other than the keys."""
-        for name in self.not_model_inputs:
-            if name not in self.columns or name in (self.entity, "as_of_date"):
-                raise ValueError(f"not_model_inputs: '{name}' must be one of the declared output columns other "
-                                 f"than {self.entity} and as_of_date ({', '.join(self.columns)})")
+
+LABEL_RULES = ("no_event_within_horizon", "event_count_within_horizon")
 
 
 class Label(Frozen):
-    """The target: churn-like (1 when no event within the horizon) or a count of events within it (demand)."""
+    """The target, one of:
+
+    a rule over later events (`no_event_within_horizon`: 1 when the entity has none within the horizon,
+    churn-like; `event_count_within_horizon`: how many), or, for event points, `column`: a column of a
+    source row joined to the point (`source`, `join`; default the point's own row), known at `known_at`,
+    optionally through a pandas `function` of the point's instant and that row (e.g. minutes until delivered).
+    """
 
     name: str
-    rule: Literal["no_event_within_horizon", "event_count_within_horizon"]
-    events: str
-    horizon_days: int = Field(ge=1)
+    rule: Literal["no_event_within_horizon", "event_count_within_horizon", "column"]
+    task: Literal["classification", "regression"] | None = None  # column: required; rules: implied
+    events: str | None = None               # rules: the source of the later events
+    horizon_days: int | None = Field(None, ge=1)  # rules: the label window; column: days until labels are known
+    source: str | None = None               # column: the source holding the label (default: the points' source)
+    join: dict[str, str] = Field(default_factory=dict)  # column: point column -> label source column (default: key)
+    column: str | None = None               # column: the label's value (or the function's input)
+    known_at: str | None = None             # column: the timestamp column saying when the label became known
+    columns: list[str] = Field(default_factory=list)  # column + function: label-source columns the function reads
+    function: str | None = None             # column: pandas function (rows with prediction_at) -> label per point
 
-    @property
-    def task(self) -> str:
-        """`classification` for a 0/1 label, `regression` for a count."""
-        return "classification" if self.rule == "no_event_within_horizon" else "regression"
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("task") is None and data.get("rule") in LABEL_RULES:
+            data = {**data, "task": "classification" if data["rule"] == LABEL_RULES[0] else "regression"}
+        if isinstance(data, dict) and data.get("rule") == "column" and data.get("horizon_days") is None:
+            data = {**data, "horizon_days": 1}  # a day's points are complete once the day is over
+        return data
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.rule in LABEL_RULES:
+            if not self.events or not self.horizon_days:
+                raise ValueError(f"rule {self.rule} needs events (a source) and horizon_days")
+            return
+        if self.task is None:
+            raise ValueError("rule column needs task: classification or regression")
+        if not self.known_at:
+            raise ValueError("rule column needs known_at: the timestamp column saying when the label became known "
+                             "(rows whose label was not yet known at a training cutoff are left out)")
+        if not (self.column or self.function):
+            raise ValueError("rule column needs column (the label's value) or function (computing it)")
 
 
 class Training(Frozen):
@@ -332,6 +423,35 @@ class Pipeline(Frozen):
     gate: Gate = Gate()
     monitoring: Monitoring = Monitoring()
     retrain: Retrain | None = None               # no policy: `run nightly` never retrains on its own
+    points: Points = Points()
+
+    @property
+    def is_event(self) -> bool:
+        return self.points.kind == "event"
+
+    @property
+    def keys(self) -> list[str]:
+        """The columns that identify a prediction point: the entity (snapshot) or the points source's primary key."""
+        if self.is_event:
+            return list(self.sources[self.points.source].primary_key)
+        return [self.features.entity]
+
+    @property
+    def point_time(self) -> str:
+        """The points source's column holding each point's instant (event points)."""
+        return self.points.at or self.sources[self.points.source].event_time
+
+    def feature_table_columns(self) -> dict[str, SparkType]:
+        """Columns of gold.<pipeline>_features: keys and as-of date first, then every feature."""
+        if not self.is_event:
+            return dict(self.features.columns)
+        source = self.sources[self.points.source]
+        columns = {k: source.columns[k] for k in self.keys}
+        columns.update({AS_OF_DATE: "date", PREDICTION_AT: "timestamp"})
+        columns.update({c: source.columns[c] for c in self.points.columns if c not in columns})
+        for feature_set in self.features.sets.values():
+            columns.update(feature_set.output)
+        return columns
 
     def config_hash(self) -> str:
         """A short, stable hash of this pipeline's configuration (logged with each model)."""
@@ -618,8 +738,107 @@ def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path
     sources = {source: load_source(source, overrides, directory) for source in names}
     tree = {**tree, "sources": sources}
     pipeline: Pipeline = _validate(Pipeline, [(str(path), tree), ("--set", cli), ("name", {"name": name})])
+    _check_points(pipeline, path)
     _check_model(pipeline, path)
     return pipeline
+
+
+def _refuse(path: Path, key: str, problem: str) -> None:
+    raise ConfigError(f"{path}: key '{key}': {problem}")
+
+
+def _declared(path: Path, key: str, pipeline: Pipeline, source: str, names: list[str], kind: str | None = None):
+    """Refuse a source that the pipeline does not list, or a column that the source does not declare."""
+    if source not in pipeline.sources:
+        _refuse(path, key, f"source '{source}' is not in the pipeline's sources ({', '.join(pipeline.sources)})")
+    declared = pipeline.sources[source].columns
+    for name in names:
+        if name not in declared:
+            _refuse(path, key, f"'{name}' is not a column of source '{source}' ({', '.join(declared)})")
+        if kind and not declared[name].strip().lower().startswith(kind):
+            _refuse(path, key, f"'{name}' of source '{source}' is {declared[name]}; a {kind} column is needed")
+
+
+def _check_points(pipeline: Pipeline, path: Path) -> None:
+    """Cross-references between points, features, label and sources, before any Spark session starts."""
+    feat, label, points = pipeline.features, pipeline.label, pipeline.points
+    if not pipeline.is_event:
+        missing = [k for k in ("entity", "spine", "function") if getattr(feat, k) is None] + (
+            [] if feat.columns else ["columns"])
+        if missing:
+            _refuse(path, f"features.{missing[0]}", "snapshot points need features.entity, features.spine, "
+                    "features.function and features.columns (or set points.kind: event with features.sets)")
+        if feat.sets:
+            _refuse(path, "features.sets", "feature sets are joined to event points: set points.kind: event, or "
+                    "use features.spine/events/function for snapshot points")
+        if label.rule not in LABEL_RULES:
+            _refuse(path, "label.rule", f"snapshot points take a rule over later events ({', '.join(LABEL_RULES)})")
+        for name in feat.not_model_inputs:
+            if name not in feat.columns or name in (feat.entity, AS_OF_DATE):
+                _refuse(path, "features.not_model_inputs", f"'{name}' must be one of the declared output columns "
+                        f"other than {feat.entity} and {AS_OF_DATE} ({', '.join(feat.columns)})")
+        return
+    if not points.source:
+        _refuse(path, "points.source", "event points need the source whose rows are the points")
+    _declared(path, "points.source", pipeline, points.source, [])
+    _declared(path, "points.at", pipeline, points.source, [pipeline.point_time], kind="timestamp")
+    _declared(path, "points.columns", pipeline, points.source, points.columns)
+    _declared(path, "points.known_later", pipeline, points.source, points.known_later)
+    leaked = [c for c in points.columns if c in points.known_later
+              or (label.source in (None, points.source) and c in (label.column, label.known_at, *label.columns))]
+    if leaked:
+        _refuse(path, "points.columns", f"'{leaked[0]}' is known only after the instant (points.known_later or the "
+                "label's column): it can never be a feature input")
+    for key in ("entity", "spine", "events", "function"):
+        if getattr(feat, key) is not None:
+            _refuse(path, f"features.{key}", "event points take their features from features.sets (one entry per "
+                    "source, each with join, window, columns, function and output)")
+    if feat.columns:
+        _refuse(path, "features.columns", "event points: each set declares its own `output` columns")
+    if not feat.sets:
+        _refuse(path, "features.sets", "event points need at least one feature set")
+    available = {*pipeline.keys, *points.columns}
+    outputs: dict[str, str] = {}
+    for name, fs in feat.sets.items():
+        key = f"features.sets.{name}"
+        _declared(path, f"{key}.source", pipeline, fs.source, [])
+        _declared(path, f"{key}.join", pipeline, fs.source, list(fs.join.values()))
+        _declared(path, f"{key}.columns", pipeline, fs.source, fs.columns)
+        event_time = pipeline.sources[fs.source].event_time
+        same = {s for p, s in fs.join.items() if p == s}
+        for column in [c for c in dict.fromkeys([event_time, *fs.columns]) if c not in same]:
+            if column in (*pipeline.keys, AS_OF_DATE, PREDICTION_AT, *fs.join):
+                _refuse(path, f"{key}.columns", f"source column '{column}' has the name of a column of the point the "
+                        "function also gets; rename it in the source or drop it from the set's columns")
+        for column in fs.join:
+            if column not in available:
+                _refuse(path, f"{key}.join", f"'{column}' is not a column of the point (its key and points.columns: "
+                        f"{', '.join(available)})")
+        for column in fs.output:
+            taken = outputs.get(column) or (
+                "the point" if column in (*available, AS_OF_DATE, PREDICTION_AT) else None)
+            if taken:
+                _refuse(path, f"{key}.output", f"column '{column}' is also an output of {taken}; names must be unique")
+            outputs[column] = f"set {name}"
+    for name in feat.not_model_inputs:
+        if name not in outputs and name not in points.columns:
+            _refuse(path, "features.not_model_inputs", f"'{name}' is neither a point column nor an output of a "
+                    f"feature set ({', '.join([*points.columns, *outputs])})")
+    if label.rule in LABEL_RULES:
+        _refuse(path, "label.rule", "event points take their label from data: rule column (with column or function "
+                "and known_at)")
+    source = label.source or points.source
+    join = label.join or ({k: k for k in pipeline.keys} if source == points.source else {})
+    if not join:
+        _refuse(path, "label.join", f"the label comes from '{source}', not the points' source: say how a point "
+                f"finds its row, e.g. join: {{{pipeline.keys[0]}: {pipeline.keys[0]}}}")
+    _declared(path, "label.join", pipeline, source, list(join.values()))
+    for column in join:
+        if column not in available:
+            _refuse(path, "label.join", f"'{column}' is not a column of the point ({', '.join(available)})")
+    _declared(path, "label.known_at", pipeline, source, [label.known_at], kind="timestamp")
+    _declared(path, "label.column", pipeline, source, [label.column] if label.column else [])
+    _declared(path, "label.columns", pipeline, source, label.columns)
 
 
 def _check_model(pipeline: Pipeline, path: Path) -> None:
@@ -627,15 +846,16 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
     model, task = pipeline.model, pipeline.label.task
     wanted = {"classification": "auc", "regression": "mae"}[task]
     if model.metric != wanted:
-        raise ConfigError(f"{path}: key 'model.metric': label.rule {pipeline.label.rule} is a {task} target, "
+        raise ConfigError(f"{path}: key 'model.metric': the label ({pipeline.label.rule}) is a {task} target, "
                           f"so the metric must be {wanted} (got {model.metric})")
     if model.pattern == "per_group":
         if not model.group_key:
             raise ConfigError(f"{path}: key 'model.group_key' is required when model.pattern is per_group "
                               f"(the column that picks each row's model, e.g. store_id)")
-        if model.group_key not in pipeline.features.columns:
-            raise ConfigError(f"{path}: key 'model.group_key': '{model.group_key}' is not a column of "
-                              f"features.columns ({', '.join(pipeline.features.columns)})")
+        columns = pipeline.feature_table_columns()
+        if model.group_key not in columns:
+            raise ConfigError(f"{path}: key 'model.group_key': '{model.group_key}' is not a feature column "
+                              f"({', '.join(columns)})")
     if model.distributed and (model.pattern == "per_group" or model.search_space or task != "classification"):
         raise ConfigError(f"{path}: key 'model.distributed': the distributed learner trains one global "
                           f"classifier without a search; unset model.search_space and use pattern global")

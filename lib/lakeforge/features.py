@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from lakeforge import lake
-from lakeforge.config import Pipeline
+from lakeforge import points as event_points
+from lakeforge.config import PREDICTION_AT, Pipeline
 from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
                                        import_function, prepare, schema_of)
@@ -39,9 +40,15 @@ def output_schema(pipeline: Pipeline) -> StructType:
 
 
 def feature_columns(pipeline: Pipeline) -> list[str]:
-    """Model inputs: the output columns except the entity key, the as-of date and `features.not_model_inputs`."""
-    feat = pipeline.features
-    return [c for c in feat.columns if c not in (feat.entity, AS_OF, *feat.not_model_inputs)]
+    """Model inputs: the features table's columns except the point's key, as-of date, instant and
+    `features.not_model_inputs`."""
+    left_out = (*pipeline.keys, AS_OF, PREDICTION_AT, *pipeline.features.not_model_inputs)
+    return [c for c in pipeline.feature_table_columns() if c not in left_out]
+
+
+def id_columns(pipeline: Pipeline) -> list[str]:
+    """What names a prediction: the point's key (and, for event points, its instant)."""
+    return [*pipeline.keys, PREDICTION_AT] if pipeline.is_event else list(pipeline.keys)
 
 
 def feature_mode(pipeline: Pipeline) -> str:
@@ -195,7 +202,10 @@ def compute_features(spine_history: DataFrame, events: DataFrame | None, dates: 
 
 
 def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date]) -> DataFrame:
-    """Feature rows for every known entity and each date, computed on Spark by the pipeline's pandas function."""
+    """Feature rows for every known entity and each date (event points: every point of the dates), computed on
+    Spark by the pipeline's pandas function(s)."""
+    if pipeline.is_event:
+        return event_points.build_features(spark, lakehouse, pipeline, as_dates(dates), features_table(pipeline))
     feat = pipeline.features
     spine_history = lake.read(spark, lakehouse, f"bronze.{feat.spine.source}")
     spec = _events(pipeline)
@@ -211,12 +221,31 @@ def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline
     lake.replace_where(spark, df, lakehouse, features_table(pipeline), f"{AS_OF} IN ({listed})",
                        partition_by=[AS_OF],
                        properties={"lakeforge.description": f"{pipeline.name} features, one row per "
-                                                            f"{pipeline.features.entity} per {AS_OF}",
-                                   "lakeforge.owner": owner, "lakeforge.source": pipeline.features.function})
+                                                            f"{' and '.join(pipeline.keys)} per {AS_OF}",
+                                   "lakeforge.owner": owner, "lakeforge.source": _functions(pipeline)})
+
+
+def _functions(pipeline: Pipeline) -> str:
+    """The pandas function(s) the features come from."""
+    if pipeline.is_event:
+        return ", ".join(fs.function for fs in pipeline.features.sets.values())
+    return pipeline.features.function
+
+
+def input_tables(pipeline: Pipeline) -> list[str]:
+    """The tables features are built from (recorded as a run's inputs)."""
+    if pipeline.is_event:
+        return list(dict.fromkeys([f"silver.{pipeline.points.source}",
+                                   *[f"bronze.{fs.source}" for fs in pipeline.features.sets.values()]]))
+    events = _events(pipeline)
+    return [f"bronze.{pipeline.features.spine.source}", *([f"silver.{events.source}"] if events else [])]
 
 
 def _dated_source(pipeline: Pipeline) -> str:
-    """The source whose event times say what the data covers: the feature events, else the label events."""
+    """The source whose event times say what the data covers: the points, the feature events, else the label
+    events."""
+    if pipeline.is_event:
+        return pipeline.points.source
     spec = _events(pipeline)
     return spec.source if spec is not None else pipeline.label.events
 
@@ -224,7 +253,7 @@ def _dated_source(pipeline: Pipeline) -> str:
 def event_date_range(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -> tuple[dt.date, dt.date]:
     """First and last event dates of the pipeline's event source (what the data covers)."""
     source = _dated_source(pipeline)
-    column = pipeline.sources[source].event_time
+    column = pipeline.point_time if pipeline.is_event else pipeline.sources[source].event_time
     row = lake.read(spark, lakehouse, f"silver.{source}").agg(
         F.min(F.to_date(column)).alias("first"), F.max(F.to_date(column)).alias("last")).first()
     if row["first"] is None:
@@ -232,8 +261,16 @@ def event_date_range(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -
     return row["first"], row["last"]
 
 
+def next_date(last_event: dt.date, pipeline: Pipeline) -> dt.date:
+    """The next night's date: the day after the last event (snapshot), the last event's day (event points, which
+    are scored once their day's events have arrived)."""
+    return last_event if pipeline.is_event else last_event + dt.timedelta(days=1)
+
+
 def check_date(day: dt.date, last_event: dt.date, pipeline: Pipeline) -> None:
     """Refuse an as-of date beyond the last ingested event plus `features.max_days_ahead`."""
+    if pipeline.is_event:
+        return event_points.check_day(day, last_event, _dated_source(pipeline))
     limit = last_event + dt.timedelta(days=pipeline.features.max_days_ahead)
     if day > limit:
         raise DataError(f"date {day} is {(day - last_event).days} days after the last ingested event of "
@@ -268,27 +305,43 @@ def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
 
 
 def label_events_table(pipeline: Pipeline) -> str:
-    """The table the label is computed from: the label's own events (not necessarily the features' events)."""
+    """The table the label is computed from: the label's own source (not necessarily the features' events)."""
+    if pipeline.is_event:
+        return f"silver.{event_points.label_source(pipeline)}"
     return f"silver.{pipeline.label.events}"
 
 
-def labelled(keys: DataFrame, events: DataFrame, pipeline: Pipeline) -> DataFrame:
-    """Each (entity, as-of date) row of `keys` with the label that follows it (pure): the one join of rows and
-    labels, shared by training and monitoring so that both give a row the same label."""
+def labelled(keys: DataFrame, events: DataFrame, pipeline: Pipeline, known_before=None) -> DataFrame:
+    """Each point of `keys` with its label (pure): the one join of rows and labels, shared by training and
+    monitoring so that both give a row the same label. Event points: only labels known before `known_before`
+    (a timestamp, or a column of `keys`; default: every label known so far)."""
+    if pipeline.is_event:
+        known_before = F.lit(dt.datetime(9999, 1, 1)) if known_before is None else known_before
+        buckets = max(2, int(keys.sparkSession.conf.get("spark.sql.shuffle.partitions")))
+        labels_ = event_points.data_labels(keys, events, pipeline, known_before, buckets)
+        return keys.join(labels_, on=[*pipeline.keys, AS_OF], how="inner")
     return keys.join(labels(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")
 
 
-def training_set(features: DataFrame, events: DataFrame, pipeline: Pipeline) -> DataFrame:
+def training_set(features: DataFrame, events: DataFrame, pipeline: Pipeline, known_before=None) -> DataFrame:
     """Point-in-time training rows: the population's feature rows as of each date with the label that follows it."""
-    return labelled(in_population(features, pipeline), events, pipeline)
+    return labelled(in_population(features, pipeline), events, pipeline, known_before)
 
 
 def read_training_set(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date],
-                      versions: dict[str, int]) -> DataFrame:
-    """The training set of these dates from the features table and the label's events, at the given versions."""
+                      versions: dict[str, int], holdout: list[dt.date] | None = None,
+                      cutoff: dt.date | None = None) -> DataFrame:
+    """The training set of these dates from the features table and the label's source, at the given versions.
+
+    Event points keep only labels known in time: a training row's label before the first holdout date (no
+    label from the holdout period), a holdout row's before `cutoff` (the training's as-of date)."""
     table, events = features_table(pipeline), label_events_table(pipeline)
     rows = lake.read(spark, lakehouse, table, version=versions[table]).where(F.col(AS_OF).isin(as_dates(dates)))
-    return training_set(rows, lake.read(spark, lakehouse, events, version=versions[events]), pipeline)
+    known_before = None
+    if pipeline.is_event and holdout and cutoff:
+        midnight = lambda d: F.lit(dt.datetime.combine(d, dt.time()))  # noqa: E731
+        known_before = F.when(F.col(AS_OF).isin(holdout), midnight(cutoff)).otherwise(midnight(min(holdout)))
+    return training_set(rows, lake.read(spark, lakehouse, events, version=versions[events]), pipeline, known_before)
 
 
 # ---------------------------------------------------------------- pandas twins

@@ -283,10 +283,11 @@ def conforming(fn: PandasFn, schema: StructType, inputs: StructType | None = Non
     return run
 
 
-def apply_grouped(df: DataFrame, fn: PandasFn, key: str, schema: StructType, buckets: int,
+def apply_grouped(df: DataFrame, fn: PandasFn, key: str | list[str], schema: StructType, buckets: int,
                   by: list[str] | None = None, order_by: list[str] | None = None) -> DataFrame:
     """Run `fn` on Spark so that each call gets every row of some values of (`key`, *`by`) (hash buckets of `key`)."""
-    bucket = F.pmod(F.xxhash64(F.col(key)), F.lit(buckets)).alias("_bucket")
+    keys = [key] if isinstance(key, str) else key
+    bucket = F.pmod(F.xxhash64(*[F.col(k) for k in keys]), F.lit(buckets)).alias("_bucket")
     run = conforming(fn, schema, inputs=df.schema, order_by=order_by)
     return df.groupBy(bucket, *(by or [])).applyInPandas(run, schema)
 

@@ -40,9 +40,9 @@ def _model_on_worker(key: tuple[str, int], payload) -> object:
     return model
 
 
-def predict(features: DataFrame, model_payload, key: tuple[str, int], entity: str,
+def predict(features: DataFrame, model_payload, key: tuple[str, int], ids: list[str],
             feature_cols: list[str]) -> DataFrame:
-    """Entity key plus `prediction` for each feature row (a transform; runs on the executors).
+    """The row's id columns (its key) plus `prediction` for each feature row (a transform; runs on the executors).
 
     A scalar-iterator pandas UDF over the feature columns only: the entity key stays in the JVM
     instead of crossing to Python and back as strings (with mapInPandas that round trip made
@@ -60,7 +60,7 @@ def predict(features: DataFrame, model_payload, key: tuple[str, int], entity: st
 
     # A routing model (one model per group) reads its group key, which may be the entity key itself.
     inputs = F.struct(*dict.fromkeys(feature_cols))
-    return features.select(entity, score_batches(inputs).alias("prediction"))
+    return features.select(*ids, score_batches(inputs).alias("prediction"))
 
 
 def stamp(predictions: DataFrame, score_date: dt.date, model_name: str, model_version: int, run_id: str) -> DataFrame:

@@ -83,7 +83,7 @@ def _checked_dates(ctx: Context, dates: list[dt.date] | None) -> list[dt.date]:
     """The given as-of dates, refused beyond the ingested data; by default the next night to score."""
     last = feats.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1]
     if not dates:
-        return [last + dt.timedelta(days=1)]
+        return [feats.next_date(last, ctx.pipeline)]
     feats.check_date(max(dates), last, ctx.pipeline)
     return dates
 
@@ -111,8 +111,7 @@ def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:
     with ctx.recorded("features", run_date=max(dates) if dates else None) as run:
         dates = _checked_dates(ctx, dates)
         run.run_date = max(dates)
-        run.input(ctx.spark, ctx.lakehouse, f"bronze.{ctx.pipeline.features.spine.source}",
-                  f"silver.{ctx.pipeline.features.events.source}")
+        run.input(ctx.spark, ctx.lakehouse, *feats.input_tables(ctx.pipeline))
         df = feats.build_features(ctx.spark, ctx.lakehouse, ctx.pipeline, dates)
         feats.write_features(ctx.spark, df, ctx.lakehouse, ctx.pipeline, dates, ctx.settings.owner)
         table = feats.features_table(ctx.pipeline)
@@ -163,17 +162,17 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         run.log(f"{len(train_dates)} training dates {train_dates[0]}..{train_dates[-1]}, "
                 f"holdout {holdout_dates[0]}..{holdout_dates[-1]}")
         dates = train_dates + holdout_dates
-        run.input(ctx.spark, ctx.lakehouse, f"bronze.{pipeline.features.spine.source}",
-                  f"silver.{pipeline.features.events.source}", feats.label_events_table(pipeline))
+        run.input(ctx.spark, ctx.lakehouse, *feats.input_tables(pipeline), feats.label_events_table(pipeline))
         feats.write_features(ctx.spark, feats.build_features(ctx.spark, ctx.lakehouse, pipeline, dates),
                              ctx.lakehouse, pipeline, dates, ctx.settings.owner)
         run.input(ctx.spark, ctx.lakehouse, feats.features_table(pipeline))
-        labelled_df = feats.read_training_set(ctx.spark, ctx.lakehouse, pipeline, dates, run.inputs)
+        labelled_df = feats.read_training_set(ctx.spark, ctx.lakehouse, pipeline, dates, run.inputs, holdout_dates,
+                                              last + dt.timedelta(days=1))
         columns, label, task = feats.feature_columns(pipeline), pipeline.label.name, pipeline.label.task
         is_train = ~F.col(feats.AS_OF).isin(holdout_dates)
         # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
         # sorting makes the same data, config and seed give the same model and metrics.
-        order = [feats.AS_OF, pipeline.features.entity]
+        order = [feats.AS_OF, *pipeline.keys]
         holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
         train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
         with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
@@ -201,7 +200,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
             example = holdout if len(holdout) else train_rows
             baseline = None  # what monitoring compares each night with (not kept for a distributed fit)
             if train_rows is not None:
-                categorical = {c for c in columns if pipeline.features.columns[c] in ("string", "boolean")}
+                categorical = {c for c in columns if pipeline.feature_table_columns()[c] in ("string", "boolean")}
                 baseline = monitoring.build_baseline(train_rows, columns, trained.model.predict(None, train_rows),
                                                      categorical)
             logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
@@ -363,7 +362,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
             _explain_nothing_to_score(ctx, table, run.inputs[table], score_date)
         payload = scoring.broadcast_model(ctx.spark, model)
         predictions = scoring.stamp(
-            scoring.predict(rows, payload, (pipeline.name, version), pipeline.features.entity, model.feature_names),
+            scoring.predict(rows, payload, (pipeline.name, version), feats.id_columns(pipeline), model.feature_names),
             score_date, pipeline.name, version, run.run_id)
         out = scoring.predictions_table(pipeline.name)
         lake.replace_where(ctx.spark, predictions, ctx.lakehouse, out, f"score_date = DATE'{score_date}'",
@@ -403,27 +402,28 @@ def _read_pandas(ctx: Context, name: str, where=None, columns: list[str] | None 
 
 
 def _segments(ctx: Context, keys, as_of_column: str):
-    """The pipeline's segment columns for each (entity, date) key: from the features, else from the segment source."""
-    pipeline, entity = ctx.pipeline, ctx.pipeline.features.entity
+    """The pipeline's segment columns for each point: from the features, else from the segment source (keyed like
+    the points)."""
+    pipeline, point_key = ctx.pipeline, ctx.pipeline.keys
     wanted = pipeline.monitoring.segments
-    in_features = [c for c in wanted if c in pipeline.features.columns]
+    in_features = [c for c in wanted if c in pipeline.feature_table_columns()]
     if in_features:
         table = lake.read(ctx.spark, ctx.lakehouse, feats.features_table(pipeline)).select(
-            entity, F.col(feats.AS_OF).alias(as_of_column), *in_features)
-        keys = keys.join(table, on=[entity, as_of_column], how="left")
-    source = pipeline.monitoring.segment_source or pipeline.features.spine.source
+            *point_key, F.col(feats.AS_OF).alias(as_of_column), *in_features)
+        keys = keys.join(table, on=[*point_key, as_of_column], how="left")
+    source = pipeline.monitoring.segment_source or (None if pipeline.is_event else pipeline.features.spine.source)
     declared = pipeline.sources[source].columns if source in pipeline.sources else {}
     from_source = [c for c in wanted if c not in in_features and c in declared]
     if from_source and lake.exists(ctx.lakehouse, f"silver.{source}"):
-        keys = keys.join(lake.read(ctx.spark, ctx.lakehouse, f"silver.{source}").select(entity, *from_source),
-                         on=[entity], how="left")
+        keys = keys.join(lake.read(ctx.spark, ctx.lakehouse, f"silver.{source}").select(*point_key, *from_source),
+                         on=point_key, how="left")
     return keys
 
 
 def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
     """Drift, prediction drift, matured performance, quality trend and the retrain decision for a date, into
     ops.monitoring (a rerun replaces the date) and an HTML report (also logged to MLflow)."""
-    pipeline, entity = ctx.pipeline, ctx.pipeline.features.entity
+    pipeline = ctx.pipeline
     with ctx.recorded("monitor", run_date=monitor_date) as run:
         day = run.run_date = monitor_date or _default_score_date(ctx)
         version = int(registry.champion(ctx.mlflow, pipeline.name).version)
@@ -451,7 +451,7 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         # Drift of today's population and of today's predictions against the champion's training baseline.
         current = _read_pandas(ctx, features_table, F.col(feats.AS_OF) == F.lit(day))
         current = feats.in_population_pandas(current, pipeline) if current is not None else pd.DataFrame()
-        scored = _read_pandas(ctx, predictions, F.col("score_date") == F.lit(day), [entity, "prediction"])
+        scored = _read_pandas(ctx, predictions, F.col("score_date") == F.lit(day), [*pipeline.keys, "prediction"])
         if current.empty:
             run.log(f"{features_table} has no rows for {day}: no feature drift today")
         elif baseline is not None:
@@ -468,9 +468,11 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         if lake.exists(ctx.lakehouse, predictions):
             keys = (lake.read(ctx.spark, ctx.lakehouse, predictions)
                     .where(F.col("score_date").between(F.lit(start), F.lit(end)))
-                    .select(entity, F.col("score_date").alias(feats.AS_OF), "prediction", "model_version"))
+                    .select(*feats.id_columns(pipeline), F.col("score_date").alias(feats.AS_OF), "prediction",
+                            "model_version"))
+            # Labels as known when the monitored day began: a rerun of the date gives the same figures.
             keys = feats.labelled(keys, lake.read(ctx.spark, ctx.lakehouse, events, version=run.inputs.get(events)),
-                                  pipeline)
+                                  pipeline, known_before=F.lit(dt.datetime.combine(day, dt.time())))
             labelled = _segments(ctx, keys, feats.AS_OF).toPandas()
         if not labelled.empty:
             labelled = monitoring.matured(labelled, day, horizon, pipeline.monitoring.window_days, feats.AS_OF)

@@ -144,7 +144,7 @@ def test_unknown_source_name_lists_the_known_ones(conf):
     path = conf / "pipelines" / "demand.yaml"
     path.write_text(path.read_text().replace("sources: [stores, orders]", "sources: [stores, order]"))
     with pytest.raises(ConfigError, match=r"unknown source 'order': no file .*sources/order\.yaml "
-                                          r"\(sources here: customers, orders, stores\)"):
+                                          r"\(sources here: customers, deliveries, orders, staffing, stores\)"):
         config.load_pipeline("demand", None, conf)
 
 
@@ -169,7 +169,7 @@ def test_not_model_inputs_stay_out_of_the_model_inputs(conf):
 def test_not_model_inputs_must_be_declared_output_columns(conf):
     path = conf / "pipelines" / "churn.yaml"
     path.write_text(path.read_text().replace("not_model_inputs: [main_channel_90d]", "not_model_inputs: [channel]"))
-    with pytest.raises(ConfigError, match=r"churn\.yaml: .*not_model_inputs: 'channel' must be one of the declared "
+    with pytest.raises(ConfigError, match=r"churn\.yaml: .*not_model_inputs': 'channel' must be one of the declared "
                                           r"output columns other than customer_id and as_of_date"):
         config.load_pipeline("churn", None, conf)
 

@@ -106,7 +106,7 @@ def test_model_settings_that_do_not_fit_together_are_config_errors():
 
     with pytest.raises(ConfigError, match=r"demand.yaml: key 'model.metric': .* must be mae"):
         config.load_pipeline("demand", ["pipeline.model.metric=auc"])
-    with pytest.raises(ConfigError, match=r"key 'model.group_key': 'region' is not a column"):
+    with pytest.raises(ConfigError, match=r"key 'model.group_key': 'region' is not a feature column"):
         config.load_pipeline("demand", ["pipeline.model.group_key=region"])
     with pytest.raises(ConfigError, match=r"key 'model.distributed'"):
         config.load_pipeline("demand", ["pipeline.model.distributed=true"])

@@ -8,7 +8,13 @@ writes three landing sources under one folder:
   incremental file every 7 days (new signups of the week plus a few updates);
 * ``orders/orders_YYYY-MM-DD.jsonl`` - one JSON-lines file per day, with realistic dirt
   (truncated lines, null keys, null amounts, duplicates, late arrivals) and a schema change
-  (``promo_code`` appears on ``column_added_date``).
+  (``promo_code`` appears on ``column_added_date``);
+* ``deliveries/deliveries_YYYY-MM-DD.csv`` - each delivery order's dispatch and delivery times,
+  in the file of the day it was delivered (so it arrives after its order);
+* ``staffing/staffing_YYYY-MM-DD.csv`` - drivers and cooks on shift per store and opening hour.
+
+Delivery minutes follow the kitchen's load in the order's hour, the drivers on shift, the items
+and the customer's distance (a latent trait seen only through past deliveries' travel times).
 
 Customer behaviour is driven by latent traits (order rate, channel preference, loyalty,
 price sensitivity) and a churn hazard that depends on observable behaviour, so churn is
@@ -44,8 +50,8 @@ DINE_IN, TAKEAWAY, DELIVERY, DRIVE_THRU = range(4)
 REGIONS: tuple[str, ...] = ("north", "south", "east", "west")
 PROMO_CODES: tuple[str, ...] = ("LOYAL10", "SUMMER", "APP5", "FRIES2")
 
-# The three source folders (and the manifest) this module owns under the landing folder.
-SOURCE_DIRS: tuple[str, ...] = ("customers", "stores", "orders")
+# The source folders (and the manifest) this module owns under the landing folder.
+SOURCE_DIRS: tuple[str, ...] = ("customers", "stores", "orders", "deliveries", "staffing")
 MANIFEST_NAME = "_manifest.json"
 
 CITY_POOLS: dict[str, tuple[str, ...]] = {
@@ -82,6 +88,12 @@ DORMANT_HAZARD = 4.0
 # Some customers go dormant first: their rate decays for weeks before they stop for good.
 BASE_DORMANCY = 0.002
 DORMANT_DECAY = 0.95              # rate multiplier per dormant day
+
+# Deliveries: minutes = kitchen (items, load per cook) + wait for a driver + travel (distance).
+PREP_BASE_MIN, PREP_PER_ITEM_MIN, PREP_PER_LOAD_MIN = 5.0, 1.0, 0.6
+DRIVER_WAIT_MIN = 6.0             # per delivery in the hour beyond 1.5 per driver on shift
+TRAVEL_MIN_PER_KM = 3.0
+HIRING_DELAY_DAYS = 21            # after the shift, each store adds a driver three weeks late
 
 # Regime shift (lockdown) effects.
 SHIFT_DINE_IN_KEEP = 0.15                 # dine-in probability x 0.15
@@ -626,6 +638,93 @@ def _write_orders(folder: pathlib.Path, spec: DemoSpec, cust: dict, stores: dict
     }
 
 
+def _store_hours(spec: DemoSpec, orders: dict) -> tuple[np.ndarray, int]:
+    """Each order's (store, day, opening hour) cell index, and the number of cells."""
+    hours = len(HOUR_WEIGHTS)
+    hour = orders["second"].astype(np.int64) // 3600 - FIRST_HOUR
+    cell = (orders["store"].astype(np.int64) * spec.days + orders["day"]) * hours + hour
+    return cell, int(orders["store"].max(initial=0) + 1) * spec.days * hours
+
+
+def _make_staffing(spec: DemoSpec, rng: np.random.Generator, stores: dict, shift_day: int | None
+                   ) -> dict[str, np.ndarray]:
+    """Drivers and cooks per store, day and opening hour (planned ahead; weekends and meal peaks staffed up)."""
+    n, hours = spec.stores, len(HOUR_WEIGHTS)
+    store, day, hour = (a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(spec.days), np.arange(hours),
+                                                           indexing="ij"))
+    base = 1 + np.round(stores["popularity"] * n * 1.5).astype(np.int64)
+    peak = HOUR_WEIGHTS[hour] >= 10
+    weekend = ((spec.start_date.weekday() + day) % 7) >= 4
+    drivers = base[store] + peak + weekend + rng.integers(-1, 2, size=store.size)
+    if shift_day is not None:
+        drivers += day >= shift_day + HIRING_DELAY_DAYS
+    cooks = 2 + stores["seats"][store] // 40 + peak
+    return {"store": store, "day": day, "hour": hour, "drivers": np.maximum(drivers, 1), "cooks": cooks}
+
+
+def _make_deliveries(spec: DemoSpec, rng: np.random.Generator, cust: dict, orders: dict,
+                     staffing: dict) -> dict[str, np.ndarray]:
+    """Dispatch and delivery times (seconds from start) of every delivery order."""
+    cell, cells = _store_hours(spec, orders)
+    load = np.bincount(cell, minlength=cells)
+    is_delivery = orders["channel"] == DELIVERY
+    deliveries_in_hour = np.bincount(cell[is_delivery], minlength=cells)
+    idx = np.flatnonzero(is_delivery)
+    c = cell[idx]
+    # The staffing arrays are laid out (store, day, hour) like the cells.
+    drivers, cooks = staffing["drivers"][c], staffing["cooks"][c]
+    distance_km = rng.lognormal(np.log(2.5), 0.5, size=cust["id"].size)[orders["cust"][idx]]
+    prep = (PREP_BASE_MIN + PREP_PER_ITEM_MIN * orders["items"][idx] + PREP_PER_LOAD_MIN * load[c] / cooks
+            ) * rng.lognormal(0.0, 0.1, idx.size)
+    wait = DRIVER_WAIT_MIN * np.maximum(0.0, deliveries_in_hour[c] / drivers - 1.5)
+    travel = distance_km * TRAVEL_MIN_PER_KM * rng.lognormal(0.0, 0.15, idx.size)
+    ordered = orders["day"][idx].astype(np.int64) * 86400 + orders["second"][idx]
+    dispatched = ordered + np.round(60 * (prep + wait)).astype(np.int64)
+    delivered = dispatched + np.round(60 * travel).astype(np.int64)
+    return {"order": idx, "dispatched": dispatched, "delivered": delivered}
+
+
+def _seconds_text(start: date, seconds: np.ndarray) -> np.ndarray:
+    return _timestamps(start, seconds // 86400, seconds % 86400, sep=" ")
+
+
+def _write_deliveries(folder: pathlib.Path, spec: DemoSpec, cust: dict, stores: dict, orders: dict,
+                      deliveries: dict) -> dict[str, int]:
+    """One CSV per day of delivered orders; a delivery after the last day has not arrived yet."""
+    order = deliveries["order"]
+    day = deliveries["delivered"] // 86400
+    frame = pd.DataFrame({
+        "order_id": _prefixed_ids("O", order + 1, 9),
+        "customer_id": cust["id"][orders["cust"][order]],
+        "store_id": stores["id"][orders["store"][order]],
+        "dispatched_ts": _seconds_text(spec.start_date, deliveries["dispatched"]),
+        "delivered_ts": _seconds_text(spec.start_date, deliveries["delivered"]),
+    })
+    rows = 0
+    for d in range(spec.days):
+        part = frame[day == d]
+        _write_text(folder / f"deliveries_{spec.start_date + datetime.timedelta(days=d)}.csv",
+                    part.to_csv(index=False, lineterminator="\n"))
+        rows += len(part)
+    return {"files": spec.days, "rows": rows, "not_yet_delivered": int(np.count_nonzero(day >= spec.days))}
+
+
+def _write_staffing(folder: pathlib.Path, spec: DemoSpec, stores: dict, staffing: dict) -> dict[str, int]:
+    """One CSV per day: drivers and cooks per store and opening hour."""
+    seconds = staffing["day"].astype(np.int64) * 86400 + (staffing["hour"] + FIRST_HOUR) * 3600
+    frame = pd.DataFrame({
+        "store_id": stores["id"][staffing["store"]],
+        "hour_start": _seconds_text(spec.start_date, seconds),
+        "drivers": staffing["drivers"],
+        "cooks": staffing["cooks"],
+    })
+    for d in range(spec.days):
+        part = frame[staffing["day"] == d].sort_values(["hour_start", "store_id"], kind="stable")
+        _write_text(folder / f"staffing_{spec.start_date + datetime.timedelta(days=d)}.csv",
+                    part.to_csv(index=False, lineterminator="\n"))
+    return {"files": spec.days, "rows": len(frame)}
+
+
 # ---------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------
@@ -653,8 +752,9 @@ def generate_demo(landing_dir: pathlib.Path, spec: DemoSpec) -> dict:
         folder.mkdir()
 
     # Independent random streams per component: tuning one part never reshuffles the others.
-    rng_stores, rng_customers, rng_sim, rng_orders, rng_dirt, rng_updates = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(6))
+    # (Spawned children depend only on their index: adding streams keeps the first six unchanged.)
+    rng_stores, rng_customers, rng_sim, rng_orders, rng_dirt, rng_updates, rng_staffing, rng_deliveries = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(8))
 
     shift_day = _day_offset(spec.start_date, spec.shift_date)
     promo_day = _day_offset(spec.start_date, spec.column_added_date)
@@ -669,6 +769,8 @@ def generate_demo(landing_dir: pathlib.Path, spec: DemoSpec) -> dict:
                                       shift_day)
     orders = _make_orders(spec, rng_orders, cust, stores, events, o_cust, o_day, shift_day, promo_day)
     dirt = _assign_dirt(spec, rng_dirt, orders, promo_day)
+    staffing = _make_staffing(spec, rng_staffing, stores, shift_day)
+    deliveries = _make_deliveries(spec, rng_deliveries, cust, orders, staffing)
 
     manifest = {
         "spec": _spec_json(spec),
@@ -677,6 +779,8 @@ def generate_demo(landing_dir: pathlib.Path, spec: DemoSpec) -> dict:
         "customers": _write_customers(folders["customers"], spec, rng_updates, cust, stores,
                                       events, n_customer_files),
         "orders": _write_orders(folders["orders"], spec, cust, stores, orders, dirt, promo_day),
+        "deliveries": _write_deliveries(folders["deliveries"], spec, cust, stores, orders, deliveries),
+        "staffing": _write_staffing(folders["staffing"], spec, stores, staffing),
     }
     _write_text(landing_dir / MANIFEST_NAME, json.dumps(manifest, sort_keys=True, indent=2) + "\n")
     return manifest
