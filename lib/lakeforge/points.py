@@ -192,21 +192,26 @@ def built_cutoffs(spark: SparkSession, lakehouse: Path, table: str, days: list[d
             .groupBy(AS_OF_DATE).agg(F.min(INGESTED_BY).alias(INGESTED_BY)))
 
 
+def set_sources(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: list[dt.date]) -> dict[str, DataFrame]:
+    """Each set source's bronze rows that the days' points can see: only the days' overall window is read (file
+    skipping on the event time's statistics), so a night costs what its window holds, whatever the history."""
+    start, end = _days_window(days)
+    sources = {}
+    for name in dict.fromkeys(fs.source for fs in pipeline.features.sets.values()):
+        event_time = F.col(f"`{pipeline.sources[name].event_time}`")
+        longest = max(fs.window for fs in pipeline.features.sets.values() if fs.source == name)
+        sources[name] = lake.read(spark, lakehouse, f"bronze.{name}").where(
+            (event_time >= _before(start, longest)) & (event_time < end))
+    return sources
+
+
 def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: list[dt.date],
                    table: str) -> DataFrame:
     """Feature rows of every point of the days: points from silver, set rows from bronze (every version)."""
     pts = points(lake.read(spark, lakehouse, f"silver.{pipeline.points.source}"), pipeline, days,
                  built_cutoffs(spark, lakehouse, table, days))
-    start, end = _days_window(days)
-    sources = {}
-    for fs in pipeline.features.sets.values():
-        event_time = pipeline.sources[fs.source].event_time
-        longest = max(s.window for s in pipeline.features.sets.values() if s.source == fs.source)
-        rows = lake.read(spark, lakehouse, f"bronze.{fs.source}")
-        # Only the days' overall window is read (file skipping on the event time's statistics).
-        sources[fs.source] = rows.where((F.col(event_time) >= _before(start, longest)) & (F.col(event_time) < end))
     buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
-    return compute_features(pts, sources, pipeline, buckets)
+    return compute_features(pts, set_sources(spark, lakehouse, pipeline, days), pipeline, buckets)
 
 
 # ---------------------------------------------------------------- labels from data
