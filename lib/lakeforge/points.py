@@ -142,8 +142,11 @@ def set_rows(pts: DataFrame, source_rows: DataFrame, pipeline: Pipeline, fs: Fea
     source = pipeline.sources[fs.source]
     event_time = source.event_time
     keep = _unique([*fs.join.values(), *set_source_columns(pipeline, fs), *source.primary_key])
-    src = (source_rows.select(*[F.col(f"`{c}`").alias(f"_s_{c}") for c in keep],
-                              F.col(INGESTED_AT).alias("_s__ingested_at"), F.col("_source_file").alias("_s__file"))
+    # Times compared with the instant are timestamps (a source may declare timestamp_ntz).
+    src = (source_rows.select(*[(F.col(f"`{c}`").cast("timestamp") if c == event_time else F.col(f"`{c}`"))
+                                .alias(f"_s_{c}") for c in keep],
+                              F.col(INGESTED_AT).cast("timestamp").alias("_s__ingested_at"),
+                              F.col("_source_file").alias("_s__file"))
            .withColumn("_s_bucket", F.explode(F.array(_bucket(F.col(f"_s_{event_time}"), fs.window),
                                                       _bucket(F.col(f"_s_{event_time}"), fs.window) + 1))))
     p = pts.withColumns({_BUCKET: _bucket(F.col(PREDICTION_AT), fs.window),

@@ -182,6 +182,13 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
             predictions = trained.model.predict(None, holdout)
             metrics = training.metrics_for(task, predictions, holdout[label], pipeline.model.top_k)
             run.log("holdout " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "rows"))
+            naive = {} if train_rows is None else training.naive_metrics(
+                task, pipeline.model.metric, train_rows, holdout, label, pipeline.keys, feats.AS_OF,
+                pipeline.model.top_k)
+            if naive:
+                run.log(f"naive {pipeline.model.metric} on the same holdout: "
+                        + ", ".join(f"{k} {v:.3f}" for k, v in naive.items()))
+            metrics.update({f"naive.{k}": v for k, v in naive.items()})
             groups = None
             if trained.groups is not None:
                 groups = _group_metrics(trained.groups, holdout, predictions, pipeline.model.group_key, label)
@@ -224,7 +231,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
                 "mlflow_run_id": logged.run_id, "params": trained.params,
                 "train_dates": f"{train_dates[0]}..{train_dates[-1]}",
                 "holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}", f"champion_{metric}": champion_value,
-                **metrics}
+                "naive": naive, **{k: v for k, v in metrics.items() if not k.startswith("naive.")}}
 
 
 def _sorted(frame, order: list[str]):

@@ -132,3 +132,27 @@ def validation_split(train_dates: list[dt.date], pipeline: Pipeline,
                         f"{snapshots}: {len(train_dates)} training dates leave none whose label window ends "
                         f"before validation; lower it or generate more days")
     return fit_dates, valid
+
+
+def naive_predictions(task: str, train: pd.DataFrame, holdout: pd.DataFrame, label: str, keys: list[str],
+                      as_of: str) -> dict[str, np.ndarray]:
+    """What a model must beat, on the holdout rows: the training base rate (classification) or mean
+    (regression) for every row, and - where the same key has a label 7 days earlier (a time-indexed target,
+    e.g. next-day demand) - last week's value, the training mean where it has none."""
+    constant = float(train[label].astype("float64").mean()) if len(train) else 0.0
+    out = {"base_rate" if task == "classification" else "mean": np.full(len(holdout), constant)}
+    known = pd.concat([train, holdout], ignore_index=True)[[*keys, as_of, label]]
+    week_before = holdout[[*keys, as_of]].assign(**{as_of: [d - dt.timedelta(days=7) for d in holdout[as_of]]})
+    lagged = week_before.merge(known.drop_duplicates([*keys, as_of]), on=[*keys, as_of], how="left")[label]
+    if len(holdout) and lagged.notna().mean() >= 0.5:  # most keys have a value a week before: a seasonal naive
+        out["last_week"] = lagged.astype("float64").fillna(constant).to_numpy()
+    return out
+
+
+def naive_metrics(task: str, metric: str, train: pd.DataFrame, holdout: pd.DataFrame, label: str,
+                  keys: list[str], as_of: str, top_k: float = 0.1) -> dict[str, float]:
+    """The gate's metric of each naive prediction on the same holdout rows (see naive_predictions)."""
+    if not len(holdout):
+        return {}
+    return {name: metrics_for(task, pred, holdout[label], top_k)[metric]
+            for name, pred in naive_predictions(task, train, holdout, label, keys, as_of).items()}

@@ -165,6 +165,10 @@ def test_training_labels_come_from_the_label_events_not_the_feature_events(spark
         0 if (c, d) in updated else 1 for c, d in zip(population.customer_id, population[features.AS_OF])]))
     pd.testing.assert_frame_equal(got, expected.astype({"churned": "int32"}), check_exact=True)
     assert 0 < got.churned.sum() < len(got)   # both label values occur, so the label column is not a constant
+    # Monitoring labels scored rows (key, date, prediction) through the same join: the same label per row.
+    scored = spark.createDataFrame(got[KEYS].assign(prediction=0.5))
+    by_monitor = features.labelled(scored, lake.read(spark, churn_lake.lakehouse, "silver.customers"), pipeline)
+    pd.testing.assert_frame_equal(sorted_rows(by_monitor.select(*KEYS, "churned").toPandas()), got)
     # The orders-based label gives other values to the same rows: the test tells the two sources apart.
     on_orders = config.load_pipeline("churn").model_copy(update={"name": pipeline.name})
     by_orders = features.training_set(lake.read(spark, churn_lake.lakehouse, features.features_table(pipeline)),

@@ -9,27 +9,48 @@ from lakeforge import lake, stages
 from lakeforge.scoring import predictions_table
 
 
-def run_demo(ctx: stages.Context, fresh: bool = False, **size) -> str:
-    """Generate, ingest, train, score; return the end-of-run summary text."""
+def run_demo(ctx: stages.Context, fresh: bool = False, pipelines: list[str] | None = None, **size) -> str:
+    """Generate, ingest, then train and score every pipeline (or those named); return the end-of-run summary."""
+    from lakeforge.config import available_pipelines, load_pipeline
+
     started = time.monotonic()
     if fresh:
         stages.reset_local_state(ctx.settings)
+    names = pipelines or available_pipelines()
+    contexts = [ctx if name == ctx.pipeline.name else
+                stages.Context(ctx.settings, load_pipeline(name), spark_factory=lambda _: ctx.spark) for name in names]
+    steps = 2 + 2 * len(contexts)
+    done = 0
 
-    def step(n: int, name: str) -> None:
-        print(f"== demo step {n}/4: {name} ({time.monotonic() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
+    def step(name: str) -> None:
+        nonlocal done
+        done += 1
+        print(f"== demo step {done}/{steps}: {name} ({time.monotonic() - started:.0f}s elapsed)", file=sys.stderr,
+              flush=True)
 
-    step(1, "generate landing files")
+    step("generate landing files")
     manifest = stages.generate(ctx.settings, **size)
-    step(2, "ingest into bronze/silver")
-    stages.ingest(ctx)
-    step(3, "build features, train, register @champion")
-    trained = stages.train(ctx)
-    step(4, "build features and score the next day")
-    scored = stages.nightly(ctx)["score"]
-    return format_summary(ctx, manifest, trained, scored, time.monotonic() - started)
+    step("ingest into bronze/silver")
+    for each in contexts:  # each pipeline's sources; a source already loaded has no new files
+        stages.ingest(each)
+    results = []
+    for each in contexts:
+        step(f"{each.pipeline.name}: build features, train, register @champion")
+        trained = stages.train(each)
+        step(f"{each.pipeline.name}: build features and score the next night")
+        results.append((each.pipeline, trained, stages.nightly(each)["score"]))
+    return format_summary(ctx, manifest, results, time.monotonic() - started)
 
 
-def format_summary(ctx: stages.Context, manifest: dict, trained: dict, scored: dict, seconds: float) -> str:
+def _model_line(pipeline, trained: dict) -> str:
+    """The model's holdout metric beside the naive answers it must beat (on the same rows)."""
+    metric = pipeline.model.metric
+    naive = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in trained.get("naive", {}).items())
+    return (f"  {pipeline.name:<14} version {trained['version']} @{trained['alias']:<10} holdout {metric} "
+            f"{trained[metric]:.3f}" + (f" (naive: {naive})" if naive else ""))
+
+
+def format_summary(ctx: stages.Context, manifest: dict, results: list, seconds: float) -> str:
     lakehouse = ctx.lakehouse
     lines = [f"lakeforge demo finished in {seconds:.0f}s", "", "Tables (rows):"]
     for name in lake.list_tables(lakehouse):
@@ -39,14 +60,18 @@ def format_summary(ctx: stages.Context, manifest: dict, trained: dict, scored: d
     lines += ["", f"Landing: {orders['lines']:,} order lines, of which {orders['malformed_lines']} malformed and "
                   f"{orders['null_customer_id']} without a customer (both quarantined), "
                   f"{orders['duplicate_lines']} duplicates and {orders['late_lines']} late (deduplicated in silver).",
-              f"Model: {ctx.pipeline.name} version {trained['version']} is @{trained['alias']}; holdout AUC "
-              f"{trained['auc']:.3f} (log loss {trained['log_loss']:.3f}, churn rate {trained['positive_rate']:.1%}).",
-              f"Predictions: {scored['rows']:,} rows for score_date {scored['score_date']} in "
-              f"{predictions_table(ctx.pipeline.name)} at {lake.table_path(lakehouse, predictions_table(ctx.pipeline.name))}",
-              "", "Open the MLflow UI on this store:",
+              "", "Models (holdout metric against the naive answer on the same rows; auc: higher is better, "
+                  "mae: lower):"]
+    lines += [_model_line(pipeline, trained) for pipeline, trained, _ in results]
+    lines += ["", "Predictions:"]
+    for pipeline, _, scored in results:
+        table = predictions_table(pipeline.name)
+        lines.append(f"  {table:<32} {scored['rows']:>6,} rows for {scored['score_date']} at "
+                     f"{lake.table_path(lakehouse, table)}")
+    lines += ["", "Open the MLflow UI on this store:",
               f"  .venv/bin/mlflow ui --backend-store-uri {ctx.settings.mlflow.tracking_uri} --port 5000",
-              "Query any table by name: `spark.table('gold.churn_predictions')` in a lakeforge session, or "
-              "`lakeforge status`."]
+              f"Query any table by name: `spark.table('{predictions_table(results[0][0].name)}')` in a lakeforge "
+              f"session, or `lakeforge status`."]
     return "\n".join(lines)
 
 
