@@ -65,10 +65,19 @@ def test_demo_accounts_for_every_landing_row(demo_runs):
     assert delta_rows(lakehouse, "bronze.customers") == customers["rows"]
     assert delta_rows(lakehouse, "silver.customers") == customers["distinct_customers"]
     assert delta_rows(lakehouse, "silver.stores") == manifest["stores"]["rows"]
+    assert delta_rows(lakehouse, "bronze.deliveries") == manifest["deliveries"]["rows"]
+    assert delta_rows(lakehouse, "silver.staffing") == manifest["staffing"]["rows"]
     ledger = DeltaTable(str(lakehouse / "ops" / "ingested_files")).to_pandas()
-    assert len(ledger) == orders["files"] + customers["files"] + manifest["stores"]["files"]
+    sources = ("orders", "customers", "stores", "deliveries", "staffing")
+    assert len(ledger) == sum(manifest[source]["files"] for source in sources)
     assert (ledger.rows_read == ledger.rows_kept + ledger.rows_quarantined + ledger.rows_dropped).all()
-    assert "is @champion; holdout AUC" in first.stdout
+    # Every pipeline trained, with its metric beside the naive answers on the same holdout rows.
+    assert re.search(r"^  churn +version 1 @champion +holdout auc 0\.\d{3} \(naive: base rate 0\.500\)$", first.stdout,
+                     re.M), first.stdout
+    assert re.search(r"^  demand +version 1 @\w+ +holdout mae \d+\.\d{3} \(naive: mean \d+\.\d{3}, last week "
+                     r"\d+\.\d{3}\)$", first.stdout, re.M), first.stdout
+    assert re.search(r"^  delivery_time +version 1 @\w+ +holdout mae \d+\.\d{3} \(naive: mean \d+\.\d{3}\)$",
+                     first.stdout, re.M), first.stdout
 
 
 def test_every_table_reads_the_same_in_delta_rs_as_in_spark(demo_runs):
@@ -99,7 +108,8 @@ def test_predictions_cover_the_population_with_their_stamps(demo_runs):
 
 def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
     cwd, first, second, snapshot = demo_runs
-    ledgers = {"ops.runs": 0, "ops.audit": 0}  # the ledgers grow with every run, by design
+    # The ledgers grow with every run, by design, as does the per-group manifest (one row per store and version).
+    ledgers = {"ops.runs": 0, "ops.audit": 0, "gold.demand_models": 0}
     assert summary_counts(second.stdout) | ledgers == summary_counts(first.stdout) | ledgers
     lakehouse = cwd / "var" / "lakehouse"
     for name in ("bronze.orders", "silver.orders", "bronze.customers", "ops.quarantine", "ops.ingested_files"):
@@ -111,6 +121,7 @@ def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
     client = MlflowClient(uri, uri)
     versions = client.search_model_versions("name = 'churn'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert summary_counts(second.stdout)["gold.demand_models"] == 2 * summary_counts(first.stdout)["gold.demand_models"]
     assert int(client.get_model_version_by_alias("churn", "champion").version) == 2
     # One champion, on the newer version (search results do not carry aliases in MLflow 3: ask the model).
     assert {k: int(v) for k, v in client.get_registered_model("churn").aliases.items()} == {"champion": 2}
@@ -119,8 +130,9 @@ def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
     ended = ledger[ledger.status != "running"]
     assert sorted(ended.run_id) == sorted(ledger[ledger.status == "running"].run_id)  # every run that started ended
     assert (ended.status == "succeeded").all()
-    assert sorted(ended.job.value_counts().items()) == [("features", 2), ("ingest", 4), ("monitor", 2), ("score", 2),
-                                                       ("train", 2)]
+    # Per run and pipeline: the demo's ingest, then train, and the nightly ingest, features, score, monitor.
+    assert sorted(ended.job.value_counts().items()) == [("features", 6), ("ingest", 12), ("monitor", 6), ("score", 6),
+                                                       ("train", 6)]
 
 
 def test_status_queries_tables_by_name_from_another_process(demo_runs):
