@@ -277,7 +277,7 @@ class FeatureSet(Frozen):
 
 class Features(Frozen):
     # snapshot points (and the one-function form): the entity, its spine, its events and one function
-    entity: str | None = None
+    entity: str | list[str] | None = None  # one column, or several (a composite key)
     spine: Spine | None = None
     events: Events | None = None
     function: str | None = None  # dotted path of a pandas function: one entity's rows for one as-of date -> one row
@@ -434,21 +434,36 @@ class Pipeline(Frozen):
         """The columns that identify a prediction point: the entity (snapshot) or the points source's primary key."""
         if self.is_event:
             return list(self.sources[self.points.source].primary_key)
-        return [self.features.entity]
+        entity = self.features.entity
+        return [entity] if isinstance(entity, str) else list(entity or [])
 
     @property
     def point_time(self) -> str:
         """The points source's column holding each point's instant (event points)."""
         return self.points.at or self.sources[self.points.source].event_time
 
+    @property
+    def point_source(self) -> str:
+        """The source whose rows the points are (event) or whose rows say which entities exist (snapshot)."""
+        return self.points.source if self.is_event else self.features.spine.source
+
+    @property
+    def point_columns(self) -> list[str]:
+        """The point's own columns, known at its instant: points.columns (event), the spine's (snapshot)."""
+        if self.is_event:
+            names = self.points.columns
+        else:
+            names = [self.features.spine.since, *self.features.spine.columns]
+        return [c for c in dict.fromkeys(names) if c not in self.keys]
+
     def feature_table_columns(self) -> dict[str, SparkType]:
         """Columns of gold.<pipeline>_features: keys and as-of date first, then every feature."""
-        if not self.is_event:
+        if not self.features.sets:
             return dict(self.features.columns)
-        source = self.sources[self.points.source]
-        columns = {k: source.columns[k] for k in self.keys}
+        declared = self.sources[self.point_source].columns
+        columns = {k: declared[k] for k in self.keys}
         columns.update({AS_OF_DATE: "date", PREDICTION_AT: "timestamp"})
-        columns.update({c: source.columns[c] for c in self.points.columns if c not in columns})
+        columns.update({c: declared[c] for c in self.point_columns})
         for feature_set in self.features.sets.values():
             columns.update(feature_set.output)
         return columns
@@ -759,24 +774,69 @@ def _declared(path: Path, key: str, pipeline: Pipeline, source: str, names: list
             _refuse(path, key, f"'{name}' of source '{source}' is {declared[name]}; a {kind} column is needed")
 
 
+def _check_snapshot(pipeline: Pipeline, path: Path) -> None:
+    """Snapshot points: an entity and its spine, then one function (with its columns) or feature sets."""
+    feat, label = pipeline.features, pipeline.label
+    missing = [k for k in ("entity", "spine") if not getattr(feat, k)]
+    if missing:
+        _refuse(path, f"features.{missing[0]}", "snapshot points need features.entity and features.spine (or set "
+                "points.kind: event)")
+    _declared(path, "features.entity", pipeline, feat.spine.source, pipeline.keys)
+    if label.rule not in LABEL_RULES:
+        _refuse(path, "label.rule", f"snapshot points take a rule over later events ({', '.join(LABEL_RULES)})")
+    if feat.sets:
+        if feat.function or feat.columns or feat.events:
+            _refuse(path, "features.sets", "give either feature sets or features.function (with its columns and "
+                    "events), not both")
+        _check_sets(pipeline, path)
+        return
+    if not feat.function or not feat.columns:
+        _refuse(path, "features.function", "snapshot points need features.function and features.columns (or "
+                "features.sets)")
+    for name in feat.not_model_inputs:
+        if name not in feat.columns or name in (*pipeline.keys, AS_OF_DATE):
+            _refuse(path, "features.not_model_inputs", f"'{name}' must be one of the declared output columns "
+                    f"other than {' and '.join(pipeline.keys)} and {AS_OF_DATE} ({', '.join(feat.columns)})")
+
+
+def _check_sets(pipeline: Pipeline, path: Path) -> None:
+    """Each feature set's source, join columns (the point's on one side, the source's on the other), columns and
+    outputs (names unique across the point and the sets)."""
+    feat = pipeline.features
+    available = {*pipeline.keys, *pipeline.point_columns}
+    outputs: dict[str, str] = {}
+    for name, fs in feat.sets.items():
+        key = f"features.sets.{name}"
+        _declared(path, f"{key}.source", pipeline, fs.source, [])
+        _declared(path, f"{key}.join", pipeline, fs.source, list(fs.join.values()))
+        _declared(path, f"{key}.columns", pipeline, fs.source, fs.columns)
+        event_time = pipeline.sources[fs.source].event_time
+        same = {s for p, s in fs.join.items() if p == s}
+        for column in [c for c in dict.fromkeys([event_time, *fs.columns]) if c not in same]:
+            if column in (*pipeline.keys, AS_OF_DATE, PREDICTION_AT, *fs.join):
+                _refuse(path, f"{key}.columns", f"source column '{column}' has the name of a column of the point the "
+                        "function also gets; rename it in the source or drop it from the set's columns")
+        for column in fs.join:
+            if column not in available:
+                _refuse(path, f"{key}.join", f"'{column}' is not a column of the point (its key and own columns: "
+                        f"{', '.join(available)})")
+        for column in fs.output:
+            taken = outputs.get(column) or (
+                "the point" if column in (*available, AS_OF_DATE, PREDICTION_AT) else None)
+            if taken:
+                _refuse(path, f"{key}.output", f"column '{column}' is also an output of {taken}; names must be unique")
+            outputs[column] = f"set {name}"
+    for name in feat.not_model_inputs:
+        if name not in outputs and name not in pipeline.point_columns:
+            _refuse(path, "features.not_model_inputs", f"'{name}' is neither a point column nor an output of a "
+                    f"feature set ({', '.join([*pipeline.point_columns, *outputs])})")
+
+
 def _check_points(pipeline: Pipeline, path: Path) -> None:
     """Cross-references between points, features, label and sources, before any Spark session starts."""
     feat, label, points = pipeline.features, pipeline.label, pipeline.points
     if not pipeline.is_event:
-        missing = [k for k in ("entity", "spine", "function") if getattr(feat, k) is None] + (
-            [] if feat.columns else ["columns"])
-        if missing:
-            _refuse(path, f"features.{missing[0]}", "snapshot points need features.entity, features.spine, "
-                    "features.function and features.columns (or set points.kind: event with features.sets)")
-        if feat.sets:
-            _refuse(path, "features.sets", "feature sets are joined to event points: set points.kind: event, or "
-                    "use features.spine/events/function for snapshot points")
-        if label.rule not in LABEL_RULES:
-            _refuse(path, "label.rule", f"snapshot points take a rule over later events ({', '.join(LABEL_RULES)})")
-        for name in feat.not_model_inputs:
-            if name not in feat.columns or name in (feat.entity, AS_OF_DATE):
-                _refuse(path, "features.not_model_inputs", f"'{name}' must be one of the declared output columns "
-                        f"other than {feat.entity} and {AS_OF_DATE} ({', '.join(feat.columns)})")
+        _check_snapshot(pipeline, path)
         return
     if not points.source:
         _refuse(path, "points.source", "event points need the source whose rows are the points")
@@ -797,33 +857,8 @@ def _check_points(pipeline: Pipeline, path: Path) -> None:
         _refuse(path, "features.columns", "event points: each set declares its own `output` columns")
     if not feat.sets:
         _refuse(path, "features.sets", "event points need at least one feature set")
+    _check_sets(pipeline, path)
     available = {*pipeline.keys, *points.columns}
-    outputs: dict[str, str] = {}
-    for name, fs in feat.sets.items():
-        key = f"features.sets.{name}"
-        _declared(path, f"{key}.source", pipeline, fs.source, [])
-        _declared(path, f"{key}.join", pipeline, fs.source, list(fs.join.values()))
-        _declared(path, f"{key}.columns", pipeline, fs.source, fs.columns)
-        event_time = pipeline.sources[fs.source].event_time
-        same = {s for p, s in fs.join.items() if p == s}
-        for column in [c for c in dict.fromkeys([event_time, *fs.columns]) if c not in same]:
-            if column in (*pipeline.keys, AS_OF_DATE, PREDICTION_AT, *fs.join):
-                _refuse(path, f"{key}.columns", f"source column '{column}' has the name of a column of the point the "
-                        "function also gets; rename it in the source or drop it from the set's columns")
-        for column in fs.join:
-            if column not in available:
-                _refuse(path, f"{key}.join", f"'{column}' is not a column of the point (its key and points.columns: "
-                        f"{', '.join(available)})")
-        for column in fs.output:
-            taken = outputs.get(column) or (
-                "the point" if column in (*available, AS_OF_DATE, PREDICTION_AT) else None)
-            if taken:
-                _refuse(path, f"{key}.output", f"column '{column}' is also an output of {taken}; names must be unique")
-            outputs[column] = f"set {name}"
-    for name in feat.not_model_inputs:
-        if name not in outputs and name not in points.columns:
-            _refuse(path, "features.not_model_inputs", f"'{name}' is neither a point column nor an output of a "
-                    f"feature set ({', '.join([*points.columns, *outputs])})")
     if label.rule in LABEL_RULES:
         _refuse(path, "label.rule", "event points take their label from data: rule column (with column or function "
                 "and known_at)")

@@ -13,6 +13,7 @@ test; the parity tests prove both give the same rows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -100,6 +101,11 @@ def _events(pipeline: Pipeline):
     return events
 
 
+def _keyed(keys: list[str]):
+    """Rows whose key columns are all set."""
+    return functools.reduce(lambda a, b: a & b, [F.col(k).isNotNull() for k in keys])
+
+
 def _spine_columns(pipeline: Pipeline) -> list[str]:
     feat = pipeline.features
     return _unique([feat.spine.since, *feat.spine.columns])
@@ -117,16 +123,16 @@ def _typed(pipeline: Pipeline, source: str, names: list[str]) -> list[tuple[str,
 
 def input_schema(pipeline: Pipeline) -> StructType:
     """The feature function's input columns: entity, as-of date, spine attributes, events (typed by their sources)."""
-    feat = pipeline.features
-    spine = _typed(pipeline, feat.spine.source, [feat.entity, *_spine_columns(pipeline)])
-    columns = [spine[0], (AS_OF, "date"), *[c for c in spine[1:] if c[0] != AS_OF]]
+    feat, keys = pipeline.features, pipeline.keys
+    spine = _typed(pipeline, feat.spine.source, _unique([*keys, *_spine_columns(pipeline)]))
+    columns = [*spine[:len(keys)], (AS_OF, "date"), *[c for c in spine[len(keys):] if c[0] != AS_OF]]
     events = _events(pipeline)
     if events is not None:
-        clash = [c for c in events.columns if c in dict(columns) and c != feat.entity]
+        clash = [c for c in events.columns if c in dict(columns) and c not in keys]
         if clash:
             raise ConfigError(f"pipeline {pipeline.name}: column '{clash[0]}' is both a spine column and an event "
                               f"column; keep it in one of features.spine.columns and features.events.columns")
-        columns += _typed(pipeline, events.source, [c for c in events.columns if c != feat.entity])
+        columns += _typed(pipeline, events.source, [c for c in events.columns if c not in keys])
     return schema_of(columns)
 
 
@@ -135,7 +141,7 @@ def input_order(pipeline: Pipeline) -> list[str]:
     names = input_schema(pipeline).fieldNames()
     events = _events(pipeline)
     event_time = pipeline.sources[events.source].event_time if events is not None else None
-    first = [pipeline.features.entity, AS_OF] + ([event_time] if event_time in names else [])
+    first = [*pipeline.keys, AS_OF] + ([event_time] if event_time in names else [])
     return _unique(first + names)
 
 
@@ -158,7 +164,7 @@ def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[d
 
     An entity with no event in the window gets one row whose event columns are null.
     """
-    feat = pipeline.features
+    feat, keys = pipeline.features, pipeline.keys
     dates = as_dates(dates)
     if not dates:
         raise DataError("no as-of dates to build features for")
@@ -166,27 +172,34 @@ def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[d
     cutoff = F.col(AS_OF).cast("timestamp")
     spine_time = pipeline.sources[feat.spine.source].event_time
     # Ties on the event time are broken on the other columns, the same way as on pandas.
-    latest = Window.partitionBy(feat.entity, AS_OF).orderBy(
+    latest = Window.partitionBy(*keys, AS_OF).orderBy(
         *[F.col(c).desc_nulls_last() for c in _unique([spine_time, *_spine_columns(pipeline)])])
-    rows = (spine_history.where(F.col(feat.entity).isNotNull())
+    rows = (spine_history.where(_keyed(keys))
             .join(on_dates, how="inner", on=(F.col(spine_time) < cutoff) & (F.col(feat.spine.since) < F.col(AS_OF)))
             .withColumn("_rank", F.row_number().over(latest))
             .where("_rank = 1")
-            .select(feat.entity, AS_OF, *_spine_columns(pipeline)))
+            .select(*_unique([*keys, AS_OF, *_spine_columns(pipeline)])))
     spec = _events(pipeline)
     if spec is not None:
         event_time = pipeline.sources[spec.source].event_time
         lookback = spec.lookback_days
         # Read only the backfill's overall window (file skipping), then give each event every date it serves.
         first = F.lit(dates[0] - dt.timedelta(days=lookback)).cast("timestamp")
-        in_window = (events.where(F.col(feat.entity).isNotNull() & (F.col(event_time) >= first)
+        in_window = (events.where(_keyed(keys) & (F.col(event_time) >= first)
                                   & (F.col(event_time) < F.lit(dates[-1]).cast("timestamp")))
-                     .select(*_unique([feat.entity, event_time, *spec.columns]))
+                     .select(*_unique([*keys, event_time, *spec.columns]))
                      .join(on_dates, how="inner",
                            on=(F.col(event_time) < cutoff)
                            & (F.col(event_time) >= F.date_sub(F.col(AS_OF), lookback).cast("timestamp"))))
-        rows = rows.join(in_window, on=[feat.entity, AS_OF], how="left")
+        rows = rows.join(in_window, on=[*keys, AS_OF], how="left")
     return rows.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in input_schema(pipeline).fields])
+
+
+def snapshot_points(spine_history: DataFrame, dates: list[dt.date], pipeline: Pipeline) -> DataFrame:
+    """Each entity known before each date, with its spine columns, predicted at the date's midnight (pure)."""
+    rows = as_of_rows(spine_history, None, dates, pipeline)
+    return rows.select(*pipeline.keys, AS_OF, F.col(AS_OF).cast("timestamp").alias(PREDICTION_AT),
+                       *pipeline.point_columns)
 
 
 def compute_features(spine_history: DataFrame, events: DataFrame | None, dates: list[dt.date], pipeline: Pipeline,
@@ -197,7 +210,7 @@ def compute_features(spine_history: DataFrame, events: DataFrame | None, dates: 
     if feature_mode(pipeline) == "rowwise":
         return apply_rowwise(rows, fn, output_schema(pipeline))
     # Grouping by date too keeps each call small in a backfill; the function sees whole (entity, date) groups.
-    return apply_grouped(rows, fn, pipeline.features.entity, output_schema(pipeline), buckets,
+    return apply_grouped(rows, fn, pipeline.keys, output_schema(pipeline), buckets,
                          by=[AS_OF], order_by=input_order(pipeline))
 
 
@@ -208,6 +221,13 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dat
         return event_points.build_features(spark, lakehouse, pipeline, as_dates(dates), features_table(pipeline))
     feat = pipeline.features
     spine_history = lake.read(spark, lakehouse, f"bronze.{feat.spine.source}")
+    if feat.sets:  # snapshot points (entities x dates) joined to feature sets, as event points are
+        days = as_dates(dates)
+        pts = event_points.with_cutoffs(snapshot_points(spine_history, days, pipeline),
+                                        event_points.built_cutoffs(spark, lakehouse, features_table(pipeline), days))
+        buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
+        return event_points.compute_features(pts, event_points.set_sources(spark, lakehouse, pipeline, days), pipeline,
+                                             buckets)
     spec = _events(pipeline)
     events = lake.read(spark, lakehouse, f"silver.{spec.source}") if spec is not None else None
     buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
@@ -227,16 +247,18 @@ def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline
 
 def _functions(pipeline: Pipeline) -> str:
     """The pandas function(s) the features come from."""
-    if pipeline.is_event:
+    if pipeline.features.sets:
         return ", ".join(fs.function for fs in pipeline.features.sets.values())
     return pipeline.features.function
 
 
 def input_tables(pipeline: Pipeline) -> list[str]:
     """The tables features are built from (recorded as a run's inputs)."""
+    sets = [f"bronze.{fs.source}" for fs in pipeline.features.sets.values()]
     if pipeline.is_event:
-        return list(dict.fromkeys([f"silver.{pipeline.points.source}",
-                                   *[f"bronze.{fs.source}" for fs in pipeline.features.sets.values()]]))
+        return list(dict.fromkeys([f"silver.{pipeline.points.source}", *sets]))
+    if sets:
+        return list(dict.fromkeys([f"bronze.{pipeline.features.spine.source}", *sets]))
     events = _events(pipeline)
     return [f"bronze.{pipeline.features.spine.source}", *([f"silver.{events.source}"] if events else [])]
 
@@ -284,24 +306,24 @@ def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
 
     no_event_within_horizon: 1 when the entity has no such event; event_count_within_horizon: how many.
     """
-    feat, label = pipeline.features, pipeline.label
+    label, by = pipeline.label, pipeline.keys
     event_time = pipeline.sources[label.events].event_time
     dates = keys.select(AS_OF).distinct()
     if label.rule == "event_count_within_horizon":
-        counts = (events.select(feat.entity, event_time)
+        counts = (events.select(*by, event_time)
                   .join(F.broadcast(dates), how="inner",
                         on=(F.col(event_time) >= F.col(AS_OF).cast("timestamp"))
                         & (F.col(event_time) < F.date_add(F.col(AS_OF), label.horizon_days).cast("timestamp")))
-                  .groupBy(feat.entity, AS_OF).agg(F.count(F.lit(1)).alias("_count")))
-        return (keys.select(feat.entity, AS_OF).join(counts, on=[feat.entity, AS_OF], how="left")
-                .select(feat.entity, AS_OF, F.coalesce(F.col("_count"), F.lit(0)).cast("bigint").alias(label.name)))
-    active = (events.select(feat.entity, event_time)
+                  .groupBy(*by, AS_OF).agg(F.count(F.lit(1)).alias("_count")))
+        return (keys.select(*by, AS_OF).join(counts, on=[*by, AS_OF], how="left")
+                .select(*by, AS_OF, F.coalesce(F.col("_count"), F.lit(0)).cast("bigint").alias(label.name)))
+    active = (events.select(*by, event_time)
               .join(F.broadcast(dates), how="inner",
                     on=(F.col(event_time) >= F.col(AS_OF).cast("timestamp"))
                     & (F.col(event_time) < F.date_add(F.col(AS_OF), label.horizon_days).cast("timestamp")))
-              .select(feat.entity, AS_OF).distinct().withColumn("_active", F.lit(1)))
-    return (keys.select(feat.entity, AS_OF).join(active, on=[feat.entity, AS_OF], how="left")
-            .select(feat.entity, AS_OF, F.when(F.col("_active").isNull(), 1).otherwise(0).alias(label.name)))
+              .select(*by, AS_OF).distinct().withColumn("_active", F.lit(1)))
+    return (keys.select(*by, AS_OF).join(active, on=[*by, AS_OF], how="left")
+            .select(*by, AS_OF, F.when(F.col("_active").isNull(), 1).otherwise(0).alias(label.name)))
 
 
 def label_events_table(pipeline: Pipeline) -> str:
@@ -320,7 +342,7 @@ def labelled(keys: DataFrame, events: DataFrame, pipeline: Pipeline, known_befor
         buckets = max(2, int(keys.sparkSession.conf.get("spark.sql.shuffle.partitions")))
         labels_ = event_points.data_labels(keys, events, pipeline, known_before, buckets)
         return keys.join(labels_, on=[*pipeline.keys, AS_OF], how="inner")
-    return keys.join(labels(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")
+    return keys.join(labels(events, keys, pipeline), on=[*pipeline.keys, AS_OF], how="inner")
 
 
 def training_set(features: DataFrame, events: DataFrame, pipeline: Pipeline, known_before=None) -> DataFrame:
@@ -350,35 +372,35 @@ def read_training_set(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, 
 def _source_frame(pdf: pd.DataFrame, pipeline: Pipeline, source: str, names: list[str]) -> pd.DataFrame:
     """The columns of a source frame with Spark's dtypes (text from files is parsed), keyed rows only."""
     frame = prepare(pdf, schema_of(_typed(pipeline, source, _unique(names))))
-    return frame[frame[pipeline.features.entity].notna()]
+    return frame[frame[pipeline.keys].notna().all(axis=1)]
 
 
 def as_of_rows_pandas(spine_history: pd.DataFrame, events: pd.DataFrame | None, dates: list[dt.date],
                       pipeline: Pipeline) -> pd.DataFrame:
     """The same as-of rows on pandas (same rules, same tie-breaks, same dtypes)."""
-    feat = pipeline.features
+    feat, keys = pipeline.features, pipeline.keys
     dates = as_dates(dates)
     spine_time = pipeline.sources[feat.spine.source].event_time
     ties = _unique([spine_time, *_spine_columns(pipeline)])
-    spine = _source_frame(spine_history, pipeline, feat.spine.source, [feat.entity, *ties])
+    spine = _source_frame(spine_history, pipeline, feat.spine.source, [*keys, *ties])
     spine = spine.assign(_time=pd.to_datetime(spine[spine_time]), _since=pd.to_datetime(spine[feat.spine.since]))
     per_date = spine.merge(pd.DataFrame({AS_OF: dates, "_cutoff": pd.to_datetime(dates)}), how="cross")
     known = per_date[(per_date["_time"] < per_date["_cutoff"]) & (per_date["_since"] < per_date["_cutoff"])]
     rows = (known.sort_values(ties, kind="mergesort", na_position="first")
-            .drop_duplicates([feat.entity, AS_OF], keep="last")[[feat.entity, AS_OF, *_spine_columns(pipeline)]])
+            .drop_duplicates([*keys, AS_OF], keep="last")[_unique([*keys, AS_OF, *_spine_columns(pipeline)])])
     spec = _events(pipeline)
     if spec is not None:
         event_time = pipeline.sources[spec.source].event_time
-        frame = _source_frame(events, pipeline, spec.source, [feat.entity, event_time, *spec.columns])
+        frame = _source_frame(events, pipeline, spec.source, [*keys, event_time, *spec.columns])
         times = pd.to_datetime(frame[event_time])
-        columns = _unique([feat.entity, *spec.columns])
+        columns = _unique([*keys, *spec.columns])
         windows = []
         for d in dates:
             cutoff = pd.Timestamp(d)
             in_window = (times < cutoff) & (times >= cutoff - pd.Timedelta(days=spec.lookback_days))
             windows.append(frame.loc[in_window, columns].assign(**{AS_OF: d}))
         window = pd.concat(windows, ignore_index=True) if windows else pd.DataFrame(columns=[*columns, AS_OF])
-        rows = rows.merge(window, on=[feat.entity, AS_OF], how="left")
+        rows = rows.merge(window, on=[*keys, AS_OF], how="left")
     return prepare(rows, input_schema(pipeline), input_order(pipeline))
 
 
@@ -393,28 +415,35 @@ def build_features_pandas(spine_history: pd.DataFrame, events: pd.DataFrame | No
     return apply_grouped_pandas(rows, fn, output_schema(pipeline))
 
 
+def snapshot_points_pandas(spine_history: pd.DataFrame, dates: list[dt.date], pipeline: Pipeline) -> pd.DataFrame:
+    """The same snapshot points on pandas (feed them to `points.build_features_pandas` with their cutoff)."""
+    rows = as_of_rows_pandas(spine_history, None, dates, pipeline)
+    rows[PREDICTION_AT] = pd.to_datetime(rows[AS_OF])
+    return rows[[*pipeline.keys, AS_OF, PREDICTION_AT, *pipeline.point_columns]]
+
+
 def labels_pandas(events: pd.DataFrame, keys: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
     """The same labels on pandas (no event, or the count of events, in [as_of, as_of + horizon))."""
-    feat, label = pipeline.features, pipeline.label
+    label, by = pipeline.label, pipeline.keys
     event_time = pipeline.sources[label.events].event_time
-    frame = _source_frame(events, pipeline, label.events, [feat.entity, event_time])
+    frame = _source_frame(events, pipeline, label.events, [*by, event_time])
     times = pd.to_datetime(frame[event_time])
     if label.rule == "event_count_within_horizon":
         counts = []
         for d in as_dates(keys[AS_OF].unique()):
             start = pd.Timestamp(d)
-            seen = frame.loc[(times >= start) & (times < start + pd.Timedelta(days=label.horizon_days)), feat.entity]
-            counts.append(seen.value_counts().rename("_count").rename_axis(feat.entity).reset_index().assign(**{AS_OF: d}))
-        counts = pd.concat(counts, ignore_index=True) if counts else pd.DataFrame(columns=[feat.entity, AS_OF, "_count"])
-        out = keys[[feat.entity, AS_OF]].merge(counts, on=[feat.entity, AS_OF], how="left")
+            seen = frame.loc[(times >= start) & (times < start + pd.Timedelta(days=label.horizon_days)), by]
+            counts.append(seen.value_counts().rename("_count").reset_index().assign(**{AS_OF: d}))
+        counts = pd.concat(counts, ignore_index=True) if counts else pd.DataFrame(columns=[*by, AS_OF, "_count"])
+        out = keys[[*by, AS_OF]].merge(counts, on=[*by, AS_OF], how="left")
         return out.assign(**{label.name: out["_count"].fillna(0).astype("int64")}).drop(columns="_count")
     active = []
     for d in as_dates(keys[AS_OF].unique()):
         start = pd.Timestamp(d)
-        seen = frame.loc[(times >= start) & (times < start + pd.Timedelta(days=label.horizon_days)), feat.entity]
-        active.append(pd.DataFrame({feat.entity: seen.unique(), AS_OF: d}))
-    active = pd.concat(active, ignore_index=True) if active else pd.DataFrame(columns=[feat.entity, AS_OF])
-    out = keys[[feat.entity, AS_OF]].merge(active.assign(_active=1), on=[feat.entity, AS_OF], how="left")
+        seen = frame.loc[(times >= start) & (times < start + pd.Timedelta(days=label.horizon_days)), by]
+        active.append(seen.drop_duplicates().assign(**{AS_OF: d}))
+    active = pd.concat(active, ignore_index=True) if active else pd.DataFrame(columns=[*by, AS_OF])
+    out = keys[[*by, AS_OF]].merge(active.assign(_active=1), on=[*by, AS_OF], how="left")
     # int32: what Spark's `when(...).otherwise(...)` of integer literals gives.
     return out.assign(**{label.name: out["_active"].isna().astype("int32")}).drop(columns="_active")
 
@@ -422,4 +451,4 @@ def labels_pandas(events: pd.DataFrame, keys: pd.DataFrame, pipeline: Pipeline) 
 def training_set_pandas(features: pd.DataFrame, events: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
     """The same point-in-time training rows on pandas."""
     keys = in_population_pandas(features, pipeline)
-    return keys.merge(labels_pandas(events, keys, pipeline), on=[pipeline.features.entity, AS_OF], how="inner")
+    return keys.merge(labels_pandas(events, keys, pipeline), on=[*pipeline.keys, AS_OF], how="inner")

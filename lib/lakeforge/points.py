@@ -44,19 +44,14 @@ def _unique(names) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def point_columns(pipeline: Pipeline) -> list[str]:
-    """The point's own columns a feature function may read (never a column known only later)."""
-    return [c for c in pipeline.points.columns if c not in pipeline.keys]
-
-
 def _typed(pipeline: Pipeline, source: str, names: list[str]) -> list[tuple[str, str]]:
     declared = pipeline.sources[source].columns
     return [(n, declared[n]) for n in names]
 
 
 def _point_schema(pipeline: Pipeline) -> list[tuple[str, str]]:
-    return [*_typed(pipeline, pipeline.points.source, pipeline.keys), (AS_OF_DATE, "date"),
-            (PREDICTION_AT, "timestamp"), *_typed(pipeline, pipeline.points.source, point_columns(pipeline))]
+    return [*_typed(pipeline, pipeline.point_source, pipeline.keys), (AS_OF_DATE, "date"),
+            (PREDICTION_AT, "timestamp"), *_typed(pipeline, pipeline.point_source, pipeline.point_columns)]
 
 
 def set_source_columns(pipeline: Pipeline, fs: FeatureSet) -> list[str]:
@@ -76,7 +71,9 @@ def set_input_schema(pipeline: Pipeline, fs: FeatureSet) -> StructType:
 
 
 def set_output_schema(pipeline: Pipeline, fs: FeatureSet) -> StructType:
-    return schema_of(_typed(pipeline, pipeline.points.source, pipeline.keys) + list(fs.output.items()))
+    """What a set's function returns: one row per point, its key and as-of date, then the set's outputs."""
+    return schema_of([*_typed(pipeline, pipeline.point_source, pipeline.keys), (AS_OF_DATE, "date"),
+                      *fs.output.items()])
 
 
 def set_order(pipeline: Pipeline, fs: FeatureSet) -> list[str]:
@@ -113,9 +110,14 @@ def points(rows: DataFrame, pipeline: Pipeline, days: list[dt.date], built: Data
         chosen = chosen.where(p.where)
     chosen = chosen.select(*[F.col(f"`{k}`") for k in pipeline.keys], F.to_date(at).alias(AS_OF_DATE),
                            at.cast("timestamp").alias(PREDICTION_AT),
-                           *[F.col(f"`{c}`") for c in point_columns(pipeline)])
+                           *[F.col(f"`{c}`") for c in pipeline.point_columns])
+    return with_cutoffs(chosen, built)
+
+
+def with_cutoffs(pts: DataFrame, built: DataFrame) -> DataFrame:
+    """Each point with its ingestion cutoff: its date's first build (`built`: as_of_date, ingested_by), else now."""
     cutoff = F.coalesce(F.col(INGESTED_BY), F.current_timestamp()).alias(INGESTED_BY)
-    return chosen.join(F.broadcast(built), on=[AS_OF_DATE], how="left").select(*chosen.columns, cutoff)
+    return pts.join(F.broadcast(built), on=[AS_OF_DATE], how="left").select(*pts.columns, cutoff)
 
 
 def _all(conditions: list[Column]) -> Column:
@@ -183,7 +185,7 @@ def compute_features(pts: DataFrame, sources: dict[str, DataFrame], pipeline: Pi
     out = pts
     for fs in pipeline.features.sets.values():
         values = compute_set(pts, sources[fs.source], pipeline, fs, buckets)
-        out = out.join(values, on=pipeline.keys, how="left")
+        out = out.join(values, on=[*pipeline.keys, AS_OF_DATE], how="left")
     return out.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in features_schema(pipeline).fields])
 
 
@@ -245,7 +247,8 @@ def label_input_schema(pipeline: Pipeline) -> StructType:
 def label_schema(pipeline: Pipeline) -> StructType:
     label = pipeline.label
     kind = "bigint" if label.task == "classification" else "double"
-    return schema_of(_typed(pipeline, pipeline.points.source, pipeline.keys) + [(label.name, kind)])
+    return schema_of([*_typed(pipeline, pipeline.point_source, pipeline.keys), (AS_OF_DATE, "date"),
+                      (label.name, kind)])
 
 
 def data_labels(keys: DataFrame, label_rows: DataFrame, pipeline: Pipeline, known_before: Column,
@@ -266,8 +269,7 @@ def data_labels(keys: DataFrame, label_rows: DataFrame, pipeline: Pipeline, know
     if label.function:
         values = apply_grouped(rows, import_function(label.function), pipeline.keys, out, buckets,
                                by=[AS_OF_DATE], order_by=[*pipeline.keys, AS_OF_DATE])
-        return values.join(rows.select(*pipeline.keys, AS_OF_DATE), on=pipeline.keys, how="inner").select(
-            *pipeline.keys, AS_OF_DATE, label.name).where(F.col(label.name).isNotNull())
+        return values.where(F.col(label.name).isNotNull())
     return rows.select(*pipeline.keys, AS_OF_DATE, F.col(f"`{label.column}`").cast(out[label.name].dataType)
                        .alias(label.name)).where(F.col(label.name).isNotNull())
 
@@ -288,14 +290,14 @@ def points_pandas(rows: pd.DataFrame, pipeline: Pipeline, days: list[dt.date],
                   built: dict[dt.date, pd.Timestamp] | None = None, now: pd.Timestamp | None = None) -> pd.DataFrame:
     """The same prediction points on pandas (`built`: the cutoffs of days built before; others get `now`)."""
     p = pipeline.points
-    frame = _frame(rows, pipeline, p.source, [*pipeline.keys, pipeline.point_time, *point_columns(pipeline)])
+    frame = _frame(rows, pipeline, p.source, [*pipeline.keys, pipeline.point_time, *pipeline.point_columns])
     if p.where:
         frame = frame.query(p.where)
     at = pd.to_datetime(frame[pipeline.point_time])
     frame = frame[at.dt.date.isin(set(days)) & frame[pipeline.keys].notna().all(axis=1)]
     at = pd.to_datetime(frame[pipeline.point_time])
     out = frame[pipeline.keys].assign(**{AS_OF_DATE: at.dt.date, PREDICTION_AT: at})
-    for c in point_columns(pipeline):
+    for c in pipeline.point_columns:
         out[c] = frame[c]
     now = now if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
     out[INGESTED_BY] = [(built or {}).get(d, now) for d in out[AS_OF_DATE]]
@@ -333,7 +335,7 @@ def build_features_pandas(pts: pd.DataFrame, sources: dict[str, pd.DataFrame], p
     for fs in pipeline.features.sets.values():
         rows = set_rows_pandas(pts, sources[fs.source], pipeline, fs)
         values = apply_grouped_pandas(rows, import_function(fs.function), set_output_schema(pipeline, fs))
-        out = out.merge(values, on=pipeline.keys, how="left")
+        out = out.merge(values, on=[*pipeline.keys, AS_OF_DATE], how="left")
     schema = features_schema(pipeline)
     return prepare(out[schema.fieldNames()], schema, [*pipeline.keys, AS_OF_DATE])
 
@@ -354,14 +356,9 @@ def data_labels_pandas(keys: pd.DataFrame, label_rows: pd.DataFrame, pipeline: P
     rows = prepare(rows, schema, [*pipeline.keys, AS_OF_DATE])
     out = label_schema(pipeline)
     if label.function:
-        values = apply_grouped_pandas(rows, import_function(label.function), out)
-        result = values.merge(rows[[*pipeline.keys, AS_OF_DATE]], on=pipeline.keys, how="inner")
+        result = apply_grouped_pandas(rows, import_function(label.function), out)
     else:
-        result = rows[[*pipeline.keys, AS_OF_DATE]].assign(**{label.name: rows[label.column]})
-        result = prepare(result, schema_of([*[(f.name, f.dataType.simpleString()) for f in out.fields
-                                               if f.name != label.name], (AS_OF_DATE, "date"),
-                                             (label.name, out[label.name].dataType.simpleString())]))
-    result = result[[*pipeline.keys, AS_OF_DATE, label.name]]
+        result = prepare(rows[[*pipeline.keys, AS_OF_DATE]].assign(**{label.name: rows[label.column]}), out)
     return result[result[label.name].notna()].reset_index(drop=True)
 
 

@@ -286,3 +286,53 @@ def test_a_nights_work_does_not_grow_with_history(spark, shipping, tmp_path):
     short, long = work_of_one_night(30), work_of_one_night(300)
     assert short == long
     assert short["points"] == 24 and short["source rows read"] == 8 * 24  # the night and its 7-day window
+
+
+def test_snapshot_points_with_a_composite_key_and_feature_sets_train_and_score(spark, shipments_conf, tmp_path):
+    """Every (store, carrier) pair on every date (a composite entity), two sets joined by different keys: the same
+    rows on pandas and Spark, labels from the rule over later events, then train and score."""
+    (shipments_conf / "pipelines" / "pairs.yaml").write_text(shipments.PAIR_PIPELINE)
+    pairs = config.load_pipeline("pairs", None, shipments_conf)
+    assert pairs.keys == ["store_id", "carrier_id"] and not pairs.is_event
+    settings = _settings(shipments_conf, tmp_path)
+    shipments.generate(settings.paths.landing / "shipments", days=30)
+    lake.forget_tables(spark)
+    ctx = stages.Context(settings, pairs, spark_factory=lambda _: spark)
+    stages.ingest(ctx)
+    where = settings.paths.lakehouse
+
+    days = [dt.date(2026, 1, d) for d in (9, 15, 22)]
+    built = spark.createDataFrame([(d, dt.datetime(2100, 1, 1)) for d in days],
+                                  f"{AS_OF_DATE} date, {points.INGESTED_BY} timestamp")
+    spine = lake.read(spark, where, "bronze.shipments")
+    pts = points.with_cutoffs(features.snapshot_points(spine, days, pairs), built)
+    sources = points.set_sources(spark, where, pairs, days)
+    keys = ["store_id", "carrier_id", AS_OF_DATE]
+    on_spark = _sorted(points.compute_features(pts, sources, pairs, buckets=4).toPandas(), keys)
+    pts_pandas = features.snapshot_points_pandas(spine.toPandas(), days, pairs).assign(
+        **{points.INGESTED_BY: pd.Timestamp("2100-01-01")})
+    on_pandas = _sorted(points.build_features_pandas(pts_pandas, {"shipments": sources["shipments"].toPandas()},
+                                                     pairs), keys)
+    pd.testing.assert_frame_equal(on_pandas, on_spark)
+    assert len(on_spark) == 3 * 2 * 3  # 2 stores x 3 carriers, each known before every one of the 3 dates
+    rows = spine.toPandas()
+    sent = pd.to_datetime(rows["sent_ts"])
+    day = pd.Timestamp("2026-01-22")
+    first = on_spark[(on_spark["store_id"] == "S1") & (on_spark[AS_OF_DATE] == day.date())].iloc[0]
+    assert first["store_shipments_2d"] == int(((rows["store_id"] == "S1") & (sent >= day - pd.Timedelta(days=2))
+                                               & (sent < day)).sum())
+
+    trained = stages.train(ctx)
+    training = features.read_training_set(spark, where, pairs, days, {
+        t: lake.version(spark, where, t) for t in (features.features_table(pairs), "silver.shipments")}).toPandas()
+    expected = [int(((rows.store_id == s) & (rows.carrier_id == c) & (sent >= pd.Timestamp(d))
+                     & (sent < pd.Timestamp(d) + pd.Timedelta(days=1))).sum())
+                for s, c, d in zip(training.store_id, training.carrier_id, training[AS_OF_DATE])]
+    assert training["shipments_next_day"].tolist() == expected and sum(expected) > 0
+    last = features.event_date_range(spark, where, pairs)[1]
+    stages.build_features(ctx, [last + dt.timedelta(days=1)])
+    scored = stages.score(ctx, last + dt.timedelta(days=1))
+    predictions = lake.read(spark, where, "gold.pairs_predictions").toPandas()
+    assert scored["rows"] == len(predictions) == 6 and trained["version"] == 1
+    assert sorted(zip(predictions.store_id, predictions.carrier_id)) == sorted(
+        (s, c) for s in ("S1", "S2") for c in shipments.CARRIERS)

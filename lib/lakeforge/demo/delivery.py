@@ -2,7 +2,8 @@
 
 Each function gets the rows of many prediction points (one point: an order, `order_id`, predicted at
 `prediction_at`, its order time) joined with one source's rows as of that instant, and returns one row
-per point. A point with no row in the set's window has one row whose source columns are null.
+per point (its key and `as_of_date`). A point with no row in the set's window has one row whose source
+columns are null.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pandas as pd
 
 
 def _per_order(rows: pd.DataFrame, **aggregations) -> pd.DataFrame:
-    return rows.groupby("order_id", sort=True).agg(**aggregations).reset_index()
+    return rows.groupby(["order_id", "as_of_date"], sort=True).agg(**aggregations).reset_index()
 
 
 def store_load(rows: pd.DataFrame) -> pd.DataFrame:
@@ -47,4 +48,5 @@ def staffing(rows: pd.DataFrame) -> pd.DataFrame:
 def minutes_to_deliver(rows: pd.DataFrame) -> pd.DataFrame:
     """The label: minutes from the order (the prediction instant) to its delivery."""
     minutes = (rows["delivered_ts"] - rows["prediction_at"]).dt.total_seconds() / 60.0
-    return pd.DataFrame({"order_id": rows["order_id"], "minutes_to_deliver": np.round(minutes, 4)})
+    return pd.DataFrame({"order_id": rows["order_id"], "as_of_date": rows["as_of_date"],
+                         "minutes_to_deliver": np.round(minutes, 4)})
