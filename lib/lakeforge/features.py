@@ -256,7 +256,7 @@ def input_tables(pipeline: Pipeline) -> list[str]:
     """The tables features are built from (recorded as a run's inputs)."""
     sets = [f"bronze.{fs.source}" for fs in pipeline.features.sets.values()]
     if pipeline.is_event:
-        return list(dict.fromkeys([f"silver.{pipeline.points.source}", *sets]))
+        return list(dict.fromkeys([f"bronze.{pipeline.points.source}", *sets]))
     if sets:
         return list(dict.fromkeys([f"bronze.{pipeline.features.spine.source}", *sets]))
     events = _events(pipeline)

@@ -32,7 +32,7 @@ from pyspark.sql.types import StructType
 
 from lakeforge import lake
 from lakeforge.config import AS_OF_DATE, PREDICTION_AT, FeatureSet, Pipeline
-from lakeforge.errors import DataError
+from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import apply_grouped, apply_grouped_pandas, import_function, prepare, schema_of
 
 INGESTED_BY = "ingested_by"  # features table: rows ingested after this moment are not seen by the row
@@ -98,20 +98,30 @@ def _days_window(days: list[dt.date]) -> tuple[Column, Column]:
 def points(rows: DataFrame, pipeline: Pipeline, days: list[dt.date], built: DataFrame) -> DataFrame:
     """The prediction points whose instant falls on one of `days`, with their ingestion cutoff (a pure transform).
 
-    `built` holds (as_of_date, ingested_by) for the days built before; other days see everything so far.
+    `rows` are the points source's rows with their `_ingested_at` (every version: bronze); `built` holds
+    (as_of_date, ingested_by) of the days built before, and other days see everything so far. A point is the
+    latest version of its key ingested by that cutoff: a row that arrived after its date was built (and
+    scored) is not a point of that date, and a later correction does not change a built date's points.
     """
-    p = pipeline.points
     at = F.col(f"`{pipeline.point_time}`")
     start, end = _days_window(days)
     chosen = rows.where((at >= start) & (at < end) & F.to_date(at).isin(days))
     for key in pipeline.keys:
         chosen = chosen.where(F.col(f"`{key}`").isNotNull())
-    if p.where:
-        chosen = chosen.where(p.where)
-    chosen = chosen.select(*[F.col(f"`{k}`") for k in pipeline.keys], F.to_date(at).alias(AS_OF_DATE),
-                           at.cast("timestamp").alias(PREDICTION_AT),
-                           *[F.col(f"`{c}`") for c in pipeline.point_columns])
-    return with_cutoffs(chosen, built)
+    versions = with_cutoffs(chosen.withColumn(AS_OF_DATE, F.to_date(at)), built)
+    newest = Window.partitionBy(*[F.col(f"`{k}`") for k in pipeline.keys]).orderBy(
+        *[F.col(c).desc_nulls_last() for c in _version_order(pipeline, pipeline.points.source)])
+    latest = (versions.where(F.col(INGESTED_AT) <= F.col(INGESTED_BY))
+              .withColumn("_lf_rank", F.row_number().over(newest)).where("_lf_rank = 1"))
+    if pipeline.points.where:
+        latest = latest.where(pipeline.points.where)
+    return latest.select(*[F.col(f"`{k}`") for k in pipeline.keys], AS_OF_DATE, at.cast("timestamp").alias(PREDICTION_AT),
+                         *[F.col(f"`{c}`") for c in pipeline.point_columns], INGESTED_BY)
+
+
+def _version_order(pipeline: Pipeline, source: str) -> list[str]:
+    """Which version of a key is the latest: silver's order (event time, then ingestion, then file)."""
+    return [f"`{pipeline.sources[source].event_time}`", INGESTED_AT, "_source_file"]
 
 
 def with_cutoffs(pts: DataFrame, built: DataFrame) -> DataFrame:
@@ -213,7 +223,7 @@ def set_sources(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: 
 def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: list[dt.date],
                    table: str) -> DataFrame:
     """Feature rows of every point of the days: points from silver, set rows from bronze (every version)."""
-    pts = points(lake.read(spark, lakehouse, f"silver.{pipeline.points.source}"), pipeline, days,
+    pts = points(lake.read(spark, lakehouse, f"bronze.{pipeline.points.source}"), pipeline, days,
                  built_cutoffs(spark, lakehouse, table, days))
     buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
     return compute_features(pts, set_sources(spark, lakehouse, pipeline, days), pipeline, buckets)
@@ -290,19 +300,33 @@ def points_pandas(rows: pd.DataFrame, pipeline: Pipeline, days: list[dt.date],
                   built: dict[dt.date, pd.Timestamp] | None = None, now: pd.Timestamp | None = None) -> pd.DataFrame:
     """The same prediction points on pandas (`built`: the cutoffs of days built before; others get `now`)."""
     p = pipeline.points
-    frame = _frame(rows, pipeline, p.source, [*pipeline.keys, pipeline.point_time, *pipeline.point_columns])
+    event_time = pipeline.sources[p.source].event_time
+    frame = _frame(rows, pipeline, p.source,
+                   [*pipeline.keys, pipeline.point_time, event_time, *pipeline.point_columns, *_where_columns(rows)])
+    at = pd.to_datetime(frame[pipeline.point_time])
+    frame = frame[at.dt.date.isin(set(days)) & frame[pipeline.keys].notna().all(axis=1)].copy()
+    now = now if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    frame[AS_OF_DATE] = pd.to_datetime(frame[pipeline.point_time]).dt.date
+    frame[INGESTED_BY] = pd.to_datetime([(built or {}).get(d, now) for d in frame[AS_OF_DATE]])
+    frame = frame[frame[INGESTED_AT] <= frame[INGESTED_BY]]
+    frame = frame.sort_values([event_time, INGESTED_AT, "_source_file"], kind="mergesort", na_position="first")
+    frame = frame.drop_duplicates(pipeline.keys, keep="last")
     if p.where:
-        frame = frame.query(p.where)
-    at = pd.to_datetime(frame[pipeline.point_time])
-    frame = frame[at.dt.date.isin(set(days)) & frame[pipeline.keys].notna().all(axis=1)]
-    at = pd.to_datetime(frame[pipeline.point_time])
-    out = frame[pipeline.keys].assign(**{AS_OF_DATE: at.dt.date, PREDICTION_AT: at})
+        try:
+            frame = frame.query(p.where)
+        except Exception as exc:  # pandas raises many types for an expression it cannot read
+            raise ConfigError(f"points.where '{p.where}' cannot be evaluated by pandas ({exc}); write it as a "
+                              f"comparison SQL and pandas both read, e.g. channel == 'delivery'") from None
+    out = frame[[*pipeline.keys, AS_OF_DATE]].assign(**{PREDICTION_AT: pd.to_datetime(frame[pipeline.point_time])})
     for c in pipeline.point_columns:
         out[c] = frame[c]
-    now = now if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
-    out[INGESTED_BY] = [(built or {}).get(d, now) for d in out[AS_OF_DATE]]
-    out[INGESTED_BY] = pd.to_datetime(out[INGESTED_BY])
+    out[INGESTED_BY] = frame[INGESTED_BY]
     return out.reset_index(drop=True)
+
+
+def _where_columns(rows: pd.DataFrame) -> list[str]:
+    """Every declared column the frame has (a `points.where` may read any of them)."""
+    return [c for c in rows.columns if not c.startswith("_")]
 
 
 def set_rows_pandas(pts: pd.DataFrame, source_rows: pd.DataFrame, pipeline: Pipeline, fs: FeatureSet) -> pd.DataFrame:

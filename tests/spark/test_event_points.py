@@ -159,8 +159,11 @@ def test_delivery_time_features_and_labels_are_identical_on_pandas_and_spark(spa
     days = [last - dt.timedelta(days=n) for n in (30, 20, 10, 6, 3, 2, 1, 0)]
     built = spark.createDataFrame([(d, dt.datetime(2100, 1, 1)) for d in days],
                                   f"{AS_OF_DATE} date, {points.INGESTED_BY} timestamp")
-    pts = points.points(lake.read(spark, where, "silver.orders"), pipeline, days, built)
     bronze = {name: lake.read(spark, where, f"bronze.{name}") for name in ("orders", "deliveries", "staffing")}
+    pts = points.points(bronze["orders"], pipeline, days, built)
+    pts_pandas = points.points_pandas(bronze["orders"].toPandas(), pipeline, days,
+                                      built={d: pd.Timestamp("2100-01-01") for d in days})
+    pd.testing.assert_frame_equal(_sorted(pts_pandas, ["order_id"]), _sorted(pts.toPandas(), ["order_id"]))
     on_spark = _sorted(points.compute_features(pts, bronze, pipeline, buckets=4).toPandas(), ["order_id"])
     on_pandas = _sorted(points.build_features_pandas(pts.toPandas(), {n: df.toPandas() for n, df in bronze.items()},
                                                      pipeline), ["order_id"])
@@ -262,6 +265,28 @@ def test_a_composite_key_and_two_sets_joined_by_different_keys_train_and_score(s
     sent_last = rows[pd.to_datetime(rows["sent_ts"]).dt.date == last]
     assert set(zip(predictions["store_id"], predictions["shipment_no"])) == \
         set(zip(sent_last["store_id"], sent_last["shipment_no"]))
+
+    # A late row for the scored date (a heavy shipment of S1 sent at 00:00:01, before every point of the day):
+    # the date's features, training rows and predictions stay as they were.
+    features_before = _sorted(lake.read(spark, where, table).where(F.col(AS_OF_DATE) == last).toPandas(),
+                              ["store_id", "shipment_no"])
+    (settings.paths.landing / "shipments" / "shipments_late.csv").write_text(
+        "store_id,shipment_no,carrier_id,sent_ts,weight_kg,arrived_ts,late\n"
+        f"S1,1,K1,{last} 00:00:01,999.0,{last} 08:00:01,0\n")
+    stages.ingest(ctx)
+    stages.build_features(ctx, [last])
+    assert_same = pd.testing.assert_frame_equal
+    assert_same(_sorted(lake.read(spark, where, table).where(F.col(AS_OF_DATE) == last).toPandas(),
+                        ["store_id", "shipment_no"]), features_before)
+    assert_same(_sorted(features.read_training_set(spark, where, shipping, dates, {
+        t: lake.version(spark, where, t) for t in (table, "silver.shipments")}, [holdout_start], holdout_start)
+        .toPandas(), ["store_id", "shipment_no"]), _sorted(training, ["store_id", "shipment_no"]))
+    stages.score(ctx, last)
+    rescored = lake.read(spark, where, "gold.shipments_predictions").toPandas()
+    keys = ["store_id", "shipment_no"]
+    assert_same(_sorted(rescored, keys)[[*keys, "prediction"]], _sorted(predictions, keys)[[*keys, "prediction"]])
+    # The next date would see it: the late row is in bronze, ingested after the scored date was built.
+    assert (lake.read(spark, where, "bronze.shipments").where("weight_kg = 999.0").count()) == 1
 
 
 def test_a_nights_work_does_not_grow_with_history(spark, shipping, tmp_path):
