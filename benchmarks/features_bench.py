@@ -286,7 +286,8 @@ def event_main(sizes: list[int], driver_memory: str) -> None:
             results.append({**size, "spark_over_pandas_seconds": round(spark_run["seconds"] / pandas_run["seconds"], 2),
                             **{engine: {k: run[k] for k in ("seconds", "peak_rss_mb", "driver_peak_rss_mb")}
                                for engine, run in (("pandas", pandas_run), ("spark", spark_run))}})
-            print(f"{n:>10,} points | pandas merge_asof {pandas_run['seconds']:7.1f} s {pandas_run['peak_rss_mb']:>6,} MB"
+            print(f"{n:>10,} points | pandas merge_asof {pandas_run['seconds']:7.1f} s "
+                  f"{pandas_run['peak_rss_mb']:>6,} MB"
                   f" | spark {spark_run['seconds']:7.1f} s, driver {spark_run['driver_peak_rss_mb']:,} MB, all "
                   f"{spark_run['peak_rss_mb']:,} MB", flush=True)
     print(json.dumps({"benchmark": "features-event", "pipeline": "delivery_time", "cores": os.cpu_count(),

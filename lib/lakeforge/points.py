@@ -1,8 +1,11 @@
-"""Event prediction points: feature sets joined point-in-time, and labels taken from data (Spark and pandas twins).
+"""Feature sets joined point-in-time to prediction points, and labels taken from data (Spark and pandas twins).
 
-A prediction point is a row of the points source (keyed by its primary key, composite or not),
+An event point is a row of the points source (keyed by its primary key, composite or not),
 predicted at the instant in its `points.at` column, at timestamp precision; its `as_of_date` is the
-instant's date, so a night's points are one partition of the features and predictions tables.
+instant's date, so a night's points are one partition of the features and predictions tables. A
+point is the latest version of its row ingested by its date's first build (so a row arriving after
+its date was scored never becomes a point of it). Snapshot points (entities x dates, predicted at
+each date's midnight; `features.snapshot_points`) meet the feature sets the same way.
 
 Each feature set joins rows of its source to every point: its `join` columns equal, its event time
 in [instant - window, instant) and - the second time axis - ingested no later than the point's
@@ -15,8 +18,8 @@ could have seen. Many points and dates are built in one pass: rows meet only poi
 time bucket (the window's length), so the join never pairs every point with a key's whole history.
 
 The set's pandas function gets the rows of many points at once (every row of a point in the same
-call) and returns one row per point: the point's key and the set's `output` columns. A point with
-no row in its window still gets one row, whose source columns are null.
+call) and returns one row per point: the point's key, its `as_of_date` and the set's `output`
+columns. A point with no row in its window still gets one row, whose source columns are null.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def set_order(pipeline: Pipeline, fs: FeatureSet) -> list[str]:
 
 
 def features_schema(pipeline: Pipeline) -> StructType:
-    """gold.<pipeline>_features of an event pipeline: key, as-of date, instant, every set's output, ingested_by."""
+    """gold.<pipeline>_features of a pipeline with feature sets: key, as-of date, instant, the point's columns,
+    every set's output, ingested_by."""
     return schema_of([*pipeline.feature_table_columns().items(), (INGESTED_BY, "timestamp")])
 
 
@@ -115,8 +119,9 @@ def points(rows: DataFrame, pipeline: Pipeline, days: list[dt.date], built: Data
               .withColumn("_lf_rank", F.row_number().over(newest)).where("_lf_rank = 1"))
     if pipeline.points.where:
         latest = latest.where(pipeline.points.where)
-    return latest.select(*[F.col(f"`{k}`") for k in pipeline.keys], AS_OF_DATE, at.cast("timestamp").alias(PREDICTION_AT),
-                         *[F.col(f"`{c}`") for c in pipeline.point_columns], INGESTED_BY)
+    return latest.select(*[F.col(f"`{k}`") for k in pipeline.keys], AS_OF_DATE,
+                         at.cast("timestamp").alias(PREDICTION_AT), *[F.col(f"`{c}`") for c in pipeline.point_columns],
+                         INGESTED_BY)
 
 
 def _version_order(pipeline: Pipeline, source: str) -> list[str]:
