@@ -378,7 +378,8 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         run.details.update(model=pipeline.name, version=version, **model.details)
         run.output(ctx.spark, ctx.lakehouse, out)
         run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
-        return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version}
+        return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version,
+                **model.details}
 
 
 def _explain_nothing_to_score(ctx: Context, table: str, version: int, score_date: dt.date) -> None:
