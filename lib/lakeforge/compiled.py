@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from lakeforge import model_files
 from lakeforge.model_files import LIGHTGBM, LINEAR, MODEL
@@ -175,15 +176,34 @@ class Scorer:
             self.routes = {group: predictors[stem] for group, stem in spec["groups"]}
             self.fallback = predictors[spec["fallback"]]
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        x = frame[self.inputs].to_numpy(dtype="float64")
+    def predict(self, rows: pd.DataFrame | pa.StructArray) -> np.ndarray:
+        """One prediction per row of a pandas frame or an Arrow struct array (a scoring UDF's batch)."""
+        columns = _columns(rows)
+        x = np.empty((len(rows), len(self.inputs)), dtype="float64")  # row-major, as the compiled code reads it
+        for j, name in enumerate(self.inputs):
+            x[:, j] = columns(name)
         if self.spec["kind"] != "routing":
             return self.predictors[self.spec["estimator"]].predict(x)
-        out = np.empty(len(frame), dtype="float64")
-        key = frame[self.spec["group_key"]]
-        for group, rows in key.groupby(key, sort=False, dropna=False).indices.items():
-            out[rows] = self.routes.get(group, self.fallback).predict(x[rows])
+        out = np.empty(len(x), dtype="float64")
+        key = pd.Series(columns(self.spec["group_key"], numeric=False))
+        for group, at in key.groupby(key, sort=False, dropna=False).indices.items():
+            out[at] = self.routes.get(group, self.fallback).predict(x[at])
         return out
+
+
+def _columns(rows: pd.DataFrame | pa.StructArray) -> Callable[..., np.ndarray]:
+    """name -> the column as NumPy (numbers as float64, a null as NaN), from a pandas frame or an Arrow struct."""
+    if isinstance(rows, pd.DataFrame):
+        return lambda name, numeric=True: rows[name].to_numpy(dtype="float64" if numeric else None)
+    fields = {rows.type.field(i).name: i for i in range(rows.type.num_fields)}
+
+    def column(name: str, numeric: bool = True) -> np.ndarray:
+        array = rows.field(fields[name])
+        if numeric and not pa.types.is_floating(array.type):
+            array = array.cast(pa.float64())  # a null becomes NaN in to_numpy
+        return array.to_numpy(zero_copy_only=False)
+
+    return column
 
 
 def build(payload: dict, threads: int = 1) -> Scorer:

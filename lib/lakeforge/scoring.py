@@ -14,7 +14,6 @@ over one core. A rerun replaces exactly the score_date partition, in one commit.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable
 
 import cloudpickle
 import pandas as pd
+import pyarrow as pa
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -37,7 +37,7 @@ from lakeforge import compiled, registry
 STALL_AFTER_FIRST_BATCH = "LAKEFORGE_TEST_STALL_SCORING"
 
 # A worker process keeps the models it has rebuilt, keyed by (name, version, how): one load per worker.
-_WORKER_MODELS: dict[tuple, Callable[[pd.DataFrame], object]] = {}
+_WORKER_MODELS: dict[tuple, Callable[[pa.StructArray], object]] = {}
 PICKLE = "pickle"  # the payload key of a model broadcast as its cloudpickled pyfunc
 
 
@@ -45,12 +45,13 @@ def predictions_table(pipeline_name: str) -> str:
     return f"gold.{pipeline_name}_predictions"
 
 
-def _model_on_worker(key: tuple, payload) -> Callable[[pd.DataFrame], object]:
+def _model_on_worker(key: tuple, payload) -> Callable[[pa.StructArray], object]:
     predict_batch = _WORKER_MODELS.get(key)
     if predict_batch is None:
         value = payload.value
         if PICKLE in value:
-            predict_batch = functools.partial(cloudpickle.loads(value[PICKLE]).predict, None)
+            model = cloudpickle.loads(value[PICKLE])
+            predict_batch = lambda batch: model.predict(None, pa.RecordBatch.from_struct_array(batch).to_pandas())
         else:
             predict_batch = compiled.build(value).predict
         _WORKER_MODELS[key] = predict_batch
@@ -94,16 +95,18 @@ def predict(features: DataFrame, model_payload, key: tuple, entity: str,
             feature_cols: list[str]) -> DataFrame:
     """Entity key plus `prediction` for each feature row (a transform; runs on the executors).
 
-    A scalar-iterator pandas UDF over the feature columns only: the entity key stays in the JVM
+    A scalar-iterator Arrow UDF over the feature columns only: the entity key stays in the JVM
     instead of crossing to Python and back as strings (with mapInPandas that round trip made
-    scoring slower than mlflow's spark_udf; see benchmarks/score_bench.py).
+    scoring slower than mlflow's spark_udf), and a model rebuilt from its files reads the Arrow
+    columns straight into its input matrix, with no pandas frame in between (see
+    benchmarks/score_bench.py). A pickled pyfunc gets its pandas frame, as from a pandas UDF.
     """
-    @F.pandas_udf(DoubleType())
-    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+    @F.arrow_udf(DoubleType())
+    def score_batches(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         model = _model_on_worker(key, model_payload)
         stall = os.environ.get(STALL_AFTER_FIRST_BATCH)
         for batch in batches:
-            yield pd.Series(model(batch), index=batch.index, dtype="float64")
+            yield pa.array(model(batch), type=pa.float64())
             if stall:
                 Path(stall).touch()
                 time.sleep(3600)

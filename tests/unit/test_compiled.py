@@ -8,6 +8,7 @@ import json
 import lleaves.compiler
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from lakeforge import compiled, model_files, training
@@ -55,6 +56,9 @@ def test_compiled_and_native_predictions_agree_with_the_registered_model(task, t
     assert (native.how, fast.how) == ({"estimator": "native"}, {"estimator": "compiled"})
     expected = model.predict(None, rows)
     assert np.array_equal(native.predict(rows), expected)  # LightGBM's Booster from the text: the same numbers
+    batch = pa.StructArray.from_arrays([pa.array(rows[c], from_pandas=True) for c in INPUTS], INPUTS)
+    assert pa.types.is_integer(batch.type.field("n").type) and batch.field("d").null_count > 0
+    assert np.array_equal(native.predict(batch), expected)
     difference = np.abs(fast.predict(rows) - expected).max()
     print(f"{task}: compiled vs native, max |difference| {difference:.3g} over {len(rows)} rows")
     assert difference <= 1e-9
@@ -128,6 +132,9 @@ def test_a_routing_model_gives_each_row_its_groups_compiled_model(tmp_path):
     assert set(scorer.how.values()) == {"compiled"} and len(scorer.how) == 3
     out = scorer.predict(rows)
     assert np.abs(out - model.predict(None, rows)).max() <= 1e-9
+    # A scoring UDF's batch: the same columns as an Arrow struct (integers and nulls as Spark sends them).
+    batch = pa.StructArray.from_arrays([pa.array(rows[c]) for c in model.feature_names], model.feature_names)
+    assert np.array_equal(scorer.predict(batch), out)
     for store, estimator in (("S1", per_group["S1"]), ("S2", per_group["S2"]), ("S3", fallback)):
         mask = (rows.store == store).to_numpy()
         assert np.abs(out[mask] - estimator.predict(rows.loc[mask, INPUTS])).max() <= 1e-9
