@@ -130,6 +130,26 @@ def with_threads(python_model, threads: int):
     return model
 
 
+def profile_batches(native_payload: dict, compiled_payload: dict, rows: pd.DataFrame, size: int = 10_000) -> dict:
+    """Where one scoring task's time goes outside Spark: per row, on one thread, over Arrow batches of `size` rows
+    (Spark's default spark.sql.execution.arrow.maxRecordsPerBatch) as the scoring UDF gets them."""
+    import pyarrow as pa
+
+    from lakeforge import compiled
+
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    batches = [pa.StructArray.from_arrays(b.columns, b.schema.names) for b in table.to_batches(size)]
+    native, fast = compiled.build(native_payload, threads=1), compiled.build(compiled_payload, threads=1)
+    profile = {}
+    for name, fn in (("arrow_to_matrix", native.matrix), ("lightgbm_predict_with_matrix", native.predict),
+                     ("compiled_predict_with_matrix", fast.predict)):
+        started = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        profile[name] = round((time.perf_counter() - started) / len(rows) * 1e6, 3)
+    return profile
+
+
 def bench_model(ctx, version: int, make_rows, args, log) -> dict:
     """(a), (a1), (e), (b), (c), (d) and the score stage for the @champion of ctx's pipeline."""
     import mlflow
@@ -178,6 +198,7 @@ def bench_model(ctx, version: int, make_rows, args, log) -> dict:
         log(f"{name} (e) in-process compiled predict, {cores} threads: {statistics.median(t):.2f}s")
         results["max_abs_diff_compiled_vs_lightgbm"] = float(
             np.abs(scorer.predict(in_memory) - all_cores.predict(None, in_memory)).max())
+        results["profile_one_thread_us_per_row"] = profile_batches(native.payload, fast.payload, in_memory[columns])
         del in_memory, all_cores, scorer
 
     if not args.skip_spark_udf:

@@ -176,16 +176,21 @@ class Scorer:
             self.routes = {group: predictors[stem] for group, stem in spec["groups"]}
             self.fallback = predictors[spec["fallback"]]
 
-    def predict(self, rows: pd.DataFrame | pa.StructArray) -> np.ndarray:
-        """One prediction per row of a pandas frame or an Arrow struct array (a scoring UDF's batch)."""
+    def matrix(self, rows: pd.DataFrame | pa.StructArray) -> np.ndarray:
+        """The estimators' input columns as one float64 matrix, row-major (as the compiled code reads it)."""
         columns = _columns(rows)
-        x = np.empty((len(rows), len(self.inputs)), dtype="float64")  # row-major, as the compiled code reads it
+        x = np.empty((len(rows), len(self.inputs)), dtype="float64")
         for j, name in enumerate(self.inputs):
             x[:, j] = columns(name)
+        return x
+
+    def predict(self, rows: pd.DataFrame | pa.StructArray) -> np.ndarray:
+        """One prediction per row of a pandas frame or an Arrow struct array (a scoring UDF's batch)."""
+        x = self.matrix(rows)
         if self.spec["kind"] != "routing":
             return self.predictors[self.spec["estimator"]].predict(x)
         out = np.empty(len(x), dtype="float64")
-        key = pd.Series(columns(self.spec["group_key"], numeric=False))
+        key = pd.Series(_columns(rows)(self.spec["group_key"], numeric=False))
         for group, at in key.groupby(key, sort=False, dropna=False).indices.items():
             out[at] = self.routes.get(group, self.fallback).predict(x[at])
         return out
