@@ -4,8 +4,10 @@ loading object code without compiling, the fallback, routing with compiled group
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lleaves.compiler
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -177,3 +179,34 @@ def test_a_custom_estimator_has_no_model_files():
             return np.zeros(len(x))
 
     assert model_files.model_files(RegressionModel(Custom(), ["a"])) is None
+
+
+class Halves:
+    """A custom estimator with no data form: registered as a pickle only."""
+
+    def predict(self, x):
+        return np.full(len(x), 0.5)
+
+
+def test_scoring_loads_model_files_and_says_when_a_version_has_only_its_pickle(tmp_path):
+    from lakeforge import registry, scoring
+    from lakeforge.config import MlflowSettings
+
+    client = registry.connect(MlflowSettings(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                             artifact_root=(tmp_path / "artifacts").as_uri()))
+    rows = _rows(500)
+    lightgbm = RegressionModel(training.fit_estimator("regression", PARAMS, rows[INPUTS], rows["count"]), INPUTS)
+    custom = RegressionModel(Halves(), INPUTS)
+    for model in (lightgbm, custom):
+        registry.log_and_register(client, "m", str(tmp_path / "artifacts"), model, rows, {}, {}, {})
+    lines = []
+    files = scoring.load(client, "m", 1, tmp_path / "cache", lines.append)
+    assert (files.how, files.details["scored_from"], files.feature_names) == ("compiled", "model files", INPUTS)
+    folder = mlflow.artifacts.download_artifacts(f"models:/m/1/artifacts/{model_files.FOLDER}")
+    assert client.get_model_version("m", "1").tags[model_files.MANIFEST_TAG] == model_files.sha256(
+        (Path(folder) / model_files.MANIFEST).read_bytes())
+    pickled = scoring.load(client, "m", 2, tmp_path / "cache", lines.append)
+    assert (pickled.how, pickled.details) == ("pickle", {"scored_from": "pickle"})
+    assert lines[-1] == ("m v2 has no model files (registered before them, or an estimator with no data form): "
+                         "scoring its pickled pyfunc (RegressionModel, unpickled with cloudpickle)")
+    assert model_files.MANIFEST_TAG not in client.get_model_version("m", "2").tags
