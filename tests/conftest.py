@@ -36,6 +36,7 @@ def settings(work_dir):
     return config.load_settings("test", [f"paths.landing={work_dir / 'landing'}",
                                          f"paths.lakehouse={work_dir / 'lakehouse'}",
                                          f"paths.reports={work_dir / 'reports'}",
+                                         f"paths.model_cache={work_dir / 'model_cache'}",
                                          f"mlflow.tracking_uri=sqlite:///{work_dir / 'mlflow.db'}",
                                          f"mlflow.artifact_root={work_dir / 'mlartifacts'}"])
 

@@ -23,7 +23,7 @@ conf/pipelines/<name>.yaml naming sources from conf/sources/<name>.yaml; overrid
 `lakeforge VERB --help` says what a verb reads and writes.
 """
 EXIT_CODES = """exit codes: 0 done; 1 a Spark or MLflow failure (one line here, --debug for the traceback; the run is
-recorded in ops.runs); 2 a configuration or data problem, named in the message with its fix, or the same job
+recorded in ops.runs), or a model file that differs from the SHA-256 recorded at registration (named); 2 a configuration or data problem, named in the message with its fix, or the same job
 already running (lock_wait_s to wait); 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: the stage's Spark jobs
 are cancelled and its run is recorded in ops.runs as interrupted.
 """
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"lakeforge {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except interrupts.Interrupted as exc:
         print(f"lakeforge {args.verb}: {exc}: stopped; a run it had started is recorded in ops.runs as "
               f"interrupted", file=sys.stderr)

@@ -39,6 +39,7 @@ class PathSettings(Frozen):
     landing: Path = Path("var/landing")
     lakehouse: Path = Path("var/lakehouse")
     reports: Path = Path("var/reports")
+    model_cache: Path = Path("var/model_cache")  # compiled models (object code), keyed by model, compiler and CPU
     # Deletes (demo --fresh) touch only folders inside the folder lakeforge runs in, unless this is true.
     allow_outside_project: bool = False
 
@@ -657,7 +658,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 def _refuse_system_folders(settings: Settings, layers: list[tuple[str, dict]]) -> None:
     """Settings that point lakeforge's folders at /, a system folder or the home folder: one error naming each."""
-    places = [(("paths", name), getattr(settings.paths, name), "") for name in ("landing", "lakehouse", "reports")]
+    places = [(("paths", name), getattr(settings.paths, name), "") for name in ("landing", "lakehouse", "reports", "model_cache")]
     artifacts = file_uri_path(settings.mlflow.artifact_root)
     if artifacts is not None:
         places.append((("mlflow", "artifact_root"), artifacts, ""))
@@ -680,7 +681,7 @@ def _refuse_system_folders(settings: Settings, layers: list[tuple[str, dict]]) -
 def _absolute(settings: Settings) -> Settings:
     """Resolve relative paths once, so executors and subprocesses agree on them."""
     paths = settings.paths.model_copy(update={name: getattr(settings.paths, name).resolve()
-                                              for name in ("landing", "lakehouse", "reports")})
+                                              for name in ("landing", "lakehouse", "reports", "model_cache")})
     spark = settings.spark
     if spark.event_log_dir is not None:
         spark = spark.model_copy(update={"event_log_dir": spark.event_log_dir.resolve()})

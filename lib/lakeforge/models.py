@@ -1,7 +1,8 @@
 """The model classes lakeforge registers (MLflow pyfunc), besides registry.ProbabilityModel.
 
-Each one holds plain Python/NumPy estimators, so scoring unpickles it once per Python worker and
-needs neither the JVM nor MLflow on the executors.
+Each one is registered as a pickled pyfunc (what mlflow.pyfunc.load_model and spark_udf serve) and, for
+LightGBM and linear estimators, as model files (model_files): lakeforge's own scoring rebuilds the model
+from those, never from the pickle.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The folders lakeforge makes, marked as its own, and the only ones it ever deletes.
 
-lakeforge creates its folders (paths.landing, paths.lakehouse, paths.reports, a file:// MLflow
+lakeforge creates its folders (paths.landing, paths.lakehouse, paths.reports, paths.model_cache, a file:// MLflow
 artifact root, the folder of a sqlite MLflow store) through `claim`, which leaves a marker file,
 `.lakeforge-owned`, in each folder it creates: JSON with the project id (settings `project`), the
 setting the folder is for, when, and by whom. A folder that already existed is used but never
@@ -35,7 +35,7 @@ SQLITE = "mlflow.tracking_uri"
 def managed(settings: Settings) -> dict[str, Path]:
     """Every place lakeforge keeps data for these settings, by setting: folders, and the sqlite store's file."""
     places = {"paths.landing": settings.paths.landing, "paths.lakehouse": settings.paths.lakehouse,
-              "paths.reports": settings.paths.reports}
+              "paths.reports": settings.paths.reports, "paths.model_cache": settings.paths.model_cache}
     artifacts = file_uri_path(settings.mlflow.artifact_root)
     if artifacts is not None:
         places["mlflow.artifact_root"] = artifacts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -27,7 +28,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from lakeforge import __version__, runs
+from lakeforge import __version__, model_files, runs
 from lakeforge.config import Gate, MlflowSettings
 from lakeforge.errors import DataError
 
@@ -151,11 +152,20 @@ def log_and_register(client: MlflowClient, pipeline: str, artifact_root: str, mo
             mlflow.log_dict(baseline, BASELINE_ARTIFACT)
         example = example[model.feature_names].head(5)
         signature = infer_signature(example, model.predict(None, example))
-        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
-                                       input_example=example, registered_model_name=pipeline,
-                                       pip_requirements=_requirements())
+        files = model_files.model_files(model)
+        with tempfile.TemporaryDirectory(prefix="lakeforge-model-files-") as tmp:
+            # The estimators as data beside the pickled pyfunc (which mlflow.pyfunc.load_model still serves);
+            # MLflow keeps a folder artifact under its own name: artifacts/model_files/.
+            folder = str(Path(tmp) / model_files.FOLDER)
+            manifest_sha = model_files.write(files, Path(folder)) if files is not None else None
+            info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
+                                           input_example=example, registered_model_name=pipeline,
+                                           pip_requirements=_requirements(),
+                                           artifacts={model_files.FOLDER: folder} if files is not None else None)
+        version = int(info.registered_model_version)
+        if manifest_sha is not None:
+            client.set_model_version_tag(pipeline, str(version), model_files.MANIFEST_TAG, manifest_sha)
         runs.crash_point("train.model_registered")  # the version exists, the MLflow run is still RUNNING
-    version = int(info.registered_model_version)
     wait_until_ready(client, pipeline, version)
     return LoggedModel(run.info.run_id, version)
 
@@ -308,6 +318,17 @@ def champion(client: MlflowClient, name: str) -> ModelVersion:
 def load_python_model(name: str, version: int):
     """The champion's Python model object (unwrapped from pyfunc), to ship to executors once."""
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+def load_model_files(client: MlflowClient, name: str, version: int) -> model_files.ModelFiles | None:
+    """A version's model files, verified against the SHA-256 recorded at registration (`ModelFilesRefused`
+    names a file that differs); None for a version registered without them (its estimator has no data form,
+    or it predates them): that one is scored from its pickled pyfunc."""
+    expected = client.get_model_version(name, str(version)).tags.get(model_files.MANIFEST_TAG)
+    if expected is None:
+        return None
+    folder = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/artifacts/{model_files.FOLDER}")
+    return model_files.read(Path(folder), expected, f"{name} version {version}")
 
 
 def version_run(client: MlflowClient, name: str, version: int):

@@ -1,8 +1,12 @@
 """Batch scoring: the @champion model over one date's features, into gold.<pipeline>_predictions.
 
-The driver loads the model once and broadcasts it; each Python worker unpickles it once and
-keeps it for every batch it scores (no MLflow calls from executors, nothing collected to the
-driver). One model thread per Spark task: lakeforge trains its estimators with `n_jobs=1`, and
+The driver loads the model's files once (model_files: checked against the SHA-256s recorded at
+registration), compiles its LightGBM estimators or takes them from the cache (compiled), and
+broadcasts the files and object code as bytes; each Python worker rebuilds the model from them once
+and keeps it for every batch it scores (no MLflow calls from executors, nothing collected to the
+driver, no pickle of code). A version without model files (registered before them, or a custom
+estimator with no data form) is broadcast as its cloudpickled pyfunc, and the log says so. One model
+thread per Spark task: lakeforge trains its estimators with `n_jobs=1`, and
 Spark sets OMP_NUM_THREADS to the task's cores in its Python workers, so two tasks never fight
 over one core. A rerun replaces exactly the score_date partition, in one commit.
 """
@@ -15,45 +19,94 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from dataclasses import dataclass
+from typing import Callable
+
 import cloudpickle
 import pandas as pd
+import pyarrow as pa
+from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
+
+from lakeforge import compiled, registry
 
 # Test hook: with this set to a file path, a scoring task creates the file after its first batch and
 # then hangs, so a test can kill the job while its write is in progress.
 STALL_AFTER_FIRST_BATCH = "LAKEFORGE_TEST_STALL_SCORING"
 
-# A worker process keeps the models it has unpickled, keyed by (name, version): one load per worker.
-_WORKER_MODELS: dict[tuple[str, int], object] = {}
+# A worker process keeps the models it has rebuilt, keyed by (name, version, how): one load per worker.
+_WORKER_MODELS: dict[tuple, Callable[[pa.StructArray], object]] = {}
+PICKLE = "pickle"  # the payload key of a model broadcast as its cloudpickled pyfunc
 
 
 def predictions_table(pipeline_name: str) -> str:
     return f"gold.{pipeline_name}_predictions"
 
 
-def _model_on_worker(key: tuple[str, int], payload) -> object:
-    model = _WORKER_MODELS.get(key)
-    if model is None:
-        model = _WORKER_MODELS[key] = cloudpickle.loads(payload.value)
-    return model
+def _model_on_worker(key: tuple, payload) -> Callable[[pa.StructArray], object]:
+    predict_batch = _WORKER_MODELS.get(key)
+    if predict_batch is None:
+        value = payload.value
+        if PICKLE in value:
+            model = cloudpickle.loads(value[PICKLE])
+            predict_batch = lambda batch: model.predict(None, pa.RecordBatch.from_struct_array(batch).to_pandas())
+        else:
+            predict_batch = compiled.build(value).predict
+        _WORKER_MODELS[key] = predict_batch
+    return predict_batch
 
 
-def predict(features: DataFrame, model_payload, key: tuple[str, int], ids: list[str],
+@dataclass(frozen=True)
+class Loaded:
+    """A registered version ready to broadcast: its payload (bytes), the columns it reads, how it scores."""
+
+    payload: dict
+    feature_names: list[str]
+    how: str  # compiled | native | pickle (and mixes, e.g. `compiled (2 native)`)
+    details: dict
+
+
+def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Callable[[str], None] = print,
+         compile_trees: bool = True) -> Loaded:
+    """Load version `version` of model `name` for scoring: from its verified model files, LightGBM compiled
+    (or from the cache at `cache_dir`); a version without model files from its pickle, saying so."""
+    files = registry.load_model_files(client, name, version)
+    if files is None:
+        model = registry.load_python_model(name, version)
+        log(f"{name} v{version} has no model files (registered before them, or an estimator with no data form): "
+            f"scoring its pickled pyfunc ({type(model).__name__}, unpickled with cloudpickle)")
+        return Loaded({PICKLE: cloudpickle.dumps(model)}, list(model.feature_names), PICKLE, {"scored_from": PICKLE})
+    prepared = compiled.prepare(files, cache_dir, log, compile_trees)
+    trees = sum(e["format"] == compiled.LIGHTGBM for e in files.estimators.values())
+    how = compiled.COMPILED if prepared.payload["objects"] else compiled.NATIVE
+    if prepared.payload["objects"] and len(prepared.payload["objects"]) < trees:
+        how = f"{how} ({trees - len(prepared.payload['objects'])} native)"
+    details = {"scored_from": "model files", "scoring": how, "compiled_now": prepared.compiled_now,
+               "compiled_from_cache": prepared.from_cache, "compile_seconds": round(prepared.compile_seconds, 3)}
+    if compile_trees and trees:
+        log(f"{name} v{version}: {trees} LightGBM estimator(s), {prepared.compiled_now} compiled now and "
+            f"{prepared.from_cache} from the cache {cache_dir} in {prepared.compile_seconds:.1f}s; scoring {how}")
+    return Loaded(prepared.payload, list(files.spec["feature_names"]), how, details)
+
+
+def predict(features: DataFrame, model_payload, key: tuple, ids: list[str],
             feature_cols: list[str]) -> DataFrame:
     """The row's id columns (its key) plus `prediction` for each feature row (a transform; runs on the executors).
 
-    A scalar-iterator pandas UDF over the feature columns only: the entity key stays in the JVM
+    A scalar-iterator Arrow UDF over the feature columns only: the entity key stays in the JVM
     instead of crossing to Python and back as strings (with mapInPandas that round trip made
-    scoring slower than mlflow's spark_udf; see benchmarks/score_bench.py).
+    scoring slower than mlflow's spark_udf), and a model rebuilt from its files reads the Arrow
+    columns straight into its input matrix, with no pandas frame in between (see
+    benchmarks/score_bench.py). A pickled pyfunc gets its pandas frame, as from a pandas UDF.
     """
-    @F.pandas_udf(DoubleType())
-    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+    @F.arrow_udf(DoubleType())
+    def score_batches(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         model = _model_on_worker(key, model_payload)
         stall = os.environ.get(STALL_AFTER_FIRST_BATCH)
         for batch in batches:
-            yield pd.Series(model.predict(None, batch), index=batch.index, dtype="float64")
+            yield pa.array(model(batch), type=pa.float64())
             if stall:
                 Path(stall).touch()
                 time.sleep(3600)
@@ -75,6 +128,6 @@ def stamp(predictions: DataFrame, score_date: dt.date, model_name: str, model_ve
     )
 
 
-def broadcast_model(spark: SparkSession, python_model) -> object:
-    """Serialize the model once on the driver and broadcast it to the executors."""
-    return spark.sparkContext.broadcast(cloudpickle.dumps(python_model))
+def broadcast_model(spark: SparkSession, loaded: Loaded) -> object:
+    """Broadcast a loaded model's payload (a dict of bytes) to the executors, once."""
+    return spark.sparkContext.broadcast(loaded.payload)

@@ -360,7 +360,8 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
                             f"--date {score_date}` first")
         rows = feats.in_population(lake.read(ctx.spark, ctx.lakehouse, table, version=run.inputs[table]).where(
             F.col(feats.AS_OF) == F.lit(score_date)), pipeline)
-        model = registry.load_python_model(pipeline.name, version)
+        ownership.claim(ctx.settings, "paths.model_cache")
+        model = scoring.load(ctx.mlflow, pipeline.name, version, ctx.settings.paths.model_cache, run.log)
         missing = [c for c in model.feature_names if c not in rows.columns]
         if missing:
             raise DataError(f"{pipeline.name} version {version} expects column(s) {', '.join(missing)} that "
@@ -369,7 +370,8 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
             _explain_nothing_to_score(ctx, table, run.inputs[table], score_date)
         payload = scoring.broadcast_model(ctx.spark, model)
         predictions = scoring.stamp(
-            scoring.predict(rows, payload, (pipeline.name, version), feats.id_columns(pipeline), model.feature_names),
+            scoring.predict(rows, payload, (pipeline.name, version, model.how), feats.id_columns(pipeline),
+                            model.feature_names),
             score_date, pipeline.name, version, run.run_id)
         out = scoring.predictions_table(pipeline.name)
         lake.replace_where(ctx.spark, predictions, ctx.lakehouse, out, f"score_date = DATE'{score_date}'",
@@ -379,10 +381,11 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
                                        "lakeforge.source": f"models:/{pipeline.name}@champion"})
         written = lake.read(ctx.spark, ctx.lakehouse, out).where(F.col("score_date") == F.lit(score_date)).count()
         run.rows[out] = written
-        run.details.update(model=pipeline.name, version=version)
+        run.details.update(model=pipeline.name, version=version, **model.details)
         run.output(ctx.spark, ctx.lakehouse, out)
         run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
-        return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version}
+        return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version,
+                **model.details}
 
 
 def _explain_nothing_to_score(ctx: Context, table: str, version: int, score_date: dt.date) -> None:

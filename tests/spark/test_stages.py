@@ -126,7 +126,7 @@ def test_killing_scoring_mid_write_leaves_the_partition_as_it_was(ctx_for, spark
     job = subprocess.Popen(
         [sys.executable, "-m", "lakeforge", "score", "--pipeline", "churn", "--env", "test", "--date", str(last),
          "--set", f"paths.landing={s.paths.landing}", "--set", f"paths.lakehouse={s.paths.lakehouse}",
-         "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
+         "--set", f"paths.model_cache={s.paths.model_cache}", "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
          "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}"],
         env={**os.environ, scoring.STALL_AFTER_FIRST_BATCH: str(marker)}, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

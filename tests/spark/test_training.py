@@ -85,6 +85,9 @@ def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by
     stages.build_features(ctx)
     scored = stages.score(ctx)
     assert scored["rows"] == 4
+    # Three store models and the fallback, compiled (the routing itself runs from model.json).
+    assert (scored["scored_from"], scored["scoring"]) == ("model files", "compiled")
+    assert scored["compiled_now"] + scored["compiled_from_cache"] == 4
     model = registry.load_python_model("demand", 1)
     assert sorted(model.models) == ["S001", "S002", "S003"]
     features = lake.read(spark, lakehouse, "gold.demand_features").where(

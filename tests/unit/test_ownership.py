@@ -14,7 +14,8 @@ from lakeforge import config, ownership
 from lakeforge.errors import ConfigError, DeletionRefused
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = ("paths.landing", "paths.lakehouse", "paths.reports", "mlflow.artifact_root", "mlflow.tracking_uri")
+KEYS = ("paths.landing", "paths.lakehouse", "paths.reports", "paths.model_cache", "mlflow.artifact_root",
+        "mlflow.tracking_uri")
 
 
 @pytest.fixture

@@ -1,0 +1,91 @@
+"""Scoring @champion from its model files on the tiny demo: compiled LightGBM equals the registered model,
+a second run compiles nothing, and a tampered model file (a pickle with a side effect) is refused unread."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from lakeforge import config, features, lake, model_files, registry, stages
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+def ctx(spark, settings_at, ingested_lakehouse, tmp_path, tiny_landing):
+    """The churn pipeline (20 trees: quick to compile) on a copy of the ingested tiny demo, its own cache."""
+    landing, _ = tiny_landing
+    local = settings_at(landing, ingested_lakehouse, tmp_path)
+    local = local.model_copy(update={"paths": local.paths.model_copy(update={"model_cache": tmp_path / "cache"})})
+    return stages.Context(local, config.load_pipeline("churn", ["pipeline.model.params.n_estimators=20"]),
+                          spark_factory=lambda _: spark)
+
+
+class WritesAMarker:
+    """Unpickling this creates `path`: what a malicious model pickle could do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_compiled_scoring_equals_the_registered_model_and_a_rerun_compiles_nothing(ctx, spark, lakehouse):
+    stages.train(ctx)
+    stages.build_features(ctx)
+    first = stages.score(ctx)
+    assert (first["scored_from"], first["scoring"], first["compiled_now"], first["compiled_from_cache"]) == (
+        "model files", "compiled", 1, 0)
+    assert len(list((ctx.settings.paths.model_cache).glob("*.o"))) == 1
+
+    day = dt.date.fromisoformat(first["score_date"])
+    rows = features.in_population(lake.read(spark, lakehouse, features.features_table(ctx.pipeline))
+                                  .where(F.col("as_of_date") == F.lit(day)), ctx.pipeline).toPandas()
+    expected = registry.load_python_model("churn", 1).predict(None, rows)  # the pickled pyfunc, LightGBM's predict
+    scored = (lake.read(spark, lakehouse, "gold.churn_predictions").toPandas().set_index("customer_id")
+              .loc[rows["customer_id"], "prediction"].to_numpy())
+    difference = np.abs(scored - expected).max()
+    print(f"churn, {len(rows)} rows: compiled vs LightGBM, max |difference| {difference:.3g}")
+    assert len(rows) == first["rows"] > 50 and difference <= 1e-9
+
+    again = stages.score(ctx, day)
+    assert (again["compiled_now"], again["compiled_from_cache"]) == (0, 1)
+    rescored = lake.read(spark, lakehouse, "gold.churn_predictions").toPandas().set_index("customer_id")
+    assert np.array_equal(rescored.loc[rows["customer_id"], "prediction"].to_numpy(), scored)
+
+
+def test_a_tampered_model_file_is_refused_by_lakeforge_score_and_never_unpickled(ctx, spark, lakehouse, tmp_path):
+    stages.train(ctx)
+    scored = stages.nightly(ctx)["score"]
+    table = "gold.churn_predictions"
+    before = lake.version(spark, lakehouse, table)
+
+    marker, control = tmp_path / "unpickled", tmp_path / "control"
+    pickle.loads(pickle.dumps(WritesAMarker(control)))
+    assert control.exists()  # the payload does what it says when unpickled
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/churn/1/artifacts/{model_files.FOLDER}"))
+    assert folder.is_relative_to(tmp_path)  # the registered model's own files (a local artifact store)
+    (folder / "estimator.txt").write_bytes(pickle.dumps(WritesAMarker(marker)))
+
+    s = ctx.settings
+    job = subprocess.run(
+        [sys.executable, "-m", "lakeforge", "score", "--pipeline", "churn", "--env", "test",
+         "--date", scored["score_date"], "--set", f"paths.landing={s.paths.landing}",
+         "--set", f"paths.lakehouse={s.paths.lakehouse}", "--set", f"paths.model_cache={s.paths.model_cache}",
+         "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}", "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}",
+         "--set", "pipeline.model.params.n_estimators=20"],
+        capture_output=True, text=True, timeout=600)
+    assert job.returncode == 1, job.stderr[-3000:]
+    assert "churn version 1: model file model_files/estimator.txt" in job.stderr
+    assert "has SHA-256" in job.stderr and "refusing to score it" in job.stderr
+    assert not marker.exists()
+    assert lake.version(spark, lakehouse, table) == before  # nothing written
