@@ -16,7 +16,10 @@ set -euo pipefail
 
 LAKEFORGE_HOME=${LAKEFORGE_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
-STAGES="ingest features train score promote nightly"
+# Every stage has its spark-submit entry point jobs/<stage>.py: submit takes each of them, and no other
+# (listed from the jobs/ beside this script: in the image that is $LAKEFORGE_HOME/jobs).
+STAGES=$(cd "$(dirname "$SELF")/../jobs" && for job in *.py; do printf '%s ' "${job%.py}"; done)
+STAGES=${STAGES% }
 
 log() { printf '%s [entrypoint] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }

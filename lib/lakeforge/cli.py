@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from lakeforge import interrupts
+from lakeforge import flow, interrupts
 from lakeforge.errors import LakeforgeError, root_cause
 
 DESCRIPTION = """\
@@ -59,6 +59,11 @@ DETAILS = {
                "ops.monitoring (a rerun replaces the date) and an HTML report under paths.reports (unless\n"
                "the pipeline sets monitoring.report: false).\n"
                "example: lakeforge monitor --pipeline churn --date 2026-10-29",
+    "retrain": "Reads the retrain decision `monitor` recorded for --date in ops.monitoring (the pipeline's policy,\n"
+               "cooldown included) and, when it fired, retrains on the policy's recent window as of --date through\n"
+               "the gate (the outcome goes to ops.monitoring); else prints why not and writes nothing. The last\n"
+               "step of `run nightly`, on its own for a scheduler's task.\n"
+               "example: lakeforge retrain --pipeline churn --date 2026-10-29",
     "promote": "Points an alias at a registered version by hand; the change and the reason go to ops.audit and\n"
                "ops.runs.\n"
                "example: lakeforge promote --pipeline churn --version 3 --reason \"rollback after incident 42\"",
@@ -134,14 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ops.monitoring, with an HTML report")
     _common(p, date=True)
 
+    p = _verb(verbs, "retrain", help="retrain through the gate when monitor's decision for --date fired")
+    _common(p)
+    p.add_argument("--date", type=_date, required=True, help="the monitored date whose decision to apply, YYYY-MM-DD")
+    p.add_argument("--skipped-exit", type=int, default=0, metavar="CODE",
+                   help="exit CODE when the decision did not fire (default 0; a scheduler's 'skipped' code, e.g. 99 "
+                        "for Airflow)")
+
     p = _verb(verbs, "promote", help="point an alias (default champion) at a model version, with a reason")
     _common(p)
     p.add_argument("--version", type=int, required=True, help="registered model version")
     p.add_argument("--reason", required=True, help="why (recorded in ops.runs)")
     p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
 
-    p = _verb(verbs, "run", help="run a named sequence: nightly = ingest, features, score, monitor "
-                                 "(and retrain when the policy fires)")
+    *every_night, last = flow.NIGHTLY
+    p = _verb(verbs, "run", help=f"run a named sequence: nightly = {', '.join(s.name for s in every_night)} "
+                                 f"(and {last.name} when the policy fires): lakeforge.flow.NIGHTLY")
     p.add_argument("sequence", choices=["nightly"])
     _common(p, date=True)
     p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
@@ -254,6 +267,10 @@ def run(args: argparse.Namespace) -> int:
             _print(stages.score(ctx, args.date))
         elif args.verb == "monitor":
             _print(stages.monitor(ctx, args.date))
+        elif args.verb == "retrain":
+            summary = flow.retrain_if_fired(ctx, args.date)
+            _print(summary)
+            return 0 if summary["fired"] else args.skipped_exit
         elif args.verb == "promote":
             _print(stages.promote(ctx, args.version, args.reason, args.alias))
         elif args.verb == "run":
