@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from lakeforge import features as feats
 from lakeforge import ingest as ingestion
-from lakeforge import (distributed, interrupts, lake, locks, many_models, models, monitoring, ownership, plots,
+from lakeforge import (distributed, interrupts, lake, locks, logs, many_models, models, monitoring, ownership, plots,
                        registry, runs, scoring, training, tuning)
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
@@ -34,6 +34,9 @@ class Context:
     pipeline: Pipeline
     spark_factory: object = None  # callable(settings) -> SparkSession; tests pass their fixture's session
     summaries: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        logs.configure(self.settings.log_format, self.settings.log_level)
 
     @cached_property
     def spark(self) -> SparkSession:
@@ -63,7 +66,7 @@ class Context:
         with (locks.held(self.lakehouse, lock.format(pipeline=self.pipeline.name), job, self.pipeline.name, run_id,
                          self.settings.lock_wait_s) if lock else nullcontext()):
             with runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
-                               json_logs=self.settings.log_format == "json", run_id=run_id) as run:
+                               run_id=run_id) as run:
                 yield run
 
 
