@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record  # benchmarks/record.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -169,12 +171,14 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="2g")
     parser.add_argument("--run", choices=["pandas", "spark"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    record.add_argument(parser, "features_bench")
     args = parser.parse_args()
     if args.run:  # a child process: one engine on one prepared size
         result = run_pandas(args.data) if args.run == "pandas" else run_spark(args.data, args.driver_memory)
         print(json.dumps(result))
         return
 
+    recorder = record.Recorder("features_bench", args.results)
     results = []
     with tempfile.TemporaryDirectory(prefix="features-bench-") as tmp:
         log = Path(tmp) / "children.log"
@@ -198,10 +202,9 @@ def main() -> None:
                   f"{pandas_run['peak_rss_mb']:>6,} MB | spark {spark_run['seconds']:7.1f} s "
                   f"(warm {spark_run['warm_seconds']:.1f} s, +{spark_run['startup_seconds']:.0f} s start-up) "
                   f"{spark_run['peak_rss_mb']:>6,} MB", flush=True)
-    print(json.dumps({"benchmark": "features", "pipeline": "churn", "cores": os.cpu_count(), "days": args.days,
-                      "spark_master": "local[*]", "load_average_1m": round(os.getloadavg()[0], 1), "sizes": results,
-                      "spark_overtakes_pandas_at_customers": crossover(results, "seconds"),
-                      "warm_spark_overtakes_pandas_at_customers": crossover(results, "warm_seconds")}))
+    recorder.write({"pipeline": "churn", "days": args.days, "spark_master": "local[*]", "sizes": results,
+                    "spark_overtakes_pandas_at_customers": crossover(results, "seconds"),
+                    "warm_spark_overtakes_pandas_at_customers": crossover(results, "warm_seconds")})
 
 
 def crossover(results: list[dict], spark_time: str) -> int | None:

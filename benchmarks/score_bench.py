@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+
+import record  # benchmarks/record.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
@@ -105,7 +106,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-in-process", action="store_true", help="skip (a) (it holds all rows in memory)")
     parser.add_argument("--skip-spark-udf", action="store_true")
+    record.add_argument(parser, "score_bench")
     args = parser.parse_args()
+    recorder = record.Recorder("score_bench", args.results)
 
     from pyspark.sql import functions as F
 
@@ -202,7 +205,7 @@ def main() -> int:
     spark.stop()
     for key, value in results.items():
         print(f"{key:>32}: {value}")
-    print(json.dumps(results, sort_keys=True))
+    recorder.write(results)
     return 0
 
 

@@ -58,7 +58,7 @@ except EnvironmentProblem as exc:
 }
 
 # The JVM class archive `lakeforge setup-jars` built for this Java and PySpark, when there is one (the
-# image has none): the driver maps it instead of loading Spark's classes one by one, ~4 s sooner.
+# image has none): the driver maps it instead of loading Spark's classes one by one, and starts sooner.
 class_archive_option() {
     [[ "${LAKEFORGE_DRY_RUN:-0}" == 1 ]] && return 0
     python -c '

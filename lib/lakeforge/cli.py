@@ -83,7 +83,7 @@ DETAILS = {
     "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
                   "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
                   "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
-                  "lakeforge starts maps: each command starts about 4 s sooner.",
+                  "lakeforge starts maps: each command starts sooner.",
 }
 
 
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
     p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
-                   help="skip the JVM class archive (saves about 200 MB and 50 s; each command starts ~4 s slower)")
+                   help="skip the JVM class archive (saves its disk space and build time; each command starts slower)")
     return parser
 
 

@@ -106,9 +106,8 @@ def _write(spark: SparkSession, lakehouse: Path, rows: list[dict]) -> None:
     """Append run rows (a start, an end, or a start with the end rows of abandoned runs) in one commit.
 
     Appends, not a replace of the run's row: a Delta append needs no table state, while a replace
-    (replaceWhere, MERGE) first rebuilds the snapshot's state with three Spark jobs: a one-row replace
-    took 1.17 s against 0.32 s for an append (medians of 25, quiet 2-core machine; 2.0 s against 0.5 s
-    under load), and every stage run writes twice. mergeSchema: an ops.runs made before ADDED_COLUMNS
+    (replaceWhere, MERGE) first rebuilds the snapshot's state with three Spark jobs, several times an
+    append's time, and every stage run writes twice. mergeSchema: an ops.runs made before ADDED_COLUMNS
     gets them on this append.
     """
     props = {"lakeforge.description": "Every lakeforge job run, appended when it starts (running) and when it "
