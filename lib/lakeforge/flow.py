@@ -55,6 +55,12 @@ NIGHTLY = (
 )
 
 
+# The steps a backfill runs once for all its dates; they come first, so running them first keeps the order.
+ONCE = tuple(s for s in NIGHTLY if not s.per_date)
+if NIGHTLY[:len(ONCE)] != ONCE:
+    raise ValueError("lakeforge.flow.NIGHTLY: the steps that run once for all dates (per_date=False) come first")
+
+
 def step_names() -> list[str]:
     """The steps of the night, in order."""
     return [s.name for s in NIGHTLY]
@@ -80,18 +86,16 @@ def run_nightly(ctx, first: dt.date | None = None, last: dt.date | None = None) 
 
     done: dict[str, list[dict]] = {s.name: [] for s in NIGHTLY}
     dates: list[dt.date] = []
-    for step in NIGHTLY:
-        if step.per_date:
-            break
-        if step.dated and not dates:
+    for step in ONCE:
+        if step.dated and not dates:  # after ingest: the default date is the day after the last ingested event
             start = first or stages._default_score_date(ctx)
             dates = [start + dt.timedelta(days=i) for i in range(((last or start) - start).days + 1)]
             if not dates:
                 raise DataError(f"--to {last} is before --from {start}")
         done[step.name].append(_RUN[step.name](ctx, dates, done))
     for day in dates:
-        for step in NIGHTLY:
-            if step.per_date and _holds(step, day, done):
+        for step in NIGHTLY[len(ONCE):]:
+            if _holds(step, day, done):
                 done[step.name].append(_RUN[step.name](ctx, day, done))
     return _summary(done)
 

@@ -133,3 +133,11 @@ def test_a_backfill_that_ends_before_it_starts_is_refused(executed):
     with pytest.raises(DataError, match=r"--to 2026-11-26 is before --from 2026-11-27"):
         stages.nightly(object(), NIGHT, NIGHT - dt.timedelta(days=1))
     assert steps_of(executed) == ["ingest"]
+
+
+@pytest.mark.parametrize("fired, skipped_exit, code", [(True, 99, 0), (False, 99, 99), (False, 0, 0)])
+def test_the_retrain_verb_exits_the_skipped_code_when_the_decision_did_not_fire(monkeypatch, fired, skipped_exit,
+                                                                                code):
+    monkeypatch.setattr(flow, "retrain_if_fired", lambda ctx, day: {"stage": "retrain", "fired": fired})
+    argv = ["retrain", "--pipeline", "churn", "--env", "test", "--date", NIGHT.isoformat()]
+    assert cli.main(argv + ["--skipped-exit", str(skipped_exit)]) == code
