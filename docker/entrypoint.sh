@@ -7,7 +7,7 @@
 #   entrypoint.sh worker                      Spark standalone worker (registers with $SPARK_MASTER_URL)
 #   entrypoint.sh mlflow                      MLflow tracking server on $MLFLOW_BACKEND_STORE_URI (read from the environment)
 #   entrypoint.sh history                     Spark History Server over the event logs in $SPARK_EVENT_LOG_DIR
-#   entrypoint.sh submit STAGE [ARGS...]      spark-submit jobs/STAGE.py to $SPARK_MASTER_URL (ARGS: lakeforge's)
+#   entrypoint.sh submit STAGE [ARGS...]      spark-submit jobs/STAGE.py (any of jobs/) to $SPARK_MASTER_URL (ARGS: lakeforge's)
 #   entrypoint.sh scheduler HH:MM CMD...      every day at HH:MM (UTC), run `entrypoint.sh CMD...`
 #   entrypoint.sh lakeforge ARGS...           the lakeforge command line (e.g. `lakeforge status`)
 #
