@@ -1,5 +1,8 @@
 # The two commands: `make demo` and `make test`. Both run `make setup` first when needed.
+# `make test-fast` is the edit-test loop (FAST below); `make test` stays the whole suite, which CI runs.
 PYTHON ?= python3.11
+# Everything that needs no cluster (Spark standalone, PostgreSQL, an MLflow server) and no multi-night story.
+FAST := not cluster and not story
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -22,6 +25,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "$(FAST)"
 
 clean:
 	rm -rf var .pytest_cache

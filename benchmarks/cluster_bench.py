@@ -27,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import record  # benchmarks/record.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 
@@ -202,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=150)
     parser.add_argument("--repeat", type=int, default=2, help="score runs per master (alternating)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    record.add_argument(parser, "cluster_bench")
     args = parser.parse_args(argv)
+    recorder = record.Recorder("cluster_bench", args.results)
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="lakeforge-cluster-bench-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -264,14 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table.to_string())
     ratio = median("cluster", "wall_s") / median("local[2]", "wall_s")
     print(f"cluster / local[2] wall time: {ratio:.2f}")
-    with open("/proc/loadavg") as f:
-        load = float(f.read().split()[0])
-    print(json.dumps({"benchmark": "cluster_bench", "job": "score", "customers": args.customers, "days": args.days,
-                      "rows_scored": rows, "repeat": args.repeat, "ratio_cluster_to_local2": round(ratio, 2),
-                      "local2": {k: median("local[2]", k) for k in keys},
-                      "cluster": {k: median("cluster", k) for k in keys},
-                      "cluster_start_s": round(cluster_start_s, 1), "setup_s": round(setup_s, 1),
-                      "load_average_1m_at_end": load, "cores": os.cpu_count()}))
+    recorder.write({"job": "score", "customers": args.customers, "days": args.days,
+                    "rows_scored": rows, "repeat": args.repeat, "ratio_cluster_to_local2": round(ratio, 2),
+                    "local2": {k: median("local[2]", k) for k in keys},
+                    "cluster": {k: median("cluster", k) for k in keys},
+                    "cluster_start_s": round(cluster_start_s, 1), "setup_s": round(setup_s, 1)})
     return 0
 
 

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record  # benchmarks/record.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -270,7 +272,7 @@ def run_event_spark(data: Path, driver_memory: str) -> dict:
     return {"seconds": round(seconds, 2), "rows": row["rows"], **{c: int(row[c] or 0) for c in EVENT_SUMS}}
 
 
-def event_main(sizes: list[int], driver_memory: str) -> None:
+def event_main(sizes: list[int], driver_memory: str, recorder: record.Recorder) -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="event-features-bench-") as tmp:
         log = Path(tmp) / "children.log"
@@ -290,9 +292,8 @@ def event_main(sizes: list[int], driver_memory: str) -> None:
                   f"{pandas_run['peak_rss_mb']:>6,} MB"
                   f" | spark {spark_run['seconds']:7.1f} s, driver {spark_run['driver_peak_rss_mb']:,} MB, all "
                   f"{spark_run['peak_rss_mb']:,} MB", flush=True)
-    print(json.dumps({"benchmark": "features-event", "pipeline": "delivery_time", "cores": os.cpu_count(),
-                      "spark_master": "local[*]", "load_average_1m": round(os.getloadavg()[0], 1),
-                      "sizes": results}))
+    recorder.write({"pipeline": "delivery_time (every order a point)", "spark_master": "local[*]",
+                    "baseline": "pandas merge_asof + sorted cumulative sums, one process", "sizes": results})
 
 
 # ---------------------------------------------------------------- the driver
@@ -336,6 +337,7 @@ def main() -> None:
                         help="measure the event-level pipeline at these numbers of prediction points instead")
     parser.add_argument("--run", choices=["pandas", "spark", "event-pandas", "event-spark"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    record.add_argument(parser, "features_bench")
     args = parser.parse_args()
     if args.run:  # a child process: one engine on one prepared size
         runs = {"pandas": lambda: run_pandas(args.data), "spark": lambda: run_spark(args.data, args.driver_memory),
@@ -343,10 +345,13 @@ def main() -> None:
                 "event-spark": lambda: run_event_spark(args.data, args.driver_memory)}
         print(json.dumps(runs[args.run]()))
         return
-    if args.event_points:
-        event_main(args.event_points, args.driver_memory)
+    if args.event_points:  # its own results file unless --results says otherwise
+        default = args.results == record.FOLDER / "features_bench.json"
+        path = record.FOLDER / "features_bench_event.json" if default else args.results
+        event_main(args.event_points, args.driver_memory, record.Recorder("features_bench_event", path))
         return
 
+    recorder = record.Recorder("features_bench", args.results)
     results = []
     with tempfile.TemporaryDirectory(prefix="features-bench-") as tmp:
         log = Path(tmp) / "children.log"
@@ -370,10 +375,9 @@ def main() -> None:
                   f"{pandas_run['peak_rss_mb']:>6,} MB | spark {spark_run['seconds']:7.1f} s "
                   f"(warm {spark_run['warm_seconds']:.1f} s, +{spark_run['startup_seconds']:.0f} s start-up) "
                   f"{spark_run['peak_rss_mb']:>6,} MB", flush=True)
-    print(json.dumps({"benchmark": "features", "pipeline": "churn", "cores": os.cpu_count(), "days": args.days,
-                      "spark_master": "local[*]", "load_average_1m": round(os.getloadavg()[0], 1), "sizes": results,
-                      "spark_overtakes_pandas_at_customers": crossover(results, "seconds"),
-                      "warm_spark_overtakes_pandas_at_customers": crossover(results, "warm_seconds")}))
+    recorder.write({"pipeline": "churn", "days": args.days, "spark_master": "local[*]", "sizes": results,
+                    "spark_overtakes_pandas_at_customers": crossover(results, "seconds"),
+                    "warm_spark_overtakes_pandas_at_customers": crossover(results, "warm_seconds")})
 
 
 def crossover(results: list[dict], spark_time: str) -> int | None:

@@ -20,13 +20,14 @@ figure, including the size actually run. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import record  # benchmarks/record.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
@@ -90,7 +91,9 @@ def main() -> None:
     parser.add_argument("--env", default="local", help="conf overlay (default local: local[*])")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, deleted at the end)")
+    record.add_argument(parser, "ingest_bench")
     args = parser.parse_args()
+    recorder = record.Recorder("ingest_bench", args.results)
 
     from lakeforge import config, ingest, lake
     from lakeforge.spark import build_session
@@ -162,7 +165,7 @@ def main() -> None:
             "ingest_time_over_bare_writes": round(ingest_s / bare_s, 3),
             "rerun_no_new_files_s": round(rerun_s, 1), "rerun_committed_nothing": before == after,
         }
-        print(json.dumps(figures))
+        recorder.write(figures)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

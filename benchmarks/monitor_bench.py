@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import record  # benchmarks/record.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
@@ -32,7 +33,9 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--env", default="local")
+    record.add_argument(parser, "monitor_bench")
     args = parser.parse_args()
+    recorder = record.Recorder("monitor_bench", args.results)
 
     from lakeforge import config, features, stages
     from lakeforge.demo.generator import DemoSpec, generate_demo
@@ -71,14 +74,13 @@ def main() -> int:
     log(f"monitor: {statistics.median(monitor_s):.2f}s")
     rows = ctx.spark.table(features.features_table(pipeline)).where(f"as_of_date = DATE'{night}'").count()
     results = {"customers": args.customers, "stores": args.stores, "days": args.days, "date": night.isoformat(),
-               "feature_rows": rows, "repeat": args.repeat, "cores": os.cpu_count(),
+               "feature_rows": rows, "repeat": args.repeat,
                "score_s": round(statistics.median(score_s), 3), "monitor_s": round(statistics.median(monitor_s), 3),
-               "monitor_over_score": round(statistics.median(monitor_s) / statistics.median(score_s), 3),
-               "load_avg_1m": round(os.getloadavg()[0], 2)}
+               "monitor_over_score": round(statistics.median(monitor_s) / statistics.median(score_s), 3)}
     ctx.spark.stop()
     for key, value in results.items():
         print(f"{key:>20}: {value}")
-    print(json.dumps(results, sort_keys=True))
+    recorder.write(results)
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+
+import record  # benchmarks/record.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
@@ -252,9 +253,9 @@ def main() -> int:
     parser.add_argument("--skip-in-process", action="store_true", help="skip (a) and (e) (they hold all rows in memory)")
     parser.add_argument("--skip-spark-udf", action="store_true")
     parser.add_argument("--skip-demand", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "score_bench.json")
+    record.add_argument(parser, "score_bench")
     args = parser.parse_args()
-    load_before = os.getloadavg()
+    recorder = record.Recorder("score_bench", args.results)
 
     from lakeforge import config, features, models, registry, stages, training
 
@@ -265,10 +266,7 @@ def main() -> int:
                                               f"mlflow.artifact_root={work / 'artifacts'}",
                                               "spark.ui_enabled=false", "spark.driver_memory=4g"])
     log = lambda msg: print(f"[score_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-    results: dict[str, object] = {
-        "benchmark": "score_bench", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "cores": os.cpu_count(),
-        "repeat": args.repeat, "load_average_before": [round(x, 2) for x in load_before]}
+    results: dict[str, object] = {"repeat": args.repeat}
 
     # Real registered champions, through the registry: churn trained on 200k synthetic rows ...
     churn = stages.Context(settings, config.load_pipeline("churn"))
@@ -306,13 +304,10 @@ def main() -> int:
                                         lambda n, seed: synthetic_demand(n, args.stores, seed), args, log)
         results["demand"]["stores"] = args.stores
     churn.spark.stop()
-    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     for section in ("churn", "demand"):
         for key, value in results.get(section, {}).items():
             print(f"{section + '.' + key:>56}: {value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(json.dumps(results, sort_keys=True))
+    recorder.write(results)
     return 0
 
 

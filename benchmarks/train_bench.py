@@ -38,7 +38,6 @@ test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import pickle
@@ -49,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+import record  # benchmarks/record.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
@@ -176,7 +177,9 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["ceiling", "many_models", "search"], help="run this measurement only")
+    record.add_argument(parser, "train_bench")
     args = parser.parse_args()
+    recorder = record.Recorder("train_bench", args.results)
     wanted = {"ceiling", "many_models", "search"} if args.only is None else {args.only}
 
     from lakeforge import config
@@ -186,7 +189,6 @@ def main() -> None:
     settings = config.load_settings("local", ["spark.ui_enabled=false", f"spark.shuffle_partitions={cores}",
                                               "spark.log_level=ERROR"])
     spark = build_session(settings, app_name="train-bench")
-    load = os.getloadavg()[0]
     data = groups_frame(args.groups, args.rows_per_group)
     figures = {}
     if "ceiling" in wanted:
@@ -199,8 +201,7 @@ def main() -> None:
         figures["search"] = bench_search(spark, args.search_rows, args.evals, args.parallelism, args.repeats)
         print(f"search: {figures['search']}", flush=True)
     spark.stop()
-    print(json.dumps({"benchmark": "train", "cores": cores, "load_avg_1m_at_start": round(load, 2),
-                      "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "repeats": args.repeats, **figures}))
+    recorder.write({"repeats": args.repeats, **figures})
 
 
 if __name__ == "__main__":

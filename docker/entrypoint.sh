@@ -7,7 +7,7 @@
 #   entrypoint.sh worker                      Spark standalone worker (registers with $SPARK_MASTER_URL)
 #   entrypoint.sh mlflow                      MLflow tracking server on $MLFLOW_BACKEND_STORE_URI (read from the environment)
 #   entrypoint.sh history                     Spark History Server over the event logs in $SPARK_EVENT_LOG_DIR
-#   entrypoint.sh submit STAGE [ARGS...]      spark-submit jobs/STAGE.py to $SPARK_MASTER_URL (ARGS: lakeforge's)
+#   entrypoint.sh submit STAGE [ARGS...]      spark-submit jobs/STAGE.py (any of jobs/) to $SPARK_MASTER_URL (ARGS: lakeforge's)
 #   entrypoint.sh scheduler HH:MM CMD...      every day at HH:MM (UTC), run `entrypoint.sh CMD...`
 #   entrypoint.sh lakeforge ARGS...           the lakeforge command line (e.g. `lakeforge status`)
 #
@@ -16,7 +16,10 @@ set -euo pipefail
 
 LAKEFORGE_HOME=${LAKEFORGE_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
-STAGES="ingest features train score promote nightly"
+# Every stage has its spark-submit entry point jobs/<stage>.py: submit takes each of them, and no other
+# (listed from the jobs/ beside this script: in the image that is $LAKEFORGE_HOME/jobs).
+STAGES=$(cd "$(dirname "$SELF")/../jobs" && for job in *.py; do printf '%s ' "${job%.py}"; done)
+STAGES=${STAGES% }
 
 log() { printf '%s [entrypoint] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -55,7 +58,7 @@ except EnvironmentProblem as exc:
 }
 
 # The JVM class archive `lakeforge setup-jars` built for this Java and PySpark, when there is one (the
-# image has none): the driver maps it instead of loading Spark's classes one by one, ~4 s sooner.
+# image has none): the driver maps it instead of loading Spark's classes one by one, and starts sooner.
 class_archive_option() {
     [[ "${LAKEFORGE_DRY_RUN:-0}" == 1 ]] && return 0
     python -c '

@@ -1,88 +1,71 @@
-"""lakeforge on Airflow: one SparkSubmitOperator per stage, each submitting jobs/<stage>.py.
+"""lakeforge on Airflow: the nightly flow (lakeforge.flow.NIGHTLY), one task per step, each submitting its job.
 
-An example DAG file to copy into Airflow's dags folder. Two DAGs:
-- `lakeforge_nightly`, every night at 02:30 (like deploy/cron/lakeforge.cron and the compose
-  scheduler): ingest >> features >> score for the run's date;
-- `lakeforge_weekly_train`, Sundays at 04:00: train, register and set @champion.
+An example DAG file to copy into Airflow's dags folder together with lakeforge_flow.json, the flow's steps
+as data (written by `python -m lakeforge.flow` from lib/lakeforge/flow.py; this file declares no step of its
+own). The DAG `lakeforge_nightly` runs at the flow's schedule (02:30, as deploy/cron/lakeforge.cron and the
+compose scheduler) and chains the steps in the flow's order: ingest >> features >> score >> monitor >> retrain.
+A step with a condition (`retrain`: only when monitor's decision for the night fired, the policy's cooldown
+included) exits with the flow's `skipped_exit` when it does not hold, and Airflow marks that task skipped.
 Promotion by hand stays a command (`lakeforge promote --version N --reason ...`), not a schedule.
 
-What the Airflow worker needs: the apache-airflow-providers-apache-spark package; a Spark connection
-`spark_lakeforge` (host spark://spark-master, port 7077, deploy mode client); `spark-submit` on PATH;
-and LAKEFORGE_HOME laid out as in the lakeforge image: jobs/, conf/, dist/lakeforge.zip (the wheel,
-`scripts/build-dist.sh`) and the Delta jars cached by `lakeforge setup-jars` under LAKEFORGE_JAR_CACHE.
-Every stage is rerunnable for its date (file ledger, MERGE, replaceWhere), so retries are safe.
+Each task runs `docker/entrypoint.sh submit <step>`, the same command the compose services and tests/cluster
+use. What the Airflow worker needs: apache-airflow-providers-standard (BashOperator); LAKEFORGE_HOME laid out
+as in the lakeforge image (jobs/, conf/, docker/entrypoint.sh, dist/lakeforge.zip from
+`scripts/build-dist.sh`) with lakeforge's Python and `spark-submit` on PATH; SPARK_MASTER_URL; the Delta jars
+cached by `lakeforge setup-jars` (or LAKEFORGE_DELTA_FROM=packages). Every step is rerunnable for its date
+(file ledger, MERGE, replaceWhere), so retries are safe.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, chain
 
-try:
-    from airflow.sdk import DAG  # Airflow 3
-except ImportError:  # Airflow 2
-    from airflow import DAG
-
+FLOW = json.loads((Path(__file__).parent / "lakeforge_flow.json").read_text())
 LAKEFORGE_HOME = os.environ.get("LAKEFORGE_HOME", "/opt/lakeforge")
 LAKEFORGE_ENV = os.environ.get("LAKEFORGE_ENV", "cluster")
-JAR_CACHE = os.environ.get("LAKEFORGE_JAR_CACHE", f"{LAKEFORGE_HOME}/jars")
 PIPELINE = "churn"
-SPARK_CONN_ID = "spark_lakeforge"
-# The jars `lakeforge setup-jars` resolved (spark-submit expands the glob); on a cluster that reaches
-# Maven Central, `packages="io.delta:delta-spark_4.2_2.13:4.4.0"` instead.
-DELTA_JARS = f"{JAR_CACHE}/io.delta_delta-spark_4.2_2.13_4.4.0/ivy/jars/*.jar"
 # The night of the run: a run at 02:30 on day D scores D (features from events before D).
-SCORE_DATE = "{{ data_interval_end | ds }}"
-
-DEFAULT_ARGS = {
-    "owner": "data-platform",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=10),
-}
+NIGHT = "{{ data_interval_end | ds }}"
+ENV = {"LAKEFORGE_HOME": LAKEFORGE_HOME, "LAKEFORGE_ENV": LAKEFORGE_ENV,
+       "LAKEFORGE_CONF_DIR": f"{LAKEFORGE_HOME}/conf", "LAKEFORGE_PY_FILES": f"{LAKEFORGE_HOME}/dist/lakeforge.zip",
+       "SPARK_MASTER_URL": os.environ.get("SPARK_MASTER_URL", "spark://spark-master:7077")}
 
 
-def stage(name: str, *args: str) -> SparkSubmitOperator:
-    """A task that spark-submits jobs/<name>.py with lakeforge's own arguments."""
-    return SparkSubmitOperator(
-        task_id=name,
-        name=f"lakeforge-{name}",
-        conn_id=SPARK_CONN_ID,
-        application=f"{LAKEFORGE_HOME}/jobs/{name}.py",
-        # lakeforge names its Spark session itself (over `name`): this keeps one name per stage.
-        application_args=["--pipeline", PIPELINE, "--env", LAKEFORGE_ENV, "--set", f"spark.app_name=lakeforge-{name}",
-                          *args],
-        py_files=f"{LAKEFORGE_HOME}/dist/lakeforge.zip",
-        jars=DELTA_JARS,
-        conf={"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LAKEFORGE_HOME}/conf/log4j2.properties"},
-        env_vars={"LAKEFORGE_CONF_DIR": f"{LAKEFORGE_HOME}/conf", "LAKEFORGE_ENV": LAKEFORGE_ENV},
+def task(step: dict) -> BashOperator:
+    """The step's task: `entrypoint.sh submit <step>` with lakeforge's own arguments."""
+    args = ["--pipeline", PIPELINE, "--env", LAKEFORGE_ENV]
+    if step["dated"]:
+        args += ["--date", NIGHT]
+    if step["when"]:
+        args += ["--skipped-exit", str(FLOW["skipped_exit"])]
+    command = shlex.join([f"{LAKEFORGE_HOME}/docker/entrypoint.sh", "submit", step["name"], *args])
+    return BashOperator(
+        task_id=step["name"],
+        bash_command=command,  # Jinja renders NIGHT inside its quotes
+        env=ENV,
+        append_env=True,
+        skip_on_exit_code=FLOW["skipped_exit"] if step["when"] else None,  # the others never skip
+        doc_md=(f"reads: {', '.join(step['reads'])}  \nwrites: {', '.join(step['writes'])}"
+                + (f"  \nonly when: {step['when']}" if step["when"] else "")),
     )
 
 
 with DAG(
     dag_id="lakeforge_nightly",
-    description="lakeforge churn: ingest new landing files, build features, score with @champion",
-    schedule="30 2 * * *",
+    description=f"lakeforge {PIPELINE}: " + " >> ".join(step["name"] for step in FLOW["steps"]),
+    schedule=FLOW["schedule"],
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args={"owner": "data-platform", "retries": FLOW["retries"],
+                  "retry_delay": timedelta(minutes=FLOW["retry_delay_minutes"])},
     tags=["lakeforge", PIPELINE],
 ):
-    ingest = stage("ingest")
-    features = stage("features", "--date", SCORE_DATE)
-    score = stage("score", "--date", SCORE_DATE)
-    ingest >> features >> score
-
-with DAG(
-    dag_id="lakeforge_weekly_train",
-    description="lakeforge churn: retrain, register a new version, set @champion",
-    schedule="0 4 * * 0",
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["lakeforge", PIPELINE],
-):
-    stage("train")
+    chain(*[task(step) for step in FLOW["steps"]])

@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from lakeforge import interrupts
+from lakeforge import flow, interrupts
 from lakeforge.errors import LakeforgeError, root_cause
 
 DESCRIPTION = """\
@@ -60,6 +60,11 @@ DETAILS = {
                "ops.monitoring (a rerun replaces the date) and an HTML report under paths.reports (unless\n"
                "the pipeline sets monitoring.report: false).\n"
                "example: lakeforge monitor --pipeline churn --date 2026-10-29",
+    "retrain": "Reads the retrain decision `monitor` recorded for --date in ops.monitoring (the pipeline's policy,\n"
+               "cooldown included) and, when it fired, retrains on the policy's recent window as of --date through\n"
+               "the gate (the outcome goes to ops.monitoring); else prints why not and writes nothing. The last\n"
+               "step of `run nightly`, on its own for a scheduler's task.\n"
+               "example: lakeforge retrain --pipeline churn --date 2026-10-29",
     "promote": "Points an alias at a registered version by hand; the change and the reason go to ops.audit and\n"
                "ops.runs.\n"
                "example: lakeforge promote --pipeline churn --version 3 --reason \"rollback after incident 42\"",
@@ -79,7 +84,7 @@ DETAILS = {
     "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
                   "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
                   "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
-                  "lakeforge starts maps: each command starts about 4 s sooner.",
+                  "lakeforge starts maps: each command starts sooner.",
 }
 
 
@@ -138,14 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ops.monitoring, with an HTML report")
     _common(p, date=True)
 
+    p = _verb(verbs, "retrain", help="retrain through the gate when monitor's decision for --date fired")
+    _common(p)
+    p.add_argument("--date", type=_date, required=True, help="the monitored date whose decision to apply, YYYY-MM-DD")
+    p.add_argument("--skipped-exit", type=int, default=0, metavar="CODE",
+                   help="exit CODE when the decision did not fire (default 0; a scheduler's 'skipped' code, e.g. 99 "
+                        "for Airflow)")
+
     p = _verb(verbs, "promote", help="point an alias (default champion) at a model version, with a reason")
     _common(p)
     p.add_argument("--version", type=int, required=True, help="registered model version")
     p.add_argument("--reason", required=True, help="why (recorded in ops.runs)")
     p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
 
-    p = _verb(verbs, "run", help="run a named sequence: nightly = ingest, features, score, monitor "
-                                 "(and retrain when the policy fires)")
+    *every_night, last = flow.NIGHTLY
+    p = _verb(verbs, "run", help=f"run a named sequence: nightly = {', '.join(s.name for s in every_night)} "
+                                 f"(and {last.name} when the policy fires): lakeforge.flow.NIGHTLY")
     p.add_argument("sequence", choices=["nightly"])
     _common(p, date=True)
     p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
@@ -160,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
     p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
-                   help="skip the JVM class archive (saves about 200 MB and 50 s; each command starts ~4 s slower)")
+                   help="skip the JVM class archive (saves its disk space and build time; each command starts slower)")
     return parser
 
 
@@ -261,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
             _print(stages.score(ctx, args.date))
         elif args.verb == "monitor":
             _print(stages.monitor(ctx, args.date))
+        elif args.verb == "retrain":
+            summary = flow.retrain_if_fired(ctx, args.date)
+            _print(summary)
+            return 0 if summary["fired"] else args.skipped_exit
         elif args.verb == "promote":
             _print(stages.promote(ctx, args.version, args.reason, args.alias))
         elif args.verb == "run":

@@ -78,6 +78,7 @@ class Settings(Frozen):
     project: str | None = Field(None, min_length=1)
     owner: str = "data-platform"
     log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     lock_wait_s: float = Field(0.0, ge=0)  # a second ingest/score/train of a pipeline: wait this long, then exit 2
     paths: PathSettings = PathSettings()
     spark: SparkSettings = SparkSettings()

@@ -56,7 +56,7 @@ JSON_MAX_STRING = 20_000_000  # Spark's JSON parser (Jackson 2.15+): the longest
 LEDGER_SCHEMA = ("source string, file string, batch_id string, status string, ingested_at timestamp, bytes bigint, "
                  "modified_at timestamp, content_sha256 string, duplicate_of string, error string, rows_read bigint, "
                  "rows_kept bigint, rows_quarantined bigint, rows_dropped bigint, new_columns array<string>")
-# Sources load concurrently (the demo's three, 256 MB: 35-43 s instead of 46-51 s one after another).
+# Sources load concurrently: a small source does not wait for a large one (benchmarks/ingest_bench.py).
 # The ops tables are shared by every source: their writes take turns, as a replaceWhere after a crash
 # must not race another source's append.
 PARALLEL_SOURCES = 4
@@ -512,8 +512,8 @@ def _props(description: str, owner: str, source: str) -> dict[str, str]:
 
 def _stats_columns(source: Source) -> str:
     """The columns bronze and silver keep file statistics for: those that MERGE (the key), time windows (the
-    event time) and rerun clean-up (the audit columns) filter on. Statistics on every column made a bronze
-    write of 250 MB of demo orders 30% slower (3.8 s against 2.95 s; none at all: 2.3 s)."""
+    event time) and rerun clean-up (the audit columns) filter on: statistics on every column made bronze
+    writes measurably slower."""
     names = dict.fromkeys([*source.primary_key, source.event_time, *AUDIT_COLUMNS])
     return ",".join(f"`{name.replace('`', '``')}`" for name in names)
 

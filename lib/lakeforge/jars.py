@@ -147,7 +147,7 @@ def class_archive() -> Path:
 
 
 def build_class_archive(force: bool = False) -> tuple[Path, bool]:
-    """Build the class archive once (about 50 s and 200 MB); return it and whether it was built now."""
+    """Build the class archive once (it runs a small Delta job); return it and whether it was built now."""
     target = class_archive()
     if target.is_file() and not force:
         return target, False

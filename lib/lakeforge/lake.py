@@ -184,9 +184,8 @@ def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
     from the log's statistics, so a table missing a data file would still show the file's rows.
 
     The count comes first: a table's first read loads its snapshot, which the property and history
-    lookups then reuse (0.03 s and 0.2 s in a warm session). DESCRIBE DETAIL, used before for the
-    properties, took 0.25 s more than SHOW TBLPROPERTIES; in a fresh `lakeforge status` process the
-    14 demo tables took 21.0 s here instead of 25.2 s (two cores, cProfile).
+    lookups then reuse. SHOW TBLPROPERTIES rather than DESCRIBE DETAIL for the properties: it needs no
+    second pass over the snapshot (measured with cProfile on `lakeforge status`).
     """
     health = check(spark, lakehouse, name)
     if not health.healthy:

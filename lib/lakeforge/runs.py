@@ -1,4 +1,4 @@
-"""The run ledger `ops.runs`: who ran what, when, on which inputs, with what result; plus progress output.
+"""The run ledger `ops.runs`: who ran what, when, on which inputs, with what result.
 
 ops.runs is append-only: a run appends a `running` row when it starts and its `succeeded`, `failed` or
 `interrupted` row (with the error) when it ends. A run killed on the way (SIGKILL, power cut) has no end
@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from typing import Iterator
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakeforge import __version__, interrupts, lake
+from lakeforge import __version__, interrupts, lake, logs
 
 RUNS = "ops.runs"
 CRASH_AFTER = "LAKEFORGE_TEST_CRASH_AFTER"
@@ -45,31 +44,6 @@ HEARTBEAT_S = 30.0
 # A run of another host is abandoned when its heartbeat file is older than this (20 missed beats: a
 # clock skew of minutes or a busy NFS server does not make a live run look dead).
 STALE_AFTER_S = 600.0
-
-
-_PRINTING = threading.Lock()
-
-
-class Progress:
-    """Prints `[job] message (elapsed)` lines, as text or as JSON objects (log_format: json)."""
-
-    def __init__(self, job: str, json_lines: bool = False, stream=None):
-        self.job, self.json_lines, self.stream = job, json_lines, stream or sys.stderr
-        self.started = time.monotonic()
-
-    def __call__(self, message: str, **fields) -> None:
-        elapsed = time.monotonic() - self.started
-        if self.json_lines:
-            record = {"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "job": self.job,
-                      "elapsed_s": round(elapsed, 1), "message": message, **fields}
-            line = json.dumps(record, default=str)
-        else:
-            line = f"[{self.job} {elapsed:6.1f}s] {message}"
-        # One write per line, under a lock: ingest's sources log from their own threads, and print() writes
-        # the text and its newline separately, so two lines could end up on one.
-        with _PRINTING:
-            self.stream.write(line + "\n")
-            self.stream.flush()
 
 
 def crash_point(step: str) -> None:
@@ -105,7 +79,7 @@ class Run:
     outputs: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     details: dict[str, object] = field(default_factory=dict)
-    log: Progress | None = None
+    log: logs.Progress | None = None
     run_date: dt.date | None = None  # set by the job once it knows the date it works on
 
     def input(self, spark: SparkSession, lakehouse: Path, *tables: str) -> None:
@@ -132,9 +106,8 @@ def _write(spark: SparkSession, lakehouse: Path, rows: list[dict]) -> None:
     """Append run rows (a start, an end, or a start with the end rows of abandoned runs) in one commit.
 
     Appends, not a replace of the run's row: a Delta append needs no table state, while a replace
-    (replaceWhere, MERGE) first rebuilds the snapshot's state with three Spark jobs: a one-row replace
-    took 1.17 s against 0.32 s for an append (medians of 25, quiet 2-core machine; 2.0 s against 0.5 s
-    under load), and every stage run writes twice. mergeSchema: an ops.runs made before ADDED_COLUMNS
+    (replaceWhere, MERGE) first rebuilds the snapshot's state with three Spark jobs, several times an
+    append's time, and every stage run writes twice. mergeSchema: an ops.runs made before ADDED_COLUMNS
     gets them on this append.
     """
     props = {"lakeforge.description": "Every lakeforge job run, appended when it starts (running) and when it "
@@ -279,13 +252,13 @@ def mark_abandoned(rows: list[dict], lakehouse: Path) -> list[dict]:
 
 @contextmanager
 def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env: str,
-             run_date: dt.date | None = None, json_logs: bool = False, run_id: str | None = None) -> Iterator[Run]:
+             run_date: dt.date | None = None, run_id: str | None = None) -> Iterator[Run]:
     """Record a job run in ops.runs around the block; a failure or a stop signal is recorded and re-raised.
 
     Earlier runs of the same job and pipeline whose process is gone get their `abandoned` end row in the
     same commit as this run's start row, with a warning line each.
     """
-    run = Run(run_id=run_id or new_run_id(), job=job, pipeline=pipeline, log=Progress(job, json_logs),
+    run = Run(run_id=run_id or new_run_id(), job=job, pipeline=pipeline, log=logs.Progress(job),
               run_date=run_date)
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     row = {"run_id": run.run_id, "job": job, "pipeline": pipeline, "env": env, "run_date": run_date,

@@ -92,17 +92,16 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Delta rebuilds a table's state from its log with 50 tasks by default, and again after each commit:
         # for lakehouse-sized logs the tasks cost more than the work. Two rather than the shuffle partitions
-        # (8 by default), measured on two cores: `lakeforge status` described the demo's 14 tables in
-        # 13.5-14.2 s instead of 18.1-21.4 s, `lakeforge demo` took 63-71 s instead of 73 s. Raise it (under
-        # spark.conf in the settings YAML) for tables of hundreds of thousands of files.
+        # (8 by default): measured faster for `lakeforge status` and `lakeforge demo` on two cores. Raise it
+        # (under spark.conf in the settings YAML) for tables of hundreds of thousands of files.
         "spark.databricks.delta.snapshotPartitions": "2",
         # lakeforge prints its own progress (stage, rows, elapsed); Spark's bar would garble it.
         "spark.ui.showConsoleProgress": "false",
         # Jobs that name no pool share the default one first come, first served, as in FIFO mode; ingest
         # gives each source its own pool, so a small source's jobs do not queue behind a large one's tasks.
         "spark.scheduler.mode": "FAIR",
-        # Ingest caches each checked batch between its counts and its writes (lakeforge's only cache).
-        # Uncompressed, the demo's 256 MB ingest took 28.1 s instead of 32.5 s (medians of 3, alternated).
+        # Ingest caches each checked batch between its counts and its writes (lakeforge's only cache):
+        # uncompressed, the demo's ingest was measured faster (benchmarks/ingest_bench.py).
         "spark.sql.inMemoryColumnarStorage.compressed": "false",
     }
     if spark.event_log_dir is not None:
@@ -120,9 +119,8 @@ def with_class_archive(java_options: str, archive: Path) -> str:
     """The driver's JVM options, with the class archive `lakeforge setup-jars` built when there is one.
 
     The JVM then maps the classes a session loads from the archive instead of reading and checking
-    them one by one: a `lakeforge ingest` with no new files took 12.4 s instead of 16.7 s (medians
-    of 5, alternated, 2026-11-28). An archive the JVM cannot use (another Java build, other jars)
-    costs one warning line, and the JVM loads its classes as usual."""
+    them one by one, so every command starts sooner. An archive the JVM cannot use (another Java
+    build, other jars) costs one warning line, and the JVM loads its classes as usual."""
     if not archive.is_file():
         return java_options
     return f"-XX:SharedArchiveFile={archive} {java_options}".strip()

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from lakeforge import features as feats
 from lakeforge import ingest as ingestion
-from lakeforge import (distributed, interrupts, lake, locks, many_models, models, monitoring, ownership, plots,
+from lakeforge import (distributed, interrupts, lake, locks, logs, many_models, models, monitoring, ownership, plots,
                        registry, runs, scoring, training, tuning)
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
@@ -34,6 +34,9 @@ class Context:
     pipeline: Pipeline
     spark_factory: object = None  # callable(settings) -> SparkSession; tests pass their fixture's session
     summaries: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        logs.configure(self.settings.log_format, self.settings.log_level)
 
     @cached_property
     def spark(self) -> SparkSession:
@@ -63,7 +66,7 @@ class Context:
         with (locks.held(self.lakehouse, lock.format(pipeline=self.pipeline.name), job, self.pipeline.name, run_id,
                          self.settings.lock_wait_s) if lock else nullcontext()):
             with runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
-                               json_logs=self.settings.log_format == "json", run_id=run_id) as run:
+                               run_id=run_id) as run:
                 yield run
 
 
@@ -599,34 +602,10 @@ def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMP
 
 
 def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | None = None) -> dict:
-    """Ingest new files, then build features, score and monitor each date from score_date to until (one date by
-    default); when the pipeline's retrain policy fires, retrain on a recent window through the promotion gate.
+    """The nightly flow (lakeforge.flow.NIGHTLY) for score_date..until (one date by default)."""
+    from lakeforge import flow
 
-    A backfill builds the features of every date in one pass and scores and monitors the dates one by one,
-    in order, so each date is its own rerunnable run in ops.runs and a retrain changes the champion for the
-    dates after it.
-    """
-    summary = {"ingest": ingest(ctx)}
-    first = score_date or _default_score_date(ctx)
-    dates = [first + dt.timedelta(days=i) for i in range(((until or first) - first).days + 1)]
-    if not dates:
-        raise DataError(f"--to {until} is before --from {first}")
-    summary["features"] = build_features(ctx, dates)
-    scored, monitored, retrained = [], [], []
-    for d in dates:
-        scored.append(score(ctx, d))
-        monitored.append(monitor(ctx, d))
-        if monitored[-1]["retrain"]:
-            retrained.append(retrain(ctx, d, monitored[-1]["reason"]))
-    summary["score"] = scored[0] if len(scored) == 1 else {"dates": len(scored), "rows": sum(s["rows"] for s in scored),
-                                                           "first": scored[0]["score_date"],
-                                                           "last": scored[-1]["score_date"]}
-    summary["monitor"] = monitored[0] if len(monitored) == 1 else {
-        "dates": len(monitored), "retrains": [r["date"] for r in retrained],
-        "drifted_dates": sum(1 for m in monitored if m["drifted"])}
-    if retrained:
-        summary["retrain"] = retrained[-1]
-    return summary
+    return flow.run_nightly(ctx, score_date, until)
 
 
 def retrain(ctx: Context, day: dt.date, reason: str) -> dict:

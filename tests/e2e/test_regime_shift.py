@@ -28,7 +28,7 @@ from deltalake import DeltaTable
 from lakeforge import config, registry, stages
 from lakeforge.demo.generator import DemoSpec, generate_demo
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.story]
 
 SHIFT = dt.date(2026, 7, 25)
 SPEC = DemoSpec(seed=42, customers=1200, stores=4, days=150, shift_date=SHIFT)

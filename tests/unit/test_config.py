@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from lakeforge import config, features
@@ -42,8 +43,11 @@ def test_env_comes_from_environment_variable(conf, monkeypatch):
 
 def test_settings_are_frozen(conf):
     settings = config.load_settings("test", None, conf)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match=r"master\n  Instance is frozen"):
         settings.spark.master = "local[1]"
+    with pytest.raises(pydantic.ValidationError, match=r"log_format\n  Instance is frozen"):
+        settings.log_format = "json"
+    assert (settings.spark.master, settings.log_format) == ("local[2]", "text")
 
 
 def test_missing_base_file_names_it(conf):

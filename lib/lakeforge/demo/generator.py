@@ -22,9 +22,8 @@ learnable from recency/frequency features. On ``shift_date`` a regime shift (a l
 changes the channel mix, amounts, order rates and the churn relation itself.
 
 Everything is vectorised with numpy/pandas: the only Python loops run over days (a few
-hundred iterations), files and the handful of malformed lines - never over orders. On two
-cores, 200,000 customers x 180 days (~1.7M orders) take ~15 s and 999,999 customers
-(~8.4M orders) ~75 s with a peak of ~1.7 GB. The output depends only on the spec: the same
+hundred iterations), files and the handful of malformed lines - never over orders, so its time
+grows with the number of orders alone. The output depends only on the spec: the same
 spec gives byte-identical files.
 
 Customer ids have 6 digits (C000001); above 999,999 customers they widen to 7 digits.
