@@ -154,7 +154,7 @@ def test_every_folder_the_demo_made_is_marked_as_this_projects(demo_runs, monkey
     settings = config.load_settings("test", directory=REPO / "conf")
     places = ownership.managed(settings)
     assert sorted(places) == ["mlflow.artifact_root", "mlflow.tracking_uri", "paths.lakehouse", "paths.landing",
-                              "paths.reports"]
+                              "paths.model_cache", "paths.reports"]
     for key, path in places.items():
         assert path.exists() and path.is_relative_to(cwd / "var"), (key, path)
         assert ownership.refusal(path, settings.project, cwd, is_file=key == ownership.SQLITE) is None, key
@@ -173,4 +173,4 @@ def test_unknown_pipeline_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"lakeforge train: error: unknown pipeline 'fraud': no file {REPO / 'conf' / 'pipelines' / 'fraud.yaml'} "
-        f"(pipelines here: churn, demand)"]
+        f"(pipelines here: churn, delivery_time, demand)"]
