@@ -206,9 +206,12 @@ def vacuum(spark: SparkSession, lakehouse: Path, name: str, retention_hours: flo
     Files of the current version are never deleted, whatever the retention."""
     path = table_path(lakehouse, name)
     before = _files_on_disk(path)
-    check = {} if retention_hours >= DELTA_MIN_RETENTION_HOURS else {
-        "spark.databricks.delta.retentionDurationCheck.enabled": "false"}
-    with _session_conf(spark, check):
+    # VACUUM lists the folder with one task per `parallelPartitionDiscovery.parallelism` (10,000 by default):
+    # seconds of empty tasks for a table of a few files. The session's parallelism lists any table in one wave.
+    settings = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(spark.sparkContext.defaultParallelism)}
+    if retention_hours < DELTA_MIN_RETENTION_HOURS:
+        settings["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+    with _session_conf(spark, settings):
         DeltaTable.forPath(spark, str(path)).vacuum(float(retention_hours))
     return before - _files_on_disk(path)
 

@@ -77,12 +77,15 @@ def test_a_merge_skips_the_files_whose_keys_the_updates_cannot_match(spark, lake
     assert lake.read(spark, lakehouse, "silver.items").count() == 151
 
 
-@pytest.fixture
-def maintained(spark, settings_at, ingested_lakehouse, tiny_landing, tmp_path):
+@pytest.fixture(scope="module")
+def maintained(spark, settings_at, ingested_tiny, tiny_landing, tmp_path_factory):
     """The tiny demo's lakehouse with a second ingest (more small files), then `maintain` with no VACUUM retention."""
     landing, _ = tiny_landing
-    own = tmp_path / "landing"
+    tmp_path = tmp_path_factory.mktemp("maintained")
+    own, ingested_lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
     shutil.copytree(landing, own)
+    lake.forget_tables(spark)
+    shutil.copytree(ingested_tiny, ingested_lakehouse)
     (own / "orders" / "orders_extra.jsonl").write_text(
         json.dumps({"order_id": "O999999999", "customer_id": "C000001", "store_id": "S001",
                     "order_ts": "2026-09-28T10:00:00", "channel": "dine_in", "items": 1, "amount": 5.0}) + "\n")
