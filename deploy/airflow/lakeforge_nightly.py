@@ -3,9 +3,10 @@
 An example DAG file to copy into Airflow's dags folder together with lakeforge_flow.json, the flow's steps
 as data (written by `python -m lakeforge.flow` from lib/lakeforge/flow.py; this file declares no step of its
 own). The DAG `lakeforge_nightly` runs at the flow's schedule (02:30, as deploy/cron/lakeforge.cron and the
-compose scheduler) and chains the steps in the flow's order: ingest >> features >> score >> monitor >> retrain.
-A step with a condition (`retrain`: only when monitor's decision for the night fired, the policy's cooldown
-included) exits with the flow's `skipped_exit` when it does not hold, and Airflow marks that task skipped.
+compose scheduler) and chains the steps in the flow's order: ingest >> maintain >> features >> score >> monitor
+>> retrain. A step with a condition (`maintain`: only when maintenance.every_days have passed; `retrain`: only
+when monitor's decision for the night fired, the policy's cooldown included) exits with the flow's
+`skipped_exit` when it does not hold, and Airflow marks that task skipped.
 Promotion by hand stays a command (`lakeforge promote --version N --reason ...`), not a schedule.
 
 Each task runs `docker/entrypoint.sh submit <step>`, the same command the compose services and tests/cluster

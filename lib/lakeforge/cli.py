@@ -43,6 +43,14 @@ DETAILS = {
               "checks go to ops.quality and each file to ops.ingested_files. A rerun with no new files writes nothing. An expectation with\n"
               "action fail stops the load before any write (exit 2). See docs/ingestion.md.\n"
               "example: lakeforge ingest --pipeline churn",
+    "maintain": "Compacts the small files of the tables ingest writes for the pipeline's sources (bronze.<source>,\n"
+                "silver.<source>, ops.quarantine, ops.quality, ops.ingested_files) into files of about\n"
+                "maintenance.target_file_mb (OPTIMIZE), then deletes the files no version younger than\n"
+                "maintenance.vacuum_retention_hours needs (VACUUM); the current version's files are never deleted.\n"
+                "Takes the ingest lock; recorded in ops.runs with each table's files before and after. `run nightly`\n"
+                "runs it when the last successful maintain is maintenance.every_days old. Rows never change, so a\n"
+                "rerun only finds less to do. See docs/operations.md.\n"
+                "example: lakeforge maintain --pipeline churn",
     "features": "Reads the spine and event sources from bronze/silver and writes gold.<pipeline>_features for\n"
                 "--date (default: the day after the last event); rebuilding a date replaces that date only.\n"
                 "example: lakeforge features --pipeline churn --date 2026-10-29",
@@ -68,9 +76,10 @@ DETAILS = {
     "promote": "Points an alias at a registered version by hand; the change and the reason go to ops.audit and\n"
                "ops.runs.\n"
                "example: lakeforge promote --pipeline churn --version 3 --reason \"rollback after incident 42\"",
-    "run": "nightly: ingest, then for each date build features, score and monitor; when the retrain policy\n"
-           "fires, retrain through the gate. One date (--date, default the day after the last event) or a\n"
-           "backfill (--from/--to), each date its own run in ops.runs.\n"
+    "run": "nightly: ingest (and maintain when maintenance.every_days have passed), then for each date build\n"
+           "features, score and monitor; when the retrain policy fires, retrain through the gate. One date\n"
+           "(--date, default the day after the last event) or a backfill (--from/--to), each date its own run\n"
+           "in ops.runs.\n"
            "example: lakeforge run nightly --pipeline churn --from 2026-10-01 --to 2026-10-07",
     "status": "Lists every lakehouse table (version, rows, last write, description), the last runs from ops.runs,\n"
               "and each pipeline's health and @champion.\n"
@@ -129,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "ingest", help="load new landing files into bronze/silver; bad rows to ops.quarantine")
     _common(p)
 
+    p = _verb(verbs, "maintain", help="compact small files and VACUUM the tables ingest writes")
+    _common(p)
+    p.add_argument("--skipped-exit", type=int, default=0, metavar="CODE",
+                   help="as a scheduler calls it: maintain only when due (maintenance.every_days since the last "
+                        "successful maintain) and exit with CODE when not (default 0: always maintain)")
     p = _verb(verbs, "features", help="build gold.<pipeline>_features for a date")
     _common(p, date=True)
 
@@ -266,6 +280,11 @@ def run(args: argparse.Namespace) -> int:
                            stores=args.stores, days=args.days, seed=args.seed))
         elif args.verb == "ingest":
             _print(stages.ingest(ctx))
+        elif args.verb == "maintain":
+            if args.skipped_exit and not stages.maintenance_due(ctx):
+                print(f"maintenance is not due (maintenance.every_days: {settings.maintenance.every_days})")
+                return args.skipped_exit
+            _print(stages.maintain(ctx))
         elif args.verb == "features":
             _print(stages.build_features(ctx, [args.date] if args.date else None))
         elif args.verb == "train":

@@ -71,6 +71,14 @@ class DemoSettings(Frozen):
     dirty: bool = True
 
 
+class MaintenanceSettings(Frozen):
+    """`lakeforge maintain`, also a step of `run nightly`: compaction and VACUUM of the tables ingest writes."""
+
+    every_days: int = Field(7, ge=0)  # run nightly maintains when the last successful maintain is this old; 0: never
+    target_file_mb: int = Field(128, ge=1)  # OPTIMIZE rewrites files smaller than this into files of about this
+    vacuum_retention_hours: float = Field(168, ge=0)  # VACUUM keeps every file a version this recent needs
+
+
 class Settings(Frozen):
     env: str = DEFAULT_ENV
     # Names this project in the marker of every folder lakeforge creates (see lakeforge.ownership); unset, it is
@@ -84,6 +92,7 @@ class Settings(Frozen):
     spark: SparkSettings = SparkSettings()
     mlflow: MlflowSettings = MlflowSettings()
     demo: DemoSettings = DemoSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
 
 # ---------------------------------------------------------------- pipelines (conf/pipelines/<name>.yaml)

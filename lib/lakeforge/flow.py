@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RETRAIN_FIRED = "the retrain decision monitor recorded for the date fired (the pipeline's policy, cooldown included)"
+MAINTENANCE_DUE = "maintenance.every_days have passed since the last successful maintain"
 SCHEDULE = "30 2 * * *"            # every night at 02:30 UTC: the night of day D scores D
 RETRIES, RETRY_DELAY_MINUTES = 2, 10  # every step is rerunnable for its date (file ledger, MERGE, replaceWhere)
 SKIPPED_EXIT = 99                  # a step whose condition does not hold exits with this under a scheduler
@@ -42,6 +43,9 @@ NIGHTLY = (
     Step("ingest", reads=("the landing files of the pipeline's sources",),
          writes=("bronze.<source>", "silver.<source>", "ops.quarantine", "ops.quality", "ops.ingested_files"),
          dated=False, per_date=False),
+    Step("maintain", reads=("bronze.<source>", "silver.<source>", "ops tables ingest writes"),
+         writes=("the same tables, compacted; files older than the retention vacuumed",),
+         dated=False, per_date=False, when=MAINTENANCE_DUE),
     Step("features", reads=("bronze.<spine source>", "silver.<event sources>"),
          writes=("gold.<pipeline>_features",), per_date=False),
     Step("score", reads=("gold.<pipeline>_features", "model <pipeline>@champion"),
@@ -87,6 +91,8 @@ def run_nightly(ctx, first: dt.date | None = None, last: dt.date | None = None) 
     done: dict[str, list[dict]] = {s.name: [] for s in NIGHTLY}
     dates: list[dt.date] = []
     for step in ONCE:
+        if step.when is not None and not _CONDITIONS[step.name](ctx):
+            continue
         if step.dated and not dates:  # after ingest: the default date is the day after the last ingested event
             start = first or stages._default_score_date(ctx)
             dates = [start + dt.timedelta(days=i) for i in range(((last or start) - start).days + 1)]
@@ -124,14 +130,25 @@ def _stage(name: str, dated: bool = True):
     return call
 
 
-# How run_nightly runs each step in process: its stages function (the one its verb and job call).
-_RUN = {"ingest": _stage("ingest", dated=False), "features": _stage("build_features"), "score": _stage("score"),
-        "monitor": _stage("monitor"), "retrain": _retrain}
+def _maintenance_due(ctx) -> bool:
+    from lakeforge import stages
+
+    return stages.maintenance_due(ctx)
+
+
+# How run_nightly runs each step in process: its stages function (the one its verb and job call), and the
+# conditions of the steps run once for all dates (retrain's is the night's monitor decision, in _holds).
+_RUN = {"ingest": _stage("ingest", dated=False), "maintain": _stage("maintain", dated=False),
+        "features": _stage("build_features"), "score": _stage("score"), "monitor": _stage("monitor"),
+        "retrain": _retrain}
+_CONDITIONS = {"maintain": _maintenance_due}
 
 
 def _summary(done: dict[str, list[dict]]) -> dict:
     """One summary per step: the step's own for one date, counts for a backfill."""
     summary: dict = {"ingest": done["ingest"][0], "features": done["features"][0]}
+    if done["maintain"]:
+        summary["maintain"] = done["maintain"][0]
     scored, monitored, retrained = done["score"], done["monitor"], done["retrain"]
     summary["score"] = scored[0] if len(scored) == 1 else {
         "dates": len(scored), "rows": sum(s["rows"] for s in scored), "first": scored[0]["score_date"],

@@ -303,9 +303,17 @@ def _spark_path(path: Path) -> str:
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", str(path))
 
 
-def _file_name() -> Column:
-    # Spark reports the name URI-encoded ("a b" as "a%20b"); a '+' there is literal, not a space.
-    return F.url_decode(F.replace(F.col("_metadata.file_name"), F.lit("+"), F.lit("%2B"))).alias(FILE)
+def _file_name(files: list[LandingFile] | None = None) -> Column:
+    """The row's landing file name. Spark reports it URI-encoded ("a b" as "a%20b"; a '+' there is literal, not a
+    space); when every name of the batch is plain (letters, digits, `._-`) it is its own encoding, and the
+    decoding of every row is skipped."""
+    name = F.col("_metadata.file_name")
+    if files is not None and all(_PLAIN_NAME.fullmatch(f.name) for f in files):
+        return name.alias(FILE)
+    return F.url_decode(F.replace(name, F.lit("+"), F.lit("%2B"))).alias(FILE)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _ddl(columns: dict[str, str]) -> str:
@@ -342,7 +350,7 @@ def max_record_bytes(source: Source) -> int:
 def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
     value = F.col("value")
     options = {**_options(source), "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
-    lines = (spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name())
+    lines = (spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name(files))
              .where(~value.rlike(r"^\s*$")))  # blank lines are not records
     # The JSON parser refuses a string value longer than its limit, and the record would then be blamed on
     # its typed keys. A line within the limit in bytes holds no longer string, so a longer line is not parsed
@@ -372,8 +380,11 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
                  .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    unknown = F.filter(F.json_object_keys(F.when(~too_large, value)), lambda key: ~F.lower(key).isin(known))
-    new_keys = F.when(F.size(unknown) > 0, unknown)  # null, not an empty array, on the usual line: less to cache
+    # Keys spelled as declared are taken out by array_except (compiled); only the rare line with another key
+    # takes the case-insensitive test, a lambda Spark interprets row by row.
+    other = F.array_except(F.json_object_keys(F.when(~too_large, value)), F.array(*[F.lit(n) for n in columns]))
+    unknown = F.filter(other, lambda key: ~F.lower(key).isin(known))
+    new_keys = F.when(F.size(other) > 0, F.when(F.size(unknown) > 0, unknown))  # null on the usual line: less to cache
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
 
@@ -409,13 +420,13 @@ def _read_csv(spark: SparkSession, files: list[LandingFile], source: Source, col
                      .when(replaced, F.lit("malformed CSV record: not valid UTF-8")))
         frames.append(df.select(*[F.col(f"`{name}`") if name in header else F.lit(None).cast(kind).alias(name)
                                   for name, kind in columns.items()],
-                                _file_name(), malformed.alias(MALFORMED), corrupt.alias(RAW)))
+                                _file_name(group), malformed.alias(MALFORMED), corrupt.alias(RAW)))
     return reduce(DataFrame.unionByName, frames)
 
 
 def _read_parquet(spark: SparkSession, files: list[LandingFile], columns: dict[str, str]) -> DataFrame:
     df = spark.read.schema(_ddl(columns)).parquet(*[_spark_path(f.path) for f in files])
-    return df.select(*[F.col(f"`{name}`") for name in columns], _file_name(),
+    return df.select(*[F.col(f"`{name}`") for name in columns], _file_name(files),
                      F.lit(None).cast("string").alias(MALFORMED), F.lit(None).cast("string").alias(RAW))
 
 
@@ -581,7 +592,9 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
         return IngestResult(source_name, None, 0, 0, 0, 0, 0)
 
     declared_lower = {name.lower(): name for name in source.columns}
-    inspected = [f if f.refused else inspect_file(f, source, declared_lower) for f in candidates]
+    with ThreadPoolExecutor(max_workers=PARALLEL_SOURCES, thread_name_prefix=f"inspect-{source_name}") as pool:
+        # Hashing and gzip checks release the GIL: the files are read side by side.
+        inspected = list(pool.map(lambda f: f if f.refused else inspect_file(f, source, declared_lower), candidates))
     loaded_hashes = {e["content_sha256"]: name for name, e in ledger.items()
                      if e["status"] == "loaded" and e["content_sha256"] and e["bytes"]}
     to_load, duplicates, unreadable, refused = [], [], [], []
@@ -793,6 +806,32 @@ def _ledger_rows(spark: SparkSession, source_name: str, batch_id: str, now: dt.d
                          f.refused or f.problem, c.read, c.kept, c.quarantined, c.dropped,
                          sorted(carried.get(f.name, []))))
     return spark.createDataFrame(rows, LEDGER_SCHEMA)
+
+
+def ingest_tables(sources: dict[str, Source]) -> list[str]:
+    """The tables ingest writes for these sources: bronze and silver of each, then its ops tables."""
+    return [f"{layer}.{name}" for name in sources for layer in ("bronze", "silver")] + [
+        QUARANTINE, quality.QUALITY, FILE_LEDGER]
+
+
+def maintain(spark: SparkSession, lakehouse: Path, sources: dict[str, Source], target_file_mb: int,
+             retention_hours: float, log=print) -> dict[str, dict[str, int]]:
+    """Compact the small files of every table ingest writes for these sources, then VACUUM it; per table, its data
+    files before and after and how many unreferenced files VACUUM deleted. Run under the ingest lock: OPTIMIZE
+    rewrites files a concurrent MERGE may be rewriting too."""
+    done = {}
+    for table in ingest_tables(sources):
+        if not lake.exists(lakehouse, table):
+            continue
+        before = lake.data_files(spark, lakehouse, table)
+        compacted = lake.compact(spark, lakehouse, table, target_file_mb)
+        deleted = lake.vacuum(spark, lakehouse, table, retention_hours)
+        after = lake.data_files(spark, lakehouse, table)
+        log(f"{table}: {before} -> {after} data file(s) ({compacted['files_removed']} compacted into "
+            f"{compacted['files_added']}); VACUUM deleted {deleted} unreferenced file(s) older than "
+            f"{retention_hours:g} h")
+        done[table] = {"files_before": before, "files_after": after, "vacuumed": deleted}
+    return done
 
 
 def ingest_all(spark: SparkSession, sources: dict[str, Source], landing: Path, lakehouse: Path,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -119,13 +120,27 @@ def merge_latest(spark: SparkSession, updates: DataFrame, lakehouse: Path, name:
     """Upsert `updates` on `keys`; where a key repeats, the row latest by `order_by` wins, also against the table."""
     _ensure(spark, lakehouse, name, updates, None, properties)
     target = DeltaTable.forPath(spark, str(table_path(lakehouse, name)))
-    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    on = F.expr(" AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys))
     # A row replaces the stored one only when it is not older, so late records never overwrite newer ones.
     newer = " OR ".join(_not_older_than(order_by))
-    (target.alias("t").merge(latest_per_key(updates, keys, order_by).alias("s"), on)
+    latest = latest_per_key(updates, keys, order_by)
+    (target.alias("t").merge(latest.alias("s"), on & _key_range(updates, keys[0]))
      .whenMatchedUpdateAll(condition=newer)
      .whenNotMatchedInsertAll()
      .execute())
+
+
+def _key_range(updates: DataFrame, key: str):
+    """`t.key` within the updates' smallest and largest key (or null), as literals: implied by the join on the key,
+    and what lets MERGE skip, by their key statistics, the target files no update can match. A night's new keys
+    (increasing ids) then touch the files of recent nights only, however long the history."""
+    value = F.col(f"`{key}`")
+    low, high, nulls = updates.agg(F.min(value), F.max(value), F.count(F.when(value.isNull(), 1))).first()
+    column = F.col(f"t.`{key}`")
+    if low is None:
+        return column.isNull()
+    in_range = column.between(F.lit(low), F.lit(high))
+    return (in_range | column.isNull()) if nulls else in_range
 
 
 def _not_older_than(order_by: list[str]) -> list[str]:
@@ -145,6 +160,65 @@ def latest_per_key(df: DataFrame, keys: list[str], order_by: list[str]) -> DataF
 
     window = Window.partitionBy(*keys).orderBy(*[F.col(c).desc_nulls_last() for c in order_by])
     return df.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
+
+
+# ---------------------------------------------------------------- maintenance (lakeforge maintain)
+
+# Below this VACUUM retention Delta refuses to run unless its check is off: a reader of a version older than the
+# retention (a long query, time travel) may then miss files. lakeforge turns the check off only for such a call.
+DELTA_MIN_RETENTION_HOURS = 168
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, str]):
+    """Spark settings for the block, then back to what they were (maintenance runs alone under the ingest lock)."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def data_files(spark: SparkSession, lakehouse: Path, name: str) -> int:
+    """How many data files the table's current version has (Delta's own count, from its log)."""
+    return int(DeltaTable.forPath(spark, str(table_path(lakehouse, name))).detail().first()["numFiles"])
+
+
+def compact(spark: SparkSession, lakehouse: Path, name: str, target_file_mb: int) -> dict[str, int]:
+    """OPTIMIZE (bin-packing): files smaller than the target are rewritten into files of about the target size;
+    files already that large are left alone, so a compaction costs what was written since the last one."""
+    size = str(target_file_mb * 2**20)
+    with _session_conf(spark, {"spark.databricks.delta.optimize.minFileSize": size,
+                               "spark.databricks.delta.optimize.maxFileSize": size}):
+        metrics = DeltaTable.forPath(spark, str(table_path(lakehouse, name))).optimize().executeCompaction() \
+            .first()["metrics"]
+    return {"files_removed": int(metrics["numFilesRemoved"]), "files_added": int(metrics["numFilesAdded"])}
+
+
+def vacuum(spark: SparkSession, lakehouse: Path, name: str, retention_hours: float) -> int:
+    """VACUUM: delete the table's files that no version younger than the retention needs; returns how many.
+    Files of the current version are never deleted, whatever the retention."""
+    path = table_path(lakehouse, name)
+    before = _files_on_disk(path)
+    # VACUUM lists the folder with one task per `parallelPartitionDiscovery.parallelism` (10,000 by default):
+    # seconds of empty tasks for a table of a few files. The session's parallelism lists any table in one wave.
+    settings = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(spark.sparkContext.defaultParallelism)}
+    if retention_hours < DELTA_MIN_RETENTION_HOURS:
+        settings["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+    with _session_conf(spark, settings):
+        DeltaTable.forPath(spark, str(path)).vacuum(float(retention_hours))
+    return before - _files_on_disk(path)
+
+
+def _files_on_disk(path: Path) -> int:
+    """Data files in the table's folder, referenced or not (what VACUUM may delete is not in the log any more)."""
+    return sum(1 for p in path.rglob("*.parquet") if "_delta_log" not in p.parts)
 
 
 def register_tables(spark: SparkSession, lakehouse: Path) -> list[str]:

@@ -96,8 +96,7 @@ def check(df: DataFrame, source: Source) -> DataFrame:
     null_key = F.lit(False)
     for key in source.primary_key:
         null_key = null_key | F.col(f"`{key}`").isNull()
-    flagged = (df.withColumn(NULL_KEY, parsed & null_key)
-               .withColumn(NULL_EVENT, parsed & F.col(f"`{source.event_time}`").isNull()))
+    flags = {NULL_KEY: parsed & null_key, NULL_EVENT: parsed & F.col(f"`{source.event_time}`").isNull()}
     reasons = [F.col(MALFORMED),
                F.when(F.col(NULL_KEY), F.lit(f"null primary key ({', '.join(source.primary_key)})")),
                F.when(F.col(NULL_EVENT), F.lit(f"null event time ({source.event_time})"))]
@@ -111,14 +110,15 @@ def check(df: DataFrame, source: Source) -> DataFrame:
             broken = value.isNotNull() & (occurrences > 1)
         else:
             broken = F.coalesce(failing(e), F.lit(False))
-        flagged = flagged.withColumn(flag(i), parsed & broken)
+        flags[flag(i)] = parsed & broken
         if e.action == "quarantine":
             reasons.append(F.when(F.col(flag(i)), F.lit(f"expectation failed: {describe_expectation(e)}")))
             quarantine = quarantine | F.col(flag(i))
         elif e.action == "drop":
             drop = drop | F.col(flag(i))
     outcome = F.when(quarantine, "quarantine").when(drop, "drop").otherwise("keep")
-    return flagged.withColumn(OUTCOME, outcome).withColumn(REASON, F.concat_ws("; ", *reasons))
+    # Two projections, not one per column: each withColumn analyses the whole plan again on the driver.
+    return df.withColumns(flags).withColumns({OUTCOME: outcome, REASON: F.concat_ws("; ", *reasons)})
 
 
 @dataclass(frozen=True)

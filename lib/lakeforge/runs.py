@@ -131,6 +131,15 @@ def read_runs(spark: SparkSession, lakehouse: Path) -> DataFrame:
     return latest(ledger)
 
 
+def last_succeeded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str) -> dt.datetime | None:
+    """When the latest successful run of the job for the pipeline started (UTC), None when it never succeeded."""
+    if not lake.exists(lakehouse, RUNS):
+        return None
+    return (lake.read(spark, lakehouse, RUNS)
+            .where((F.col("job") == job) & (F.col("pipeline") == pipeline) & (F.col("status") == "succeeded"))
+            .agg(F.max("started_at")).first()[0])
+
+
 def process_start(pid: int) -> str | None:
     """What tells process `pid` apart from a later process given the same pid: the boot and the start
     time in clock ticks (Linux /proc); None where there is no /proc or no such process."""

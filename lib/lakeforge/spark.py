@@ -100,6 +100,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
         # Jobs that name no pool share the default one first come, first served, as in FIFO mode; ingest
         # gives each source its own pool, so a small source's jobs do not queue behind a large one's tasks.
         "spark.scheduler.mode": "FAIR",
+        # Ingest reads a batch's files by name: above this many paths Spark lists them with a job of one task per
+        # path instead of on the driver.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "512",
         # Ingest caches each checked batch between its counts and its writes (lakeforge's only cache):
         # uncompressed, the demo's ingest was measured faster (benchmarks/ingest_bench.py).
         "spark.sql.inMemoryColumnarStorage.compressed": "false",

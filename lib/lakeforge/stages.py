@@ -73,7 +73,7 @@ class Context:
 # One writer per lakehouse and job: ingest per lakehouse (pipelines share their sources), score per pipeline,
 # and train, retrain and promote share one lock per pipeline (each moves the pipeline's aliases). `run nightly`
 # and `demo` take each stage's lock while that stage runs, so one process never waits for itself.
-LOCKS = {"ingest": "ingest", "score": "score-{pipeline}", "train": "train-{pipeline}",
+LOCKS = {"ingest": "ingest", "maintain": "ingest", "score": "score-{pipeline}", "train": "train-{pipeline}",
          "retrain": "train-{pipeline}", "promote": "train-{pipeline}"}
 
 
@@ -104,9 +104,32 @@ def ingest(ctx: Context) -> dict:
                              f"{r.source}.dropped": r.rows_dropped, f"{r.source}.refused": len(r.refused)})
             if r.files == 0:
                 run.log(f"{r.source}: no new files")
-        run.output(ctx.spark, ctx.lakehouse, *[f"{layer}.{name}" for name in sources for layer in ("bronze", "silver")],
-                   ingestion.QUARANTINE, ingestion.FILE_LEDGER)
+        run.output(ctx.spark, ctx.lakehouse, *ingestion.ingest_tables(sources))
         return {"stage": "ingest", **run.rows}
+
+
+def maintain(ctx: Context) -> dict:
+    """Compact small files and VACUUM the tables ingest writes (maintenance settings), recorded in ops.runs."""
+    with ctx.recorded("maintain") as run:
+        every = ctx.settings.maintenance
+        tables = ingestion.maintain(ctx.spark, ctx.lakehouse, ctx.pipeline.sources, every.target_file_mb,
+                                    every.vacuum_retention_hours, log=run.log)
+        for table, counts in tables.items():
+            run.rows.update({f"{table}.{key}": value for key, value in counts.items()})
+        run.output(ctx.spark, ctx.lakehouse, *tables)
+        return {"stage": "maintain", "tables": len(tables),
+                "files_before": sum(c["files_before"] for c in tables.values()),
+                "files_after": sum(c["files_after"] for c in tables.values()),
+                "vacuumed": sum(c["vacuumed"] for c in tables.values())}
+
+
+def maintenance_due(ctx: Context) -> bool:
+    """True when maintenance.every_days have passed (by date) since the last successful maintain, or none ran."""
+    every = ctx.settings.maintenance.every_days
+    if not every:
+        return False
+    last = runs.last_succeeded(ctx.spark, ctx.lakehouse, "maintain", ctx.pipeline.name)
+    return last is None or (dt.datetime.now(dt.timezone.utc).date() - last.date()).days >= every
 
 
 def build_features(ctx: Context, dates: list[dt.date] | None = None) -> dict:

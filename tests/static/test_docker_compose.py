@@ -360,7 +360,7 @@ def test_cluster_tests_run_the_compose_scheduler_command():
 def test_entrypoint_rejects_what_it_cannot_run():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "LAKEFORGE_"))} | {"LAKEFORGE_DRY_RUN": "1"}
     every_job = " ".join(sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
-    assert every_job == "features ingest monitor nightly promote retrain score train"
+    assert every_job == "features ingest maintain monitor nightly promote retrain score train"
     for argv, message in [(["submit", "nightly"], "SPARK_MASTER_URL"), (["submit", "bogus"], f"one of: {every_job} (got"),
                           (["scheduler", "2:30", "submit", "nightly"], "HH:MM"), (["worker"], "SPARK_MASTER_URL"),
                           (["history"], "SPARK_EVENT_LOG_DIR"), (["nonsense"], "unknown role")]:

@@ -24,9 +24,11 @@ NIGHT = dt.date(2026, 11, 27)
 
 
 class Calls(list):
-    """(step, date) of each stage function called, in order; `fires`: what each night's monitor decides."""
+    """(step, date) of each stage function called, in order; `fires`: what each night's monitor decides;
+    `maintenance_due`: whether maintenance.every_days have passed."""
 
     fires = True
+    maintenance_due = True
 
 
 @pytest.fixture
@@ -43,6 +45,8 @@ def executed(monkeypatch) -> Calls:
         return stage
 
     monkeypatch.setattr(stages, "ingest", record("ingest", {"stage": "ingest"}))
+    monkeypatch.setattr(stages, "maintenance_due", lambda ctx: calls.maintenance_due)
+    monkeypatch.setattr(stages, "maintain", record("maintain", {"stage": "maintain"}))
     monkeypatch.setattr(stages, "build_features", record("features", {"stage": "features"}))
     monkeypatch.setattr(stages, "score", record("score", lambda d: {"rows": 1, "score_date": d.isoformat()}))
     monkeypatch.setattr(stages, "monitor", record("monitor", lambda d: {
@@ -81,8 +85,8 @@ def compose_command(monkeypatch) -> tuple[str, list[str], Path]:
 def test_the_flow_run_nightly_cron_compose_and_the_dag_list_the_same_steps_in_the_same_order(
         executed, monkeypatch, airflow_dags):
     declared = flow.step_names()
-    assert declared == ["ingest", "features", "score", "monitor", "retrain"]
-    assert [s.name for s in flow.NIGHTLY if s.when] == ["retrain"]
+    assert declared == ["ingest", "maintain", "features", "score", "monitor", "retrain"]
+    assert [s.name for s in flow.NIGHTLY if s.when] == ["maintain", "retrain"]
 
     # `lakeforge run nightly` (what jobs/nightly.py runs).
     assert cli.main(["run", "nightly", "--pipeline", "churn", "--env", "test", "--date", NIGHT.isoformat()]) == 0
@@ -115,13 +119,20 @@ def test_the_flow_run_nightly_cron_compose_and_the_dag_list_the_same_steps_in_th
 def test_retrain_runs_only_on_the_nights_the_policy_fires(executed):
     executed.fires = False
     stages.nightly(object(), NIGHT)
-    assert steps_of(executed) == ["ingest", "features", "score", "monitor"]
+    assert steps_of(executed) == ["ingest", "maintain", "features", "score", "monitor"]
+
+
+def test_maintain_runs_only_when_it_is_due(executed):
+    executed.maintenance_due = False
+    summary = stages.nightly(object(), NIGHT)
+    assert steps_of(executed) == ["ingest", "features", "score", "monitor", "retrain"]
+    assert "maintain" not in summary
 
 
 def test_a_backfill_ingests_and_builds_features_once_then_runs_each_date_in_order(executed):
     summary = stages.nightly(object(), NIGHT, NIGHT + dt.timedelta(days=1))
     day1, day2 = NIGHT.isoformat(), (NIGHT + dt.timedelta(days=1)).isoformat()
-    assert executed == [("ingest", None), ("features", day1), ("score", day1), ("monitor", day1), ("retrain", day1),
+    assert executed == [("ingest", None), ("maintain", None), ("features", day1), ("score", day1), ("monitor", day1), ("retrain", day1),
                         ("score", day2), ("monitor", day2), ("retrain", day2)]
     assert summary["score"] == {"dates": 2, "rows": 2, "first": day1, "last": day2}
     assert summary["monitor"]["retrains"] == [day1, day2]
@@ -132,7 +143,7 @@ def test_a_backfill_that_ends_before_it_starts_is_refused(executed):
 
     with pytest.raises(DataError, match=r"--to 2026-11-26 is before --from 2026-11-27"):
         stages.nightly(object(), NIGHT, NIGHT - dt.timedelta(days=1))
-    assert steps_of(executed) == ["ingest"]
+    assert steps_of(executed) == ["ingest", "maintain"]
 
 
 @pytest.mark.parametrize("fired, skipped_exit, code", [(True, 99, 0), (False, 99, 99), (False, 0, 0)])

@@ -10,7 +10,7 @@ from lakeforge import cli
 
 WRITES = {"demo": "row count", "generate": "_manifest.json", "ingest": "ops.quarantine",
           "features": "gold.<pipeline>_features", "train": "@challenger", "score": "gold.<pipeline>_predictions",
-          "monitor": "ops.monitoring", "retrain": "writes nothing", "promote": "ops.audit", "run": "ops.runs", "status": "ops.runs",
+          "maintain": "(VACUUM)", "monitor": "ops.monitoring", "retrain": "writes nothing", "promote": "ops.audit", "run": "ops.runs", "status": "ops.runs",
           "doctor": "Writes nothing. Exit 0 when every\ntable is healthy, 2 when any is not",
           "setup-jars": "jar cache"}
 
