@@ -135,6 +135,6 @@ def test_maintain_is_recorded_in_ops_runs_with_each_tables_files(spark, maintain
     assert rows["ops.ingested_files.files_before"] == maintained["before"]["ops.ingested_files"][0]
     assert set(run[0]["outputs"]) == set(maintained["tables"])
     assert runs.last_succeeded(spark, lakehouse, "maintain", "churn") == run[0]["started_at"]
-    assert not stages._maintenance_due(ctx)  # every_days 7: not again today
+    assert not stages.maintenance_due(ctx)  # every_days 7: not again today
     never = stages.Context(ctx.settings, config.load_pipeline("demand"), spark_factory=lambda _: spark)
-    assert stages._maintenance_due(never)  # no maintain of this pipeline yet
+    assert stages.maintenance_due(never)  # no maintain of this pipeline yet
