@@ -152,3 +152,15 @@ def test_the_retrain_verb_exits_the_skipped_code_when_the_decision_did_not_fire(
     monkeypatch.setattr(flow, "retrain_if_fired", lambda ctx, day: {"stage": "retrain", "fired": fired})
     argv = ["retrain", "--pipeline", "churn", "--env", "test", "--date", NIGHT.isoformat()]
     assert cli.main(argv + ["--skipped-exit", str(skipped_exit)]) == code
+
+
+@pytest.mark.parametrize("due, skipped_exit, code, maintained", [(True, 99, 0, True), (False, 99, 99, False),
+                                                                 (False, 0, 0, True)])
+def test_the_maintain_verb_skips_only_for_a_scheduler_when_not_due(monkeypatch, due, skipped_exit, code, maintained):
+    """As a scheduler calls it (--skipped-exit), maintain runs only when due; by hand it always runs."""
+    calls = []
+    monkeypatch.setattr(stages, "maintenance_due", lambda ctx: due)
+    monkeypatch.setattr(stages, "maintain", lambda ctx: calls.append("maintain") or {"stage": "maintain"})
+    argv = ["maintain", "--pipeline", "churn", "--env", "test", "--skipped-exit", str(skipped_exit)]
+    assert cli.main(argv) == code
+    assert calls == (["maintain"] if maintained else [])
