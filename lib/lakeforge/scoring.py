@@ -101,6 +101,10 @@ def predict(features: DataFrame, model_payload, key: tuple, ids: list[str],
     columns straight into its input matrix, with no pandas frame in between (see
     benchmarks/score_bench.py). A pickled pyfunc gets its pandas frame, as from a pandas UDF.
     """
+    # The broadcast's id joins the key: a long-lived worker (one Spark session scoring models of two registries,
+    # as the tests do) never reuses another model that has the same name and version.
+    key = (*key, getattr(model_payload, "id", None))
+
     @F.arrow_udf(DoubleType())
     def score_batches(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         model = _model_on_worker(key, model_payload)
