@@ -30,12 +30,19 @@ from lakeforge import model_files
 from lakeforge.model_files import LIGHTGBM, LINEAR, MODEL
 
 COMPILED, NATIVE = "compiled", "native"
+# Each model's entry function is named after the model's SHA-256: with lleaves' default name (forest_root) for
+# every model, a process that had loaded one compiled model got that model's function back for the next one.
+ENTRY_NAMING = "entry-by-sha"
+
+
+def entry_name(text: bytes) -> str:
+    return f"lakeforge_{model_files.sha256(text)[:24]}"
 
 
 def compiler_version() -> str | None:
-    """`lleaves-<v>-llvmlite-<v>`, None when lleaves is not installed."""
+    """`lleaves-<v>-llvmlite-<v>-<entry naming>`, None when lleaves is not installed."""
     try:
-        return f"lleaves-{version('lleaves')}-llvmlite-{version('llvmlite')}"
+        return f"lleaves-{version('lleaves')}-llvmlite-{version('llvmlite')}-{ENTRY_NAMING}"
     except PackageNotFoundError:
         return None
 
@@ -65,7 +72,7 @@ def _lleaves_model(text: bytes, obj: Path | None, folder: str):
     model = lleaves.Model(model_file=str(model_path))
     if model.num_model_per_iteration() != 1:
         raise ValueError(f"{model.num_model_per_iteration()} outputs per row (multiclass); lakeforge scores one")
-    model.compile(cache=str(obj) if obj is not None else None)
+    model.compile(cache=str(obj) if obj is not None else None, froot_func_name=entry_name(text))
     return model
 
 
