@@ -26,7 +26,7 @@ from lakeforge import points as event_points
 from lakeforge.config import PREDICTION_AT, Pipeline
 from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
-                                       import_function, prepare, schema_of)
+                                       buckets_of, import_function, prepare, schema_of)
 
 AS_OF = "as_of_date"
 
@@ -225,12 +225,12 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dat
         days = as_dates(dates)
         pts = event_points.with_cutoffs(snapshot_points(spine_history, days, pipeline),
                                         event_points.built_cutoffs(spark, lakehouse, features_table(pipeline), days))
-        buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
+        buckets = buckets_of(spark)
         return event_points.compute_features(pts, event_points.set_sources(spark, lakehouse, pipeline, days), pipeline,
                                              buckets)
     spec = _events(pipeline)
     events = lake.read(spark, lakehouse, f"silver.{spec.source}") if spec is not None else None
-    buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    buckets = buckets_of(spark)
     return compute_features(spine_history, events, dates, pipeline, buckets)
 
 
@@ -339,7 +339,7 @@ def labelled(keys: DataFrame, events: DataFrame, pipeline: Pipeline, known_befor
     (a timestamp, or a column of `keys`; default: every label known so far)."""
     if pipeline.is_event:
         known_before = F.lit(dt.datetime(9999, 1, 1)) if known_before is None else known_before
-        buckets = max(2, int(keys.sparkSession.conf.get("spark.sql.shuffle.partitions")))
+        buckets = buckets_of(keys.sparkSession)
         labels_ = event_points.data_labels(keys, events, pipeline, known_before, buckets)
         return keys.join(labels_, on=[*pipeline.keys, AS_OF], how="inner")
     return keys.join(labels(events, keys, pipeline), on=[*pipeline.keys, AS_OF], how="inner")

@@ -283,6 +283,11 @@ def conforming(fn: PandasFn, schema: StructType, inputs: StructType | None = Non
     return run
 
 
+def buckets_of(spark) -> int:
+    """How many hash buckets apply_grouped spreads keys over: the session's shuffle partitions (at least 2)."""
+    return max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
+
+
 def apply_grouped(df: DataFrame, fn: PandasFn, key: str | list[str], schema: StructType, buckets: int,
                   by: list[str] | None = None, order_by: list[str] | None = None) -> DataFrame:
     """Run `fn` on Spark so that each call gets every row of some values of (`key`, *`by`) (hash buckets of `key`)."""

@@ -36,7 +36,8 @@ from pyspark.sql.types import StructType
 from lakeforge import lake
 from lakeforge.config import AS_OF_DATE, PREDICTION_AT, FeatureSet, Pipeline
 from lakeforge.errors import ConfigError, DataError
-from lakeforge.pandas_on_spark import apply_grouped, apply_grouped_pandas, import_function, prepare, schema_of
+from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, buckets_of, import_function, prepare,
+                                       schema_of)
 
 INGESTED_BY = "ingested_by"  # features table: rows ingested after this moment are not seen by the row
 INGESTED_AT = "_ingested_at"
@@ -230,7 +231,7 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, day
     """Feature rows of every point of the days: points from silver, set rows from bronze (every version)."""
     pts = points(lake.read(spark, lakehouse, f"bronze.{pipeline.points.source}"), pipeline, days,
                  built_cutoffs(spark, lakehouse, table, days))
-    buckets = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    buckets = buckets_of(spark)
     return compute_features(pts, set_sources(spark, lakehouse, pipeline, days), pipeline, buckets)
 
 
