@@ -198,3 +198,42 @@ def test_jvm_options_in_the_settings_come_after_lakeforges_log_config(conf, monk
     assert session_conf(config.load_settings("local", None, conf))["spark.driver.extraJavaOptions"] == log_config
     tuned = config.load_settings("local", ["spark.conf={spark.driver.extraJavaOptions: -XX:+UseSerialGC}"], conf)
     assert session_conf(tuned)["spark.driver.extraJavaOptions"] == f"{log_config} -XX:+UseSerialGC"
+
+
+def _delivery(conf, old: str, new: str):
+    """Load delivery_time (event points, feature sets, a label from data) with one edit to its YAML."""
+    path = conf / "pipelines" / "delivery_time.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return config.load_pipeline("delivery_time", None, conf)
+
+
+def test_event_points_mistakes_are_one_error_naming_the_key(conf):
+    cases = [
+        ("columns: [store_id, customer_id, items]   # known at that moment",
+         "columns: [store_id, customer_id, items]\n  known_later: [items]",
+         r"key 'points\.columns': 'items' is known only after the instant"),
+        ("join: {store_id: store_id}\n      window: 1h", "join: {region: store_id}\n      window: 1h",
+         r"key 'features\.sets\.store_load\.join': 'region' is not a column of the point"),
+        ("columns: [channel, items]", "columns: [channel, item_count]",
+         r"key 'features\.sets\.store_load\.columns': 'item_count' is not a column of source 'orders'"),
+        ("output: {drivers_on_shift: double,", "output: {store_orders_1h: double,",
+         r"key 'features\.sets\.staffing\.output': column 'store_orders_1h' is also an output of set store_load"),
+        ("  join: {order_id: order_id}\n  columns: [delivered_ts]", "  columns: [delivered_ts]",
+         r"key 'label\.join': the label comes from 'deliveries', not the points' source"),
+        ("  known_at: delivered_ts", "  known_at: store_id",
+         r"key 'label\.known_at': 'store_id' of source 'deliveries' is string; a timestamp column is needed"),
+    ]
+    original = (conf / "pipelines" / "delivery_time.yaml").read_text()
+    for old, new, message in cases:
+        (conf / "pipelines" / "delivery_time.yaml").write_text(original)
+        with pytest.raises(ConfigError, match=r"delivery_time\.yaml: " + message):
+            _delivery(conf, old, new)
+
+
+def test_a_window_is_a_duration():
+    assert config.FeatureSet(source="s", join={"a": "a"}, window="90m", function="m.f",
+                             output={"x": "double"}).window == dt.timedelta(minutes=90)
+    with pytest.raises(pydantic.ValidationError, match=r"expected a duration such as 90d, 1h, 30m or 45s \(got '1 week'\)"):
+        config.FeatureSet(source="s", join={"a": "a"}, window="1 week", function="m.f", output={"x": "double"})
