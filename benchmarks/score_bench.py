@@ -212,7 +212,7 @@ def bench_model(ctx, version: int, make_rows, args, log) -> dict:
     for key, loaded, what in (("c_lakeforge_native_noop_s", native, "native"),
                               ("d_lakeforge_compiled_noop_s", fast, "compiled")):
         payload = scoring.broadcast_model(spark, loaded)
-        t = timed(lambda: scoring.predict(rows_df, payload, (name, version, loaded.how), [entity], columns)
+        t = timed(lambda: scoring.predict(rows_df, payload, loaded.fingerprint, [entity], columns)
                   .write.format("noop").mode("overwrite").save(), args.repeat)
         results[key] = statistics.median(t)
         log(f"{name} ({key[0]}) lakeforge {what} scoring, no-op sink: {statistics.median(t):.2f}s")

@@ -14,6 +14,7 @@ over one core. A rerun replaces exactly the score_date partition, in one commit.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -30,14 +31,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
-from lakeforge import compiled, registry
+from lakeforge import compiled, model_files, registry
 
 # Test hook: with this set to a file path, a scoring task creates the file after its first batch and
 # then hangs, so a test can kill the job while its write is in progress.
 STALL_AFTER_FIRST_BATCH = "LAKEFORGE_TEST_STALL_SCORING"
 
-# A worker process keeps the models it has rebuilt, keyed by (name, version, how): one load per worker.
-_WORKER_MODELS: dict[tuple, Callable[[pa.StructArray], object]] = {}
+# A worker process keeps the models it has rebuilt, keyed by what they are (Loaded.fingerprint): one load per
+# worker, and a long-lived worker (Python workers are reused across jobs) never serves one model for another
+# that has the same name and version, such as version 1 of a pipeline in two registries.
+_WORKER_MODELS: dict[str, Callable[[pa.StructArray], object]] = {}
 PICKLE = "pickle"  # the payload key of a model broadcast as its cloudpickled pyfunc
 
 
@@ -45,7 +48,7 @@ def predictions_table(pipeline_name: str) -> str:
     return f"gold.{pipeline_name}_predictions"
 
 
-def _model_on_worker(key: tuple, payload) -> Callable[[pa.StructArray], object]:
+def _model_on_worker(key: str, payload) -> Callable[[pa.StructArray], object]:
     predict_batch = _WORKER_MODELS.get(key)
     if predict_batch is None:
         value = payload.value
@@ -66,6 +69,17 @@ class Loaded:
     feature_names: list[str]
     how: str  # compiled | native | pickle (and mixes, e.g. `compiled (2 native)`)
     details: dict
+    fingerprint: str  # how it scores and a SHA-256 of every file it is rebuilt from
+
+
+def fingerprint(how: str, payload: dict) -> str:
+    """What a worker rebuilds from `payload`, as `how` plus a SHA-256 of its contents (the model files, or the
+    pickle); the compiled object code follows from the files, the compiler and the CPU, all in `how`'s files."""
+    digest = hashlib.sha256()
+    parts = {PICKLE: payload[PICKLE]} if PICKLE in payload else payload["files"]
+    for name in sorted(parts):
+        digest.update(f"{name}\0{model_files.sha256(parts[name])}\0".encode())
+    return f"{how}:{digest.hexdigest()}"
 
 
 def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Callable[[str], None] = print,
@@ -77,7 +91,9 @@ def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Ca
         model = registry.load_python_model(name, version)
         log(f"{name} v{version} has no model files (registered before them, or an estimator with no data form): "
             f"scoring its pickled pyfunc ({type(model).__name__}, unpickled with cloudpickle)")
-        return Loaded({PICKLE: cloudpickle.dumps(model)}, list(model.feature_names), PICKLE, {"scored_from": PICKLE})
+        payload = {PICKLE: cloudpickle.dumps(model)}
+        return Loaded(payload, list(model.feature_names), PICKLE, {"scored_from": PICKLE},
+                      fingerprint(PICKLE, payload))
     prepared = compiled.prepare(files, cache_dir, log, compile_trees)
     trees = sum(e["format"] == compiled.LIGHTGBM for e in files.estimators.values())
     how = compiled.COMPILED if prepared.payload["objects"] else compiled.NATIVE
@@ -88,10 +104,11 @@ def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Ca
     if compile_trees and trees:
         log(f"{name} v{version}: {trees} LightGBM estimator(s), {prepared.compiled_now} compiled now and "
             f"{prepared.from_cache} from the cache {cache_dir} in {prepared.compile_seconds:.1f}s; scoring {how}")
-    return Loaded(prepared.payload, list(files.spec["feature_names"]), how, details)
+    return Loaded(prepared.payload, list(files.spec["feature_names"]), how, details,
+                  fingerprint(how, prepared.payload))
 
 
-def predict(features: DataFrame, model_payload, key: tuple, ids: list[str],
+def predict(features: DataFrame, model_payload, model_key: str, ids: list[str],
             feature_cols: list[str]) -> DataFrame:
     """The row's id columns (its key) plus `prediction` for each feature row (a transform; runs on the executors).
 
@@ -100,14 +117,12 @@ def predict(features: DataFrame, model_payload, key: tuple, ids: list[str],
     scoring slower than mlflow's spark_udf), and a model rebuilt from its files reads the Arrow
     columns straight into its input matrix, with no pandas frame in between (see
     benchmarks/score_bench.py). A pickled pyfunc gets its pandas frame, as from a pandas UDF.
+    `model_key` is the broadcast model's `Loaded.fingerprint`.
     """
-    # The broadcast's id joins the key: a long-lived worker (one Spark session scoring models of two registries,
-    # as the tests do) never reuses another model that has the same name and version.
-    key = (*key, getattr(model_payload, "id", None))
 
     @F.arrow_udf(DoubleType())
     def score_batches(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        model = _model_on_worker(key, model_payload)
+        model = _model_on_worker(model_key, model_payload)
         stall = os.environ.get(STALL_AFTER_FIRST_BATCH)
         for batch in batches:
             yield pa.array(model(batch), type=pa.float64())

@@ -396,7 +396,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
             _explain_nothing_to_score(ctx, table, run.inputs[table], score_date)
         payload = scoring.broadcast_model(ctx.spark, model)
         predictions = scoring.stamp(
-            scoring.predict(rows, payload, (pipeline.name, version, model.how), feats.id_columns(pipeline),
+            scoring.predict(rows, payload, model.fingerprint, feats.id_columns(pipeline),
                             model.feature_names),
             score_date, pipeline.name, version, run.run_id)
         out = scoring.predictions_table(pipeline.name)
