@@ -45,6 +45,11 @@ def day(value) -> str:
     return "—" if _missing(value) else str(pd.Timestamp(value).date())
 
 
+def _dates(start, end) -> str:
+    """A range of score dates, one date when it is a single night."""
+    return day(start) if day(start) == day(end) else f"{day(start)} … {day(end)}"
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
 
@@ -113,7 +118,7 @@ def drift_plot(history: pd.DataFrame, names: list[str], threshold: float | None)
                   & history.value.notna()]
     if psi.empty:
         return None
-    fig, ax = _figure()
+    fig, ax = _figure(6.0, 3.0)
     for name, rows in psi.sort_values("monitor_date").groupby("name", sort=True):
         ax.plot(pd.to_datetime(rows.monitor_date), rows.value, marker=".", linewidth=1, label=name,
                 linestyle="--" if name == "prediction" else "-")
@@ -122,7 +127,7 @@ def drift_plot(history: pd.DataFrame, names: list[str], threshold: float | None)
     ax.set_ylim(0, max(float(psi.value.max()), threshold or 0.0) * 1.1 or 1.0)
     _dates_axis(ax, list(psi.monitor_date))
     ax.set_ylabel("PSI vs training baseline")
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -135,7 +140,7 @@ def performance_plot(history: pd.DataFrame, champion: int, holdout: float | None
     realized = mine[(mine.kind == "performance")].sort_values("window_end")
     if estimated.empty and realized.empty:
         return None
-    fig, ax = _figure()
+    fig, ax = _figure(6.0, 3.0)
     if len(estimated):
         ax.plot(pd.to_datetime(estimated.monitor_date), estimated.value, marker=".", linewidth=1,
                 label=f"estimated {metric} (CBPE, that night's rows)")
@@ -155,7 +160,7 @@ def performance_plot(history: pd.DataFrame, champion: int, holdout: float | None
     ax.set_ylim(low - pad, high + pad)
     _dates_axis(ax, list(estimated.monitor_date) + list(realized.window_end))
     ax.set_ylabel(metric)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -259,7 +264,7 @@ def render(pipeline: str, monitor_date: dt.date, history: pd.DataFrame, champion
     performance = [{"what": "estimated (CBPE)" if r.kind == "estimated_performance" else "realized (matured)",
                     "version": r.model_version, "metric": r.metric, "value": r.value, "threshold": r.threshold,
                     "flag": monitoring.is_breached(r.breached), "rows": r.rows,
-                    "window": f"{day(r.window_start)} … {day(r.window_end)}"} for r in perf.itertuples(index=False)]
+                    "window": _dates(r.window_start, r.window_end)} for r in perf.itertuples(index=False)]
     quality = [{"name": r.name, "value": r.value, "threshold": r.threshold, "rows": r.rows, "detail": r.detail,
                 "flag": monitoring.is_breached(r.breached)}
                for r in today[today.kind == "quality"].itertuples(index=False)]

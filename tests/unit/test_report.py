@@ -5,6 +5,7 @@ No Spark: the nights' ops.monitoring rows come from lakeforge.monitoring's own f
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ FIRST = dt.date(2026, 7, 1)
 NIGHTS = 20
 HOLDOUT = 0.77   # the champion's holdout AUC; the floor is 0.05 below
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = os.environ.get("LAKEFORGE_SCREENSHOTS")  # a folder: the drifted and quiet pages are saved there
 
 
 def test_numbers_are_formatted_for_people():
@@ -108,7 +110,7 @@ def browse(page: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
     """The DOM after headless Chromium loaded the page, and every console message it logged."""
     assert CHROMIUM, "chromium is not installed: `sudo apt-get install chromium` (make setup-browser does it)"
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-            "--window-size=1100,2600", "--hide-scrollbars"]
+            "--window-size=1100,2100", "--hide-scrollbars"]
     if screenshot is not None:
         done = subprocess.run([*args, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, text=True,
                               timeout=120)
@@ -129,7 +131,7 @@ SECTIONS = ["verdict", "what-moved", "trends", "drift", "performance", "quality"
 
 
 def test_a_drifted_night_says_watch_and_shows_what_moved(pages):
-    dom, console = browse(pages["drifted"])
+    dom, console = browse(pages["drifted"], SCREENSHOTS and Path(SCREENSHOTS) / "report-drifted.png")
     assert console == []
     day = FIRST + dt.timedelta(days=NIGHTS - 1)
     assert re.search(r'id="verdict-line">WATCH · churn · ' + str(day) + "<", dom)
@@ -146,7 +148,7 @@ def test_a_drifted_night_says_watch_and_shows_what_moved(pages):
 
 
 def test_a_quiet_night_says_ok_and_still_shows_the_predictions_and_trends(pages):
-    dom, console = browse(pages["quiet"])
+    dom, console = browse(pages["quiet"], SCREENSHOTS and Path(SCREENSHOTS) / "report-quiet.png")
     assert console == []
     day = FIRST + dt.timedelta(days=NIGHTS - 2)
     assert re.search(r'id="verdict-line">OK · churn · ' + str(day) + "<", dom)
