@@ -635,6 +635,8 @@ def _write_report(ctx: Context, day: dt.date, history, version: int, today, summ
                    if r.kind in ("drift", "prediction_drift") and r.metric == "psi"}
         metrics.update({f"matured.{r.metric}": r.value for r in today.itertuples()
                         if r.kind == "performance" and r.model_version == version and r.value == r.value})
+        metrics.update({f"estimated.{r.metric}": r.value for r in today.itertuples()
+                        if r.kind == "estimated_performance" and r.value == r.value})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_artifact(str(path), "reports")
     return path
