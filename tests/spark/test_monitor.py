@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, registry, runs, stages
+from lakeforge import config, lake, quality, registry, runs, stages
 from lakeforge.features import feature_columns
 
 pytestmark = pytest.mark.spark
@@ -90,3 +90,14 @@ def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark
     recorded = runs.read_runs(spark, lakehouse).where("job = 'monitor'").select("status").collect()
     assert [r["status"] for r in recorded] == ["succeeded", "succeeded"]
     assert registry.alias_version(client, "churn", registry.CHAMPION) == 1
+
+    # A source's quarantine limit: a batch of orders 81% quarantined makes the night ACT, whatever else holds.
+    quality.record(spark, [quality.CheckResult("late.jsonl", quality.QUARANTINE_SHARE, "act", 1096, 888, False)],
+                   "orders", "batch-na", ["late.jsonl"], lakehouse, "test", dt.datetime.now(dt.timezone.utc),
+                   replace=False)
+    limited = stages.Context(local, config.load_pipeline("churn", ["sources.orders.max_quarantine_share=0.2"]),
+                             spark_factory=lambda _: spark)
+    acted = stages.monitor(limited, last)
+    assert acted["verdict"] == "ACT"
+    assert acted["reasons"][0] == "quality: orders: quarantined share 81.0% of rows, limit 20.0%"
+    assert 'id="verdict-line">ACT · churn · ' + str(last) in report.read_text()
