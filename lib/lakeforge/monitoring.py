@@ -444,8 +444,10 @@ def verdict(today: pd.DataFrame) -> tuple[str, list[str]]:
             where = "overall" if r.kind != "segment" else f"{r.name}={r.segment}"
             label = "estimated" if r.kind == "estimated_performance" else "matured"
             watch.append(f"performance: {label} {r.metric} {where} {r.value:.3f} beyond floor {r.threshold:.3f}")
+    untested = sorted(today[today.metric == "too_few_rows"].name)
+    notes = [f"not tested for drift, too few rows tonight: {', '.join(untested)}"] if untested else []
     if act:
-        return "ACT", act + watch
+        return "ACT", act + watch + notes
     if watch:
-        return "WATCH", watch
-    return "OK", ["no drift test flagged, performance within the margin, data quality within its limits"]
+        return "WATCH", watch + notes
+    return "OK", ["no drift test flagged, performance within the margin, data quality within its limits"] + notes

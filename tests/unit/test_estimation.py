@@ -99,3 +99,11 @@ def test_verdict_is_act_watch_or_ok_with_reasons():
     quarantine = ("quality", "orders: quarantined share", "", "fail_share", 0.81, 0.2, True, 1096, "")
     level, reasons = mon.verdict(_night(decision, drifted, quarantine))
     assert level == "ACT" and reasons[0] == "quality: orders: quarantined share 81.0% of rows, limit 20.0%"
+
+
+def test_an_ok_night_says_which_columns_had_too_few_rows_to_test():
+    decision = ("decision", "retrain", "", "fire", 0.0, None, None, None, "none: no breach")
+    few = ("drift", "orders_7d", "", "too_few_rows", None, None, None, 16, "too few rows: 16 < 30")
+    assert mon.verdict(_night(decision, few)) == ("OK", [
+        "no drift test flagged, performance within the margin, data quality within its limits",
+        "not tested for drift, too few rows tonight: orders_7d"])
