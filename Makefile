@@ -7,10 +7,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup setup-browser demo test test-fast clean
 
-setup: $(STAMP)
+setup: $(STAMP) setup-browser
 	@$(BIN)/lakeforge setup-jars
+
+# The report tests open the monitoring pages in headless Chromium (Debian's package).
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get install -y chromium 2>/dev/null || sudo apt-get install -y chromium; } \
+		|| { echo "make setup: install Debian's chromium package (apt-get install chromium)"; exit 1; }
 
 # Reinstall only when the dependency pins change.
 $(STAMP): pyproject.toml

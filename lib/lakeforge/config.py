@@ -158,6 +158,10 @@ class Source(Frozen):
     expectations: list[Expectation] = Field(default_factory=list)
     on_new_column: Literal["add", "fail"] = "add"  # a column the files carry but `columns` lacks
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra Spark reader options
+    # The largest share of a landing file's rows that may be quarantined: beyond it the night's monitoring
+    # verdict is ACT ("act"), or the load stops before anything is written ("fail").
+    max_quarantine_share: float | None = Field(None, ge=0, le=1)
+    on_quarantine_share: Literal["act", "fail"] = "act"
 
     def model_post_init(self, _context: Any) -> None:
         """Names, types, the key and every expectation must fit the declared columns."""
@@ -406,6 +410,9 @@ class Monitoring(Frozen):
     segments: list[str] = Field(default_factory=list)  # columns of the features or of segment_source to break down by
     segment_source: str | None = None            # source keyed by the entity with segment columns (default: spine)
     report: bool = True                          # write the HTML report (and log it to MLflow)
+    drift_min_rows: int = Field(30, ge=1)        # fewer rows a night: "too few rows", no drift test
+    calendar_features: list[str] = Field(default_factory=list)  # calendar/seasonal features left out of drift
+    history_nights: int = Field(30, ge=1)        # nights drawn in the report's drift and performance charts
 
 
 class Retrain(Frozen):
@@ -905,6 +912,10 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
     if model.distributed and (model.pattern == "per_group" or model.search_space or task != "classification"):
         raise ConfigError(f"{path}: key 'model.distributed': the distributed learner trains one global "
                           f"classifier without a search; unset model.search_space and use pattern global")
+    stray = [c for c in pipeline.monitoring.calendar_features if c not in pipeline.feature_table_columns()]
+    if stray:
+        raise ConfigError(f"{path}: key 'monitoring.calendar_features': '{stray[0]}' is not a feature column "
+                          f"({', '.join(pipeline.feature_table_columns())})")
     for key, param in model.search_space.items():
         ok = param.values if param.type == "choice" else (param.low is not None and param.high is not None
                                                           and param.low < param.high)

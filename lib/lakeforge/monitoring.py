@@ -276,3 +276,178 @@ def _drifted_run(history: pd.Series, dates: list, monitor_date: dt.date, thresho
             break
         run += 1
     return run
+
+
+# ---------------------------------------------------------------- drift tests that fit the sample size
+
+
+DRIFT_MIN_ROWS = 30      # below it a night's rows are too few for any test: the report says so instead of flagging
+LARGE_SAMPLE = 1000      # above it p-values flag negligible shifts: a distance with a fixed threshold instead
+P_VALUE = 0.05
+DISTANCE = 0.1
+
+
+@dataclass(frozen=True)
+class DriftTest:
+    """One feature's drift test for tonight's row count: the statistic, its threshold and which side breaches."""
+
+    metric: str       # ks_pvalue | wasserstein | chi2_pvalue | jensenshannon
+    threshold: float
+    below: bool       # True: a value below the threshold is drift (a p-value); False: above (a distance)
+
+    def breached(self, value: float) -> bool:
+        return bool(value < self.threshold if self.below else value > self.threshold)
+
+    def describe(self) -> str:
+        return f"{self.metric} {'<' if self.below else '>'} {self.threshold:g}"
+
+
+def drift_test(categorical: bool, rows: int) -> DriftTest:
+    """Evidently's choice by feature type and sample size: KS / chi-square p-value up to LARGE_SAMPLE rows,
+    normed Wasserstein / Jensen-Shannon distance beyond."""
+    if rows <= LARGE_SAMPLE:
+        return DriftTest("chi2_pvalue" if categorical else "ks_pvalue", P_VALUE, True)
+    return DriftTest("jensenshannon" if categorical else "wasserstein", DISTANCE, False)
+
+
+def test_statistic(test: DriftTest, summary: dict, values: pd.Series) -> float:
+    """The value of the drift test on tonight's values against the baseline summary (NaN if undefined)."""
+    if summary["kind"] == "categorical":
+        now = category_shares(values)
+        keys = sorted(set(summary["shares"]) | set(now))
+        expected = np.array([summary["shares"].get(k, 0.0) for k in keys])
+        observed = np.array([now.get(k, 0.0) for k in keys]) * len(values)
+        if test.metric == "jensenshannon":
+            from scipy.spatial import distance
+
+            return float(distance.jensenshannon(expected, observed / max(observed.sum(), 1.0), base=2))
+        # A value the baseline never had gets the PSI floor as its expected share (chi-square needs e > 0).
+        expected = np.clip(expected, PSI_EPSILON, None)
+        expected = expected / expected.sum() * observed.sum()
+        return float(stats.chisquare(observed, expected).pvalue)
+    base = np.asarray(summary["sample"], dtype="float64")
+    now = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    now = now[~np.isnan(now)]
+    if base.size == 0 or now.size == 0:
+        return float("nan")
+    if test.metric == "ks_pvalue":
+        return float(stats.ks_2samp(base, now).pvalue)
+    spread = float(np.std(base))
+    return float(stats.wasserstein_distance(base, now) / spread) if spread > 0 else float("nan")
+
+
+def drift_tests(baseline: dict, current: pd.DataFrame, predictions: np.ndarray | None,
+                leave_out: set[str] | frozenset[str] = frozenset(), min_rows: int = DRIFT_MIN_ROWS) -> pd.DataFrame:
+    """One test row per feature (and the predictions): metric, value, threshold, breached, rows, detail.
+    Fewer than `min_rows` rows: metric 'too_few_rows', nothing flagged; features in `leave_out` (calendar or
+    seasonal, declared in the YAML) get metric 'left_out'."""
+    out = []
+    columns = [(name, "drift", summary, current[name] if name in current.columns else None)
+               for name, summary in baseline["features"].items()]
+    if predictions is not None and baseline.get("prediction"):
+        columns.append(("prediction", "prediction_drift", baseline["prediction"], pd.Series(predictions)))
+    for name, kind, summary, values in columns:
+        if values is None:
+            continue
+        rows = int(len(values))
+        if name in leave_out:
+            out.append((kind, name, "left_out", None, None, None, rows,
+                        "calendar/seasonal feature (monitoring.calendar_features): not tested against the baseline"))
+        elif rows < min_rows:
+            out.append((kind, name, "too_few_rows", None, None, None, rows,
+                        f"too few rows: {rows} < {min_rows} (monitoring.drift_min_rows), not tested"))
+        else:
+            test = drift_test(summary["kind"] == "categorical", rows)
+            value = test_statistic(test, summary, values)
+            flagged = None if math.isnan(value) else test.breached(value)
+            out.append((kind, name, test.metric, value, test.threshold, flagged, rows, f"drift if {test.describe()}"))
+    return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "threshold", "breached", "rows", "detail"])
+
+
+# ---------------------------------------------------------------- performance estimated before labels (CBPE)
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """An isotonic calibration of the model's scores fitted on the holdout, as JSON-ready data: the
+    step function's knots (scores -> observed rate), applied with `calibrated`."""
+    from sklearn.isotonic import IsotonicRegression
+
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+        np.asarray(scores, dtype="float64"), np.asarray(labels, dtype="float64"))
+    return {"method": "isotonic", "x": fitted.X_thresholds_.tolist(), "y": fitted.y_thresholds_.tolist()}
+
+
+def calibrated(calibration: dict, scores: np.ndarray) -> np.ndarray:
+    """The calibrated probability of each score (linear between knots, clipped outside: sklearn's predict)."""
+    return np.interp(np.asarray(scores, dtype="float64"), calibration["x"], calibration["y"])
+
+
+def expected_auc(scores: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """CBPE's expected ROC AUC: the ROC curve of expected true/false positives when ranking by score, each row
+    counting p as a positive and 1 - p as a negative; None when every p is 0 or every p is 1."""
+    s, p = np.asarray(scores, dtype="float64"), np.asarray(probabilities, dtype="float64")
+    positives, negatives = p.sum(), (1.0 - p).sum()
+    if positives <= 0 or negatives <= 0:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    s, p = s[order], p[order]
+    last_of_tie = np.append(s[1:] != s[:-1], True)  # one ROC point per distinct score
+    tpr = np.concatenate([[0.0], np.cumsum(p)[last_of_tie] / positives])
+    fpr = np.concatenate([[0.0], np.cumsum(1.0 - p)[last_of_tie] / negatives])
+    return float(np.trapezoid(tpr, fpr))
+
+
+def expected_accuracy(scores: np.ndarray, probabilities: np.ndarray, cut: float = 0.5) -> float | None:
+    """CBPE's expected accuracy of `score >= cut`: the mean chance that each row's call is right."""
+    s, p = np.asarray(scores, dtype="float64"), np.asarray(probabilities, dtype="float64")
+    if s.size == 0:
+        return None
+    return float(np.where(s >= cut, p, 1.0 - p).mean())
+
+
+def estimate_performance(calibration: dict, scores: np.ndarray) -> dict[str, float | None]:
+    """Expected AUC and accuracy of tonight's scores from the holdout calibration (no labels needed)."""
+    p = calibrated(calibration, scores)
+    return {"auc": expected_auc(scores, p), "accuracy": expected_accuracy(scores, p)}
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+VERDICTS = ("OK", "WATCH", "ACT")
+
+
+def is_breached(value) -> bool:
+    """A `breached` cell as read back from ops.monitoring: True, or None/NaN (no threshold) and False."""
+    return value is not None and value == value and bool(value)
+
+
+def verdict(today: pd.DataFrame) -> tuple[str, list[str]]:
+    """OK, WATCH or ACT for one night's ops.monitoring rows, with a reason per finding, worst first.
+
+    ACT: the retrain decision fires, or a quality limit that acts is breached (`max_quarantine_share`).
+    WATCH: a drift test flags a feature or the predictions, estimated or matured performance is beyond the
+    retrain policy's margin, a segment is below the floor.
+    """
+    act, watch = [], []
+    for r in today.itertuples(index=False):
+        flagged = is_breached(r.breached)
+        if r.kind == "decision" and r.value == 1.0:
+            act.append(f"retrain: {r.detail}")
+        elif r.kind == "quality" and flagged:
+            act.append(f"quality: {r.name} {r.value:.1%} of rows, limit {r.threshold:.1%}")
+        elif r.kind in ("drift", "prediction_drift") and flagged and r.metric not in ("psi", "ks"):
+            what = "predictions" if r.kind == "prediction_drift" else f"feature {r.name}"
+            act_on = f"{r.metric} {r.value:.3g} {'<' if r.metric.endswith('pvalue') else '>'} {r.threshold:g}"
+            watch.append(f"drift: {what} moved ({act_on}, {int(r.rows):,} rows)")
+        elif r.kind in ("estimated_performance", "performance", "segment") and flagged:
+            where = "overall" if r.kind != "segment" else f"{r.name}={r.segment}"
+            label = "estimated" if r.kind == "estimated_performance" else "matured"
+            watch.append(f"performance: {label} {r.metric} {where} {r.value:.3f} beyond floor {r.threshold:.3f}")
+    untested = sorted(today[today.metric == "too_few_rows"].name)
+    notes = [f"not tested for drift, too few rows tonight: {', '.join(untested)}"] if untested else []
+    if act:
+        return "ACT", act + watch + notes
+    if watch:
+        return "WATCH", watch + notes
+    return "OK", ["no drift test flagged, performance within the margin, data quality within its limits"] + notes

@@ -206,7 +206,20 @@ def evaluate(counts: dict[str, FileCounts], files: list[str], source: Source) ->
             else:
                 bad = (c.failing[i] if c.failing else 0) or 0
                 results.append(CheckResult(name, described, e.action, parsed, bad, bad == 0))
+        if source.max_quarantine_share is not None:
+            results.append(quarantine_share_check(name, c, source.max_quarantine_share, source.on_quarantine_share))
     return results
+
+
+QUARANTINE_SHARE = "quarantined share"
+
+
+def quarantine_share_check(file: str, counts: FileCounts, limit: float, action: str) -> CheckResult:
+    """The source's `max_quarantine_share` on one file: act (the night's verdict is ACT) or fail (no load)."""
+    share = counts.quarantined / counts.read if counts.read else 0.0
+    return CheckResult(file, QUARANTINE_SHARE, action, counts.read, counts.quarantined, share <= limit,
+                       f"{share:.1%} of {counts.read:,} rows quarantined, at most {limit:.1%} allowed "
+                       f"(max_quarantine_share)")
 
 
 def broken(results: list[CheckResult], action: str) -> dict[str, list[CheckResult]]:

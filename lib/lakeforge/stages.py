@@ -19,6 +19,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeforge import features as feats
+from lakeforge import quality as quality_checks
 from lakeforge import ingest as ingestion
 from lakeforge import (distributed, interrupts, lake, locks, logs, many_models, models, monitoring, ownership, plots,
                        registry, runs, scoring, training, tuning)
@@ -236,6 +237,8 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
                 categorical = {c for c in columns if pipeline.feature_table_columns()[c] in ("string", "boolean")}
                 baseline = monitoring.build_baseline(train_rows, columns, trained.model.predict(None, train_rows),
                                                      categorical)
+                if task == "classification":  # CBPE estimates performance from this before labels arrive
+                    baseline["calibration"] = monitoring.calibrate(predictions, holdout[label].to_numpy())
             logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
                                                trained.model, example, params, metrics, tags, baseline=baseline)
         if groups is not None:
@@ -491,12 +494,33 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         if current.empty:
             run.log(f"{features_table} has no rows for {day}: no feature drift today")
         elif baseline is not None:
-            drift = monitoring.drift_rows(baseline, current, scored.prediction.to_numpy()
-                                          if scored is not None and len(scored) else None)
-            for r in drift.itertuples(index=False):
+            tonight = scored.prediction.to_numpy() if scored is not None and len(scored) else None
+            leave_out = set(pipeline.monitoring.calendar_features)
+            tests = monitoring.drift_tests(baseline, current, tonight, leave_out, pipeline.monitoring.drift_min_rows)
+            for r in tests.itertuples(index=False):
+                add(kind=r.kind, name=r.name, metric=r.metric, value=None if r.value is None else float(r.value),
+                    rows=int(r.rows), threshold=r.threshold, breached=r.breached, detail=r.detail)
+            tested = set(tests[~tests.metric.isin(["too_few_rows", "left_out"])].name)
+            # PSI and KS of what was tested too: the retrain policy's drift trigger reads PSI.
+            drift = monitoring.drift_rows(baseline, current, tonight)
+            for r in drift[drift.name.isin(tested)].itertuples(index=False):
                 threshold = policy.psi_threshold if policy and r.metric == "psi" and r.name in watched else None
                 add(kind=r.kind, name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
                     threshold=threshold, breached=None if threshold is None else bool(r.value >= threshold))
+
+        # Performance estimated from tonight's scores (CBPE), before any label: a drop below the floor is a WATCH.
+        floor = None
+        if validation is not None:
+            margin = policy.performance_margin if policy else 0.0
+            floor = validation - margin if monitoring.HIGHER_IS_BETTER.get(metric, True) else validation + margin
+        if baseline is not None and baseline.get("calibration") and scored is not None and len(scored):
+            estimate = monitoring.estimate_performance(baseline["calibration"], scored.prediction.to_numpy())
+            for name, value in estimate.items():
+                threshold = floor if name == metric else None
+                add(kind="estimated_performance", name="overall", metric=name, value=value, rows=len(scored),
+                    window_start=day, window_end=day, threshold=threshold,
+                    breached=None if threshold is None or value is None else bool(value < threshold),
+                    detail="CBPE: expected from the holdout-calibrated probabilities of tonight's scores")
 
         # Performance on the newest matured window only (score date + horizon <= today), per model version.
         start, end = monitoring.matured_window(day, horizon, pipeline.monitoring.window_days)
@@ -513,13 +537,11 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         if not labelled.empty:
             labelled = monitoring.matured(labelled, day, horizon, pipeline.monitoring.window_days, feats.AS_OF)
             perf = monitoring.performance_rows(labelled, pipeline.label.name, metric, pipeline.monitoring.segments)
-            floor = None
-            if validation is not None:
-                margin = policy.performance_margin if policy else 0.0
-                floor = validation - margin if monitoring.HIGHER_IS_BETTER.get(metric, True) else validation + margin
             for r in perf.itertuples(index=False):
                 value = None if r.value is None or pd.isna(r.value) else float(r.value)
-                threshold = floor if r.model_version == version and r.kind == "performance" else None
+                # A segment is judged against the floor only with enough rows to tell (drift_min_rows).
+                judged = r.kind == "performance" or r.rows >= pipeline.monitoring.drift_min_rows
+                threshold = floor if r.model_version == version and judged else None
                 breached = None if threshold is None or value is None else bool(
                     value < threshold if monitoring.HIGHER_IS_BETTER.get(metric, True) else value > threshold)
                 add(model_version=r.model_version, kind=r.kind, name=r.name, segment=r.segment, metric=r.metric,
@@ -528,9 +550,12 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
 
         quality = _read_pandas(ctx, "ops.quality")
         if quality is not None:
+            limits = {f"{name}: {quality_checks.QUARANTINE_SHARE}": source.max_quarantine_share
+                      for name, source in pipeline.sources.items() if source.max_quarantine_share is not None}
             for r in monitoring.quality_trend(quality).itertuples(index=False):
+                limit = limits.get(r.name)
                 add(kind="quality", name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
-                    detail=r.detail)
+                    detail=r.detail, threshold=limit, breached=None if limit is None else bool(r.value > limit))
 
         # The policy looks at this champion's history: earlier dates from ops.monitoring, plus today.
         earlier = _read_pandas(ctx, monitoring.MONITORING, (F.col("pipeline") == pipeline.name)
@@ -540,6 +565,9 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         decision = _retrain_decision(pipeline, day, history, version, validation, trained_as_of)
         add(kind="decision", name="retrain", metric="fire", value=float(decision.fire),
             detail=f"{decision.trigger or 'none'}: {decision.reason}")
+        level, reasons = monitoring.verdict(pd.DataFrame(rows, columns=monitoring.COLUMNS))
+        add(kind="verdict", name=level, metric="level", value=float(monitoring.VERDICTS.index(level)),
+            detail="; ".join(reasons))
         frame = pd.DataFrame(rows, columns=monitoring.COLUMNS)
         lake.replace_where(ctx.spark, _monitoring_rows(ctx, frame), ctx.lakehouse, monitoring.MONITORING,
                            f"pipeline = '{pipeline.name}' AND monitor_date = DATE'{day}'",
@@ -552,10 +580,13 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         watched_psi = frame[(frame.kind == "drift") & (frame.breached == True)]  # noqa: E712 (None is not a breach)
         summary = {"stage": "monitor", "date": day.isoformat(), "champion": version,
                    "drifted": sorted(watched_psi.name), f"matured_{metric}": float(overall.iloc[0]) if len(overall) else None,
-                   "retrain": decision.fire, "trigger": decision.trigger, "reason": decision.reason}
+                   "retrain": decision.fire, "trigger": decision.trigger, "reason": decision.reason,
+                   "verdict": level, "reasons": reasons}
         if pipeline.monitoring.report:
             full = pd.concat([earlier, frame], ignore_index=True) if earlier is not None and len(earlier) else frame
-            summary["report"] = str(_write_report(ctx, day, full, version, policy, frame, summary))
+            tonight = scored.prediction.to_numpy() if scored is not None and len(scored) else None
+            summary["report"] = str(_write_report(ctx, day, full, version, frame, summary, validation, floor,
+                                                  baseline, current, tonight))
         run.details.update({k: v for k, v in summary.items() if k != "stage"})
         run.log(f"{day}: champion v{version}, drifted {summary['drifted'] or 'none'}, matured {metric} "
                 f"{summary[f'matured_{metric}']}, retrain {'FIRES' if decision.fire else 'no'} ({decision.reason})")
@@ -579,24 +610,21 @@ def _retrain_decision(pipeline: Pipeline, day: dt.date, history, version: int, v
                                      pipeline.model.metric, since)
 
 
-def _write_report(ctx: Context, day: dt.date, history, version: int, policy, today, summary: dict) -> Path:
-    """The HTML report at <paths.reports>/<pipeline>/<date>.html, logged to a monitoring run in MLflow."""
+def _write_report(ctx: Context, day: dt.date, history, version: int, today, summary: dict,
+                  validation: float | None, floor: float | None, baseline: dict | None, current, predictions) -> Path:
+    """The HTML report at <paths.reports>/<pipeline>/<date>.html (and the index over every pipeline's nights),
+    logged to a monitoring run in MLflow."""
     from lakeforge import report
 
-    validation = {}
-    for v in sorted(set(int(x) for x in history.model_version.dropna())):
-        try:
-            value = registry.version_run(ctx.mlflow, ctx.pipeline.name, v).data.metrics.get(ctx.pipeline.model.metric)
-        except Exception:  # a version deleted from the registry: no reference line
-            value = None
-        if value is not None:
-            validation[v] = value
-    text = report.render(ctx.pipeline.name, day, history, version, validation,
-                         policy.psi_threshold if policy else None)
+    pipeline, policy = ctx.pipeline, ctx.pipeline.retrain
+    text = report.render(pipeline.name, day, history, version, pipeline.model.metric, validation, floor,
+                         policy.psi_threshold if policy else None, list(policy.psi_features) if policy else [],
+                         baseline, current, predictions, pipeline.monitoring.history_nights)
     path = ctx.settings.paths.reports / ctx.pipeline.name / f"{day}.html"
     ownership.claim(ctx.settings, "paths.reports")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+    _write_index(ctx)
     mlflow.set_experiment(experiment_id=registry.experiment_id(ctx.mlflow, ctx.pipeline.name,
                                                                ctx.settings.mlflow.artifact_root))
     with mlflow.start_run(run_name=f"monitor-{ctx.pipeline.name}-{day}"):
@@ -607,8 +635,26 @@ def _write_report(ctx: Context, day: dt.date, history, version: int, policy, tod
                    if r.kind in ("drift", "prediction_drift") and r.metric == "psi"}
         metrics.update({f"matured.{r.metric}": r.value for r in today.itertuples()
                         if r.kind == "performance" and r.model_version == version and r.value == r.value})
+        metrics.update({f"estimated.{r.metric}": r.value for r in today.itertuples()
+                        if r.kind == "estimated_performance" and r.value == r.value})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_artifact(str(path), "reports")
+    return path
+
+
+def _write_index(ctx: Context) -> Path:
+    """<paths.reports>/index.html: every pipeline's latest verdict and a link to each night with a report."""
+    from lakeforge import report
+
+    root = ctx.settings.paths.reports
+    verdicts = _read_pandas(ctx, monitoring.MONITORING, F.col("kind") == "verdict",
+                            ["pipeline", "monitor_date", "name", "detail"])
+    nights = pd.DataFrame(columns=["pipeline", "monitor_date", "verdict", "reasons"])
+    if verdicts is not None and len(verdicts):
+        nights = verdicts.rename(columns={"name": "verdict", "detail": "reasons"})
+        nights = nights[[(root / p / f"{d}.html").exists() for p, d in zip(nights.pipeline, nights.monitor_date)]]
+    path = root / "index.html"
+    path.write_text(report.render_index(nights), encoding="utf-8")
     return path
 
 

@@ -74,3 +74,32 @@ def test_a_bad_source_is_one_error_naming_the_key(pipeline_with, change, message
         pipeline_with(change)
     assert message in str(error.value)
     assert "sources/orders.yaml" in str(error.value)
+
+
+def test_max_quarantine_share_is_one_check_per_file_that_acts_or_fails(pipeline_with):
+    from lakeforge import quality
+    from lakeforge.errors import DataError
+
+    acting = pipeline_with(lambda o: o.update(max_quarantine_share=0.2)).sources["orders"]
+    counts = {"a.jsonl": quality.FileCounts(read=1096, kept=208, quarantined=888),
+              "b.jsonl": quality.FileCounts(read=100, kept=80, quarantined=20)}
+    checks = [r for r in quality.evaluate(counts, ["a.jsonl", "b.jsonl"], acting)
+              if r.check == quality.QUARANTINE_SHARE]
+    assert checks == [
+        quality.CheckResult("a.jsonl", "quarantined share", "act", 1096, 888, False,
+                            "81.0% of 1,096 rows quarantined, at most 20.0% allowed (max_quarantine_share)"),
+        quality.CheckResult("b.jsonl", "quarantined share", "act", 100, 20, True,
+                            "20.0% of 100 rows quarantined, at most 20.0% allowed (max_quarantine_share)")]
+    quality.raise_on_failures(quality.evaluate(counts, ["a.jsonl"], acting), "orders")  # act: the load goes on
+    failing = pipeline_with(lambda o: o.update(max_quarantine_share=0.2, on_quarantine_share="fail")).sources["orders"]
+    with pytest.raises(DataError, match=r"'quarantined share' failed on 888 of 1,096 rows .*a.jsonl: 81.0%"):
+        quality.raise_on_failures(quality.evaluate(counts, ["a.jsonl"], failing), "orders")
+
+
+def test_calendar_features_must_be_feature_columns(tmp_path):
+    shutil.copytree(REPO_CONF, tmp_path / "conf")
+    path = tmp_path / "conf" / "pipelines" / "demand.yaml"
+    path.write_text(path.read_text().replace("calendar_features: [day_of_week]", "calendar_features: [weekday]"))
+    with pytest.raises(ConfigError, match=r"demand.yaml: key 'monitoring.calendar_features': 'weekday' is not a "
+                                          r"feature column \(store_id, as_of_date, orders_1d"):
+        config.load_pipeline("demand", directory=tmp_path / "conf")

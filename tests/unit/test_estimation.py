@@ -1,0 +1,109 @@
+"""CBPE (performance estimated before labels) on hand-made cases, the sample-size-aware drift tests and the
+verdict (no Spark)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakeforge import monitoring as mon
+
+
+def test_expected_auc_of_four_rows_computed_by_hand():
+    # Ranked 0.9, 0.7, 0.4, 0.2 with p = score: expected positives P = 2.2, negatives N = 1.8.
+    # Pairs ranked above: 0.9*0.3 + 0.9*0.6 + 0.9*0.8 + 0.7*0.6 + 0.7*0.8 + 0.4*0.8 = 2.83, ties with itself
+    # (the ROC step's half) 0.5 * (0.09 + 0.21 + 0.24 + 0.16) = 0.35: AUC = 3.18 / (2.2 * 1.8) = 53/66.
+    scores = np.array([0.4, 0.9, 0.2, 0.7])
+    assert mon.expected_auc(scores, scores) == pytest.approx(53 / 66, abs=1e-12)
+    # Calls at 0.5: 1, 1, 0, 0 for 0.9, 0.7, 0.4, 0.2; right with chance 0.9, 0.7, 0.6, 0.8.
+    assert mon.expected_accuracy(scores, scores) == pytest.approx(0.75, abs=1e-12)
+
+
+def test_expected_auc_is_the_realized_auc_when_probabilities_are_certain():
+    scores = np.array([0.8, 0.6, 0.3, 0.1])
+    assert mon.expected_auc(scores, np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(0.75, abs=1e-12)
+    assert mon.expected_auc(scores, np.ones(4)) is None   # no expected negative: AUC undefined
+
+
+def test_tied_scores_make_one_roc_point():
+    # Two rows tied at 0.5 (p 1 and 0) are one diagonal step: AUC 0.5, whatever their order.
+    assert mon.expected_auc(np.array([0.5, 0.5]), np.array([1.0, 0.0])) == pytest.approx(0.5, abs=1e-12)
+    assert mon.expected_auc(np.array([0.5, 0.5]), np.array([0.0, 1.0])) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_isotonic_calibration_is_stored_as_json_and_applied_between_knots():
+    calibration = mon.calibrate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    assert json.loads(json.dumps(calibration)) == {"method": "isotonic", "x": [0.1, 0.2, 0.3, 0.4],
+                                                   "y": [0.0, 0.5, 0.5, 1.0]}
+    assert mon.calibrated(calibration, np.array([0.0, 0.15, 0.35, 0.9])).tolist() == pytest.approx(
+        [0.0, 0.25, 0.75, 1.0])
+    # Tonight's scores 0.4, 0.3, 0.1 -> p 1.0, 0.5, 0.0: P = 1.5, N = 1.5; above-pairs 1*0.5 + 1*1 + 0.5*1 = 2,
+    # half the self-terms 0.5 * 0.25 = 0.125: AUC = 2.125 / 2.25; calls 0, 0, 0 right with 0, 0.5, 1.
+    estimate = mon.estimate_performance(calibration, np.array([0.4, 0.3, 0.1]))
+    assert estimate["auc"] == pytest.approx(2.125 / 2.25, abs=1e-12)
+    assert estimate["accuracy"] == pytest.approx(0.5, abs=1e-12)
+
+
+def test_drift_test_fits_type_and_sample_size():
+    assert mon.drift_test(False, 16) == mon.DriftTest("ks_pvalue", 0.05, True)
+    assert mon.drift_test(True, 1000) == mon.DriftTest("chi2_pvalue", 0.05, True)
+    assert mon.drift_test(False, 1001) == mon.DriftTest("wasserstein", 0.1, False)
+    assert mon.drift_test(True, 5000) == mon.DriftTest("jensenshannon", 0.1, False)
+
+
+def _baseline():
+    train = pd.DataFrame({"amount": np.arange(100, dtype=float), "channel": ["a", "b"] * 50,
+                          "day_of_week": np.arange(100) % 7})
+    return mon.build_baseline(train, ["amount", "channel", "day_of_week"], np.linspace(0, 1, 100), {"channel"})
+
+
+def test_too_few_rows_and_calendar_features_are_not_flagged():
+    tonight = pd.DataFrame({"amount": [500.0] * 16, "channel": ["a"] * 16, "day_of_week": [3] * 16})
+    rows = mon.drift_tests(_baseline(), tonight, None, leave_out={"day_of_week"}, min_rows=30)
+    assert rows[["name", "metric", "breached", "rows"]].values.tolist() == [
+        ["amount", "too_few_rows", None, 16], ["channel", "too_few_rows", None, 16],
+        ["day_of_week", "left_out", None, 16]]
+    assert rows.detail[0] == "too few rows: 16 < 30 (monitoring.drift_min_rows), not tested"
+
+
+def test_categorical_feature_gets_a_chi_square_test_and_numeric_a_ks_test():
+    tonight = pd.DataFrame({"amount": np.arange(200, 240, dtype=float), "channel": ["a"] * 30 + ["b"] * 10,
+                            "day_of_week": [3] * 40})
+    rows = mon.drift_tests(_baseline(), tonight, np.full(40, 0.5), min_rows=30).set_index("name")
+    assert rows.metric.to_dict() == {"amount": "ks_pvalue", "channel": "chi2_pvalue", "day_of_week": "ks_pvalue",
+                                     "prediction": "ks_pvalue"}
+    assert rows.breached.to_dict() == {"amount": True, "channel": True, "day_of_week": True, "prediction": True}
+    # 30 vs 10 against 20 vs 20: chi-square 10 on 1 degree of freedom.
+    assert rows.loc["channel", "value"] == pytest.approx(0.0015654022580025, rel=1e-9)
+    assert rows.loc["channel", "detail"] == "drift if chi2_pvalue < 0.05"
+    assert rows.loc["prediction", "kind"] == "prediction_drift"
+
+
+def _night(*rows):
+    columns = ["kind", "name", "segment", "metric", "value", "threshold", "breached", "rows", "detail"]
+    return pd.DataFrame([dict(zip(columns, r)) for r in rows], columns=columns)
+
+
+def test_verdict_is_act_watch_or_ok_with_reasons():
+    decision = ("decision", "retrain", "", "fire", 0.0, None, None, None, "none: no breach")
+    assert mon.verdict(_night(decision))[0] == "OK"
+    drifted = ("drift", "amount", "", "ks_pvalue", 0.001, 0.05, True, 200, "")
+    estimate = ("estimated_performance", "overall", "", "auc", 0.61, 0.68, True, 200, "")
+    level, reasons = mon.verdict(_night(decision, drifted, estimate))
+    assert level == "WATCH" and reasons == [
+        "drift: feature amount moved (ks_pvalue 0.001 < 0.05, 200 rows)",
+        "performance: estimated auc overall 0.610 beyond floor 0.680"]
+    quarantine = ("quality", "orders: quarantined share", "", "fail_share", 0.81, 0.2, True, 1096, "")
+    level, reasons = mon.verdict(_night(decision, drifted, quarantine))
+    assert level == "ACT" and reasons[0] == "quality: orders: quarantined share 81.0% of rows, limit 20.0%"
+
+
+def test_an_ok_night_says_which_columns_had_too_few_rows_to_test():
+    decision = ("decision", "retrain", "", "fire", 0.0, None, None, None, "none: no breach")
+    few = ("drift", "orders_7d", "", "too_few_rows", None, None, None, 16, "too few rows: 16 < 30")
+    assert mon.verdict(_night(decision, few)) == ("OK", [
+        "no drift test flagged, performance within the margin, data quality within its limits",
+        "not tested for drift, too few rows tonight: orders_7d"])
