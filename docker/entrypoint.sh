@@ -98,7 +98,26 @@ mlflow)
     # MLflow's server-side job runner (GenAI evaluation jobs) is not used by lakeforge: it would start a
     # handful of extra consumer processes and a queue folder in /dev/shm.
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
-    run mlflow server \
+    auth=()
+    if [[ "${LAKEFORGE_MLFLOW_AUTH:-none}" == basic-auth ]]; then
+        # MLflow's basic-auth app, its users and permissions in the same database as the runs. The admin
+        # password and the session secret come from the environment only (no default, nothing committed);
+        # the auth config file holds the database URI (its password), so it is written here, readable by
+        # this user only, never into the image or the repository.
+        : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set MLFLOW_AUTH_ADMIN_PASSWORD (the password of the MLflow admin user, see docs/access.md)}"
+        : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?set MLFLOW_FLASK_SERVER_SECRET_KEY (a long random string, see docs/access.md)}"
+        export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+        export MLFLOW_AUTH_ADMIN_USERNAME=${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+        if [[ "${LAKEFORGE_DRY_RUN:-0}" != 1 ]]; then
+            MLFLOW_AUTH_CONFIG_PATH="$(umask 077 && mktemp -d)/basic_auth.ini"
+            # Unknown users and resources nobody was granted get nothing: `lakeforge access sync` grants.
+            (umask 077 && printf '[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = %s\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n' \
+                "${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}" >"$MLFLOW_AUTH_CONFIG_PATH")
+            export MLFLOW_AUTH_CONFIG_PATH
+        fi
+        auth=(--app-name basic-auth)
+    fi
+    run mlflow server "${auth[@]}" \
         --default-artifact-root "$MLFLOW_DEFAULT_ARTIFACT_ROOT" \
         --no-serve-artifacts \
         --host "${MLFLOW_HOST:-0.0.0.0}" \

@@ -58,6 +58,9 @@ class SparkSettings(Frozen):
 class MlflowSettings(Frozen):
     tracking_uri: str = "sqlite:///var/mlflow.db"
     artifact_root: str = "var/mlartifacts"
+    # basic: the server runs MLflow's basic-auth app (the team set-up); every verb then asks it, as the user of
+    # MLFLOW_TRACKING_USERNAME/PASSWORD, whether that user may act (lakeforge.access, docs/access.md).
+    authentication: Literal["none", "basic"] = "none"
 
 
 class DemoSettings(Frozen):
@@ -93,6 +96,7 @@ class Settings(Frozen):
     mlflow: MlflowSettings = MlflowSettings()
     demo: DemoSettings = DemoSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    access_file: Path | None = None  # who has which role (default conf/access.yaml; see load_access)
 
 
 # ---------------------------------------------------------------- pipelines (conf/pipelines/<name>.yaml)
@@ -598,7 +602,7 @@ def _validate(model: type[BaseModel], layers: list[tuple[str, dict]]) -> Any:
 def available_envs(directory: Path | None = None) -> list[str]:
     """Environment overlays present in the conf folder."""
     directory = directory or conf_dir()
-    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem not in ("base", ACCESS_FILE.removesuffix(".yaml")))
 
 
 def load_settings(env: str | None = None, overrides: list[str] | None = None,
@@ -912,3 +916,22 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
             raise ConfigError(f"{path}: key 'model.search_space.{key}': {param.type} needs "
                               + ("values" if param.type == "choice" else "low < high" + (" and q" if param.type
                                                                                         == "quniform" else "")))
+
+
+# ---------------------------------------------------------------- access (conf/access.yaml)
+
+ACCESS_FILE = "access.yaml"
+ROLE_NAMES = ("viewer", "data_engineer", "data_scientist", "approver", "service")
+
+
+class Access(Frozen):
+    """Who has which roles in the team set-up (what each role may do is lakeforge.access.ROLES)."""
+
+    grantor: str = Field(min_length=1)  # who grants a role: named in every refusal
+    users: dict[str, list[Literal[ROLE_NAMES]]] = {}  # type: ignore[valid-type]
+
+
+def load_access(settings: Settings, directory: Path | None = None) -> Access:
+    """conf/access.yaml (or the settings' access_file), checked: one ConfigError naming the file and key."""
+    path = settings.access_file or (directory or conf_dir()) / ACCESS_FILE
+    return _validate(Access, [(str(path), _read_yaml(Path(path), "access configuration (roles of the users)"))])

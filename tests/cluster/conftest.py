@@ -305,6 +305,58 @@ def mlflow_server(request, postgres, tmp_path_factory) -> MlflowServer:
     return MlflowServer(url, artifacts, postgres.uri)
 
 
+@dataclass
+class AuthServer:
+    """An MLflow server with the basic-auth app: its URL, the admin's credentials and every secret the test made
+    (searched for in logs, tables and tags afterwards)."""
+
+    url: str
+    artifact_root: Path
+    admin: tuple[str, str]
+    secrets: list[str]
+    log: Path
+
+    def as_user(self, username: str, password: str) -> dict[str, str]:
+        """The environment a lakeforge command of this user gets."""
+        return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(request, postgres, tmp_path_factory) -> AuthServer:
+    """`entrypoint.sh mlflow` with LAKEFORGE_MLFLOW_AUTH=basic-auth on its own PostgreSQL database (runs and auth
+    tables together), a random admin password and secret key from the environment, on 127.0.0.1."""
+    import secrets
+
+    import psycopg
+
+    database = "access"
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, dbname=postgres.database,
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    uri = f"postgresql://{postgres.user}@127.0.0.1:{postgres.port}/{database}"
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    artifacts = root / "mlartifacts"
+    artifacts.mkdir()
+    port = free_port()
+    admin_password, secret_key = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
+    env = base_env() | {"MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_DEFAULT_ARTIFACT_ROOT": artifacts.as_uri(),
+                        "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+                        "LAKEFORGE_MLFLOW_AUTH": "basic-auth", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key}
+    service = Service.start("mlflow-auth", ["bash", str(ENTRYPOINT), "mlflow"], env, root / "mlflow.log")
+    on_stop(request, service.stop)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+
+    wait_for("MLflow server with basic-auth", healthy, 180, service.process, service.log)
+    lines = command_lines(service.process.pid)
+    assert not any(admin_password in line or secret_key in line for line in lines), lines
+    return AuthServer(url, artifacts, ("admin", admin_password), [admin_password, secret_key], service.log)
+
+
 # ---------------------------------------------------------------- Spark standalone
 
 
