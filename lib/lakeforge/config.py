@@ -705,8 +705,9 @@ def _absolute(settings: Settings) -> Settings:
     root = settings.mlflow.artifact_root
     if "://" not in root:
         root = Path(root).resolve().as_uri()
-    mlflow = MlflowSettings(tracking_uri=uri, artifact_root=root)
-    return settings.model_copy(update={"paths": paths, "spark": spark, "mlflow": mlflow})
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": uri, "artifact_root": root})
+    access_file = settings.access_file.resolve() if settings.access_file is not None else None
+    return settings.model_copy(update={"paths": paths, "spark": spark, "mlflow": mlflow, "access_file": access_file})
 
 
 def available_pipelines(directory: Path | None = None) -> list[str]:
