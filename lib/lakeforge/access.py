@@ -116,9 +116,15 @@ def _status(exc) -> int | None:
     return None
 
 
-def may(settings: Settings, client, capability: str) -> bool:
-    """Whether the user may (always, with authentication off): the gate asks before it moves @champion."""
-    return not authenticated(settings) or holds(client, capability)
+def gate_may_promote(settings: Settings, client, user: str) -> bool:
+    """Whether a training's gate may move @champion itself: always with authentication off; in the team set-up
+    only for a `service` user (conf/access.yaml) the server gives the champion capability. A human's new
+    version waits as @challenger for an approver other than its trainer (four eyes)."""
+    if not authenticated(settings):
+        return True
+    from lakeforge.config import load_access
+
+    return "service" in load_access(settings).users.get(user, []) and holds(client, CHAMPION)
 
 
 def check(settings: Settings, verb: str, alias: str | None = None, client=None) -> str:

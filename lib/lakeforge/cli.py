@@ -94,7 +94,8 @@ DETAILS = {
               "users (a new user's first password from LAKEFORGE_PASSWORD_<USER>) and sets their MLflow\n"
               "permissions; each change is a row in ops.audit. show: who may do what.\n"
               "example: lakeforge access sync --env compose",
-    "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
+    "setup-jars": "Resolves io.delta:delta-spark and its dependencies, and the PostgreSQL JDBC driver (the shared\n"
+                  "catalog's metastore), with spark-submit --packages (Ivy) into\n"
                   "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
                   "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
                   "lakeforge starts maps: each command starts sooner.",
@@ -248,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
         found = jars.fetch_jars(force=args.force)
         print(f"Delta jars ready: {len(found)} jars for {jars.DELTA_PACKAGE} in {jars.cache_dir()} "
               f"({time.monotonic() - started:.1f}s)")
+        driver = jars.fetch_jars(force=args.force, package=jars.POSTGRES_JDBC_PACKAGE)
+        print(f"PostgreSQL JDBC driver ready (the shared catalog's metastore): {len(driver)} jar(s) for "
+              f"{jars.POSTGRES_JDBC_PACKAGE} in {jars.cache_dir(jars.POSTGRES_JDBC_PACKAGE)}")
         if args.class_archive:
             started = time.monotonic()
             try:

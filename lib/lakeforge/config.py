@@ -53,6 +53,11 @@ class SparkSettings(Frozen):
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     event_log_dir: Path | None = None
     conf: dict[str, str] = Field(default_factory=dict)
+    # The team's shared catalog: Spark's Hive metastore in PostgreSQL, e.g. jdbc:postgresql://postgres:5432/metastore
+    # (unset: each session registers the tables itself). Its user here, its password in
+    # LAKEFORGE_METASTORE_PASSWORD (never in configuration).
+    metastore_url: str | None = Field(None, pattern=r"^jdbc:postgresql://")
+    metastore_user: str = "lakeforge"
 
 
 class MlflowSettings(Frozen):

@@ -352,11 +352,12 @@ AUDIT = "ops.audit"
 AUDIT_SCHEMA = ("changed_at timestamp, user string, host string, model string, alias string, "
                 "from_version int, to_version int, reason string, run_id string, status string, "
                 "action string, metrics string")
-# What a row records: an alias moved by a job or by hand (`alias`), a human @champion promotion approved
+# What a row records: an alias moved by hand (`alias`) or by a training's gate (`gate`; in the team set-up
+# @champion only by the `service` user), a human @champion promotion approved
 # (`approval`), one refused (`refusal`, status `refused`), an alias found moved outside lakeforge
 # (`outside`), a permission changed by `lakeforge access sync` (`permission`; model and alias name the
 # MLflow user and resource).
-ALIAS, APPROVAL, REFUSAL, OUTSIDE, PERMISSION = "alias", "approval", "refusal", "outside", "permission"
+ALIAS, GATE, APPROVAL, REFUSAL, OUTSIDE, PERMISSION = "alias", "gate", "approval", "refusal", "outside", "permission"
 REFUSED = "refused"
 # An alias move appends its `intended` row before the registry changes and its `done` row after; a
 # `reconciled` row records what the registry was found to hold when the two disagreed (a kill between
@@ -399,7 +400,7 @@ def read_audit(spark: SparkSession, lakehouse: Path, model: str) -> list[dict]:
         return []
     rows = lake.read(spark, lakehouse, AUDIT).where(F.col("model") == model)
     if "action" in rows.columns:  # refusals moved nothing; permission rows are about users, not aliases
-        rows = rows.where(F.col("action").isNull() | F.col("action").isin(ALIAS, APPROVAL, OUTSIDE))
+        rows = rows.where(F.col("action").isNull() | F.col("action").isin(ALIAS, GATE, APPROVAL, OUTSIDE))
     status = F.col("status") if "status" in rows.columns else F.lit(None).cast("string")
     rows = rows.withColumn("status", F.coalesce(status, F.lit(DONE)))
     return [r.asDict() for r in rows.orderBy("changed_at").collect()]

@@ -251,12 +251,13 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         champion_value = _champion_metric(ctx, holdout, label)
         metric = pipeline.model.metric
         decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)
-        if decision.alias == registry.CHAMPION and not access.may(ctx.settings, ctx.mlflow, access.CHAMPION):
+        if decision.alias == registry.CHAMPION and not access.gate_may_promote(ctx.settings, ctx.mlflow, ctx.user):
             decision = registry.Decision(registry.CHALLENGER, f"{decision.reason}; @champion awaits an approver "
                                                               f"(`lakeforge promote --alias champion`)")
         seen = {metric: metrics[metric], f"champion_{metric}": champion_value}
         previous = registry.move_alias(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, decision.alias,
-                                       logged.version, why, decision.reason, run.run_id, ctx.user, metrics=seen)
+                                       logged.version, why, decision.reason, run.run_id, ctx.user, runs.GATE,
+                                       metrics=seen)
         run.details.update(model=pipeline.name, version=logged.version, alias=decision.alias, previous=previous,
                            gate=decision.reason, **{f"champion_{metric}": champion_value},
                            mlflow_run_id=logged.run_id,
