@@ -67,6 +67,19 @@ archive = jars.class_archive()
 print(f"-XX:SharedArchiveFile={archive} " if archive.is_file() else "", end="")' 2>/dev/null || true
 }
 
+# The PostgreSQL JDBC driver `lakeforge setup-jars` cached, for the driver's class path: a session given a
+# shared catalog (spark.metastore_url) reaches its Hive metastore with it. Nothing when it is not cached.
+metastore_driver() {
+    [[ "${LAKEFORGE_DRY_RUN:-0}" == 1 ]] && return 0
+    python -c '
+from lakeforge import jars
+from lakeforge.errors import EnvironmentProblem
+try:
+    print(":".join(str(jar) for jar in jars.cached_jars(jars.POSTGRES_JDBC_PACKAGE)), end="")
+except EnvironmentProblem:
+    pass' 2>/dev/null || true
+}
+
 role=${1:-help}
 shift || true
 
@@ -153,6 +166,9 @@ submit)
     # The lakeforge wheel (as a .zip: PySpark puts only .zip/.egg/.jar --py-files on the executors'
     # sys.path), so executors run the driver's exact code; comma-separated, more files may follow.
     [[ -n "${LAKEFORGE_PY_FILES:-}" ]] && args+=(--py-files "$LAKEFORGE_PY_FILES")
+    # spark-submit starts the driver JVM: the metastore's JDBC driver must be on its class path from the start.
+    driver_class_path=$(metastore_driver)
+    [[ -n "$driver_class_path" ]] && args+=(--driver-class-path "$driver_class_path")
     [[ -n "${SPARK_DRIVER_MEMORY:-}" ]] && args+=(--driver-memory "$SPARK_DRIVER_MEMORY")
     [[ -n "${SPARK_EXECUTOR_MEMORY:-}" ]] && args+=(--executor-memory "$SPARK_EXECUTOR_MEMORY")
     export LAKEFORGE_CONF_DIR="$conf_dir"
