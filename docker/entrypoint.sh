@@ -67,6 +67,19 @@ archive = jars.class_archive()
 print(f"-XX:SharedArchiveFile={archive} " if archive.is_file() else "", end="")' 2>/dev/null || true
 }
 
+# The PostgreSQL JDBC driver `lakeforge setup-jars` cached, for the driver's class path: a session given a
+# shared catalog (spark.metastore_url) reaches its Hive metastore with it. Nothing when it is not cached.
+metastore_driver() {
+    [[ "${LAKEFORGE_DRY_RUN:-0}" == 1 ]] && return 0
+    python -c '
+from lakeforge import jars
+from lakeforge.errors import EnvironmentProblem
+try:
+    print(":".join(str(jar) for jar in jars.cached_jars(jars.POSTGRES_JDBC_PACKAGE)), end="")
+except EnvironmentProblem:
+    pass' 2>/dev/null || true
+}
+
 role=${1:-help}
 shift || true
 
@@ -98,7 +111,26 @@ mlflow)
     # MLflow's server-side job runner (GenAI evaluation jobs) is not used by lakeforge: it would start a
     # handful of extra consumer processes and a queue folder in /dev/shm.
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
-    run mlflow server \
+    auth=()
+    if [[ "${LAKEFORGE_MLFLOW_AUTH:-none}" == basic-auth ]]; then
+        # MLflow's basic-auth app, its users and permissions in the same database as the runs. The admin
+        # password and the session secret come from the environment only (no default, nothing committed);
+        # the auth config file holds the database URI (its password), so it is written here, readable by
+        # this user only, never into the image or the repository.
+        : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set MLFLOW_AUTH_ADMIN_PASSWORD (the password of the MLflow admin user, see docs/access.md)}"
+        : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?set MLFLOW_FLASK_SERVER_SECRET_KEY (a long random string, see docs/access.md)}"
+        export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+        export MLFLOW_AUTH_ADMIN_USERNAME=${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+        if [[ "${LAKEFORGE_DRY_RUN:-0}" != 1 ]]; then
+            MLFLOW_AUTH_CONFIG_PATH="$(umask 077 && mktemp -d)/basic_auth.ini"
+            # Unknown users and resources nobody was granted get nothing: `lakeforge access sync` grants.
+            (umask 077 && printf '[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = %s\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n' \
+                "${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}" >"$MLFLOW_AUTH_CONFIG_PATH")
+            export MLFLOW_AUTH_CONFIG_PATH
+        fi
+        auth=(--app-name basic-auth)
+    fi
+    run mlflow server "${auth[@]}" \
         --default-artifact-root "$MLFLOW_DEFAULT_ARTIFACT_ROOT" \
         --no-serve-artifacts \
         --host "${MLFLOW_HOST:-0.0.0.0}" \
@@ -134,6 +166,9 @@ submit)
     # The lakeforge wheel (as a .zip: PySpark puts only .zip/.egg/.jar --py-files on the executors'
     # sys.path), so executors run the driver's exact code; comma-separated, more files may follow.
     [[ -n "${LAKEFORGE_PY_FILES:-}" ]] && args+=(--py-files "$LAKEFORGE_PY_FILES")
+    # spark-submit starts the driver JVM: the metastore's JDBC driver must be on its class path from the start.
+    driver_class_path=$(metastore_driver)
+    [[ -n "$driver_class_path" ]] && args+=(--driver-class-path "$driver_class_path")
     [[ -n "${SPARK_DRIVER_MEMORY:-}" ]] && args+=(--driver-memory "$SPARK_DRIVER_MEMORY")
     [[ -n "${SPARK_EXECUTOR_MEMORY:-}" ]] && args+=(--executor-memory "$SPARK_EXECUTOR_MEMORY")
     export LAKEFORGE_CONF_DIR="$conf_dir"

@@ -90,7 +90,12 @@ DETAILS = {
               "recover (RESTORE to a version whose files all exist, a backup). Writes nothing. Exit 0 when every\n"
               "table is healthy, 2 when any is not. See docs/operations.md.\n"
               "example: lakeforge doctor --env cluster",
-    "setup-jars": "Resolves io.delta:delta-spark and its dependencies with spark-submit --packages (Ivy) into\n"
+    "access": "The team set-up's roles (conf/access.yaml; docs/access.md). sync, as the MLflow admin: creates the\n"
+              "users (a new user's first password from LAKEFORGE_PASSWORD_<USER>) and sets their MLflow\n"
+              "permissions; each change is a row in ops.audit. show: who may do what.\n"
+              "example: lakeforge access sync --env compose",
+    "setup-jars": "Resolves io.delta:delta-spark and its dependencies, and the PostgreSQL JDBC driver (the shared\n"
+                  "catalog's metastore), with spark-submit --packages (Ivy) into\n"
                   "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
                   "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
                   "lakeforge starts maps: each command starts sooner.",
@@ -184,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "doctor", help="check every table's Delta log and data files; say how to recover a damaged one")
     _common(p, pipeline=False)
 
+    p = _verb(verbs, "access", help="roles and permissions of the team set-up: sync them to MLflow, or show them")
+    p.add_argument("action", choices=["sync", "show"])
+    _common(p, pipeline=False)
+
     p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
     p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
@@ -240,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
         found = jars.fetch_jars(force=args.force)
         print(f"Delta jars ready: {len(found)} jars for {jars.DELTA_PACKAGE} in {jars.cache_dir()} "
               f"({time.monotonic() - started:.1f}s)")
+        driver = jars.fetch_jars(force=args.force, package=jars.POSTGRES_JDBC_PACKAGE)
+        print(f"PostgreSQL JDBC driver ready (the shared catalog's metastore): {len(driver)} jar(s) for "
+              f"{jars.POSTGRES_JDBC_PACKAGE} in {jars.cache_dir(jars.POSTGRES_JDBC_PACKAGE)}")
         if args.class_archive:
             started = time.monotonic()
             try:
@@ -259,6 +271,12 @@ def run(args: argparse.Namespace) -> int:
     demo_pipelines = [args.pipeline] if args.verb == "demo" and args.pipeline else None
     if args.verb == "demo":  # every pipeline by default; the first one's context runs the shared steps
         args.pipeline = (demo_pipelines or config.available_pipelines())[0]
+    if args.verb == "access":
+        return _access(settings, args.action)
+    from lakeforge import access
+
+    # The server's answer before any Spark job or write: a user without the right stops here (exit 2).
+    access.check(settings, args.verb, getattr(args, "alias", None))
     pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)
     from lakeforge import stages
 
@@ -318,6 +336,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if "spark" in ctx.__dict__:
             ctx.spark.stop()
+    return 0
+
+
+def _access(settings, action: str) -> int:
+    from lakeforge import access, config
+
+    roles = config.load_access(settings)
+    if action == "show":
+        access.check(settings, "access show")
+        print(access.show(roles))
+        return 0
+    changes = access.sync(settings, roles, config.available_pipelines())
+    if changes:
+        from lakeforge import runs
+        from lakeforge.spark import build_session
+
+        spark = build_session(settings)
+        try:
+            runs.record_permission_changes(spark, settings.paths.lakehouse, access.current_user(settings), changes)
+        finally:
+            spark.stop()
+    print(f"access synced: {len(roles.users)} users, {len(changes)} permission changes")
     return 0
 
 

@@ -53,11 +53,19 @@ class SparkSettings(Frozen):
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     event_log_dir: Path | None = None
     conf: dict[str, str] = Field(default_factory=dict)
+    # The team's shared catalog: Spark's Hive metastore in PostgreSQL, e.g. jdbc:postgresql://postgres:5432/metastore
+    # (unset: each session registers the tables itself). Its user here, its password in
+    # LAKEFORGE_METASTORE_PASSWORD (never in configuration).
+    metastore_url: str | None = Field(None, pattern=r"^jdbc:postgresql://")
+    metastore_user: str = "lakeforge"
 
 
 class MlflowSettings(Frozen):
     tracking_uri: str = "sqlite:///var/mlflow.db"
     artifact_root: str = "var/mlartifacts"
+    # basic: the server runs MLflow's basic-auth app (the team set-up); every verb then asks it, as the user of
+    # MLFLOW_TRACKING_USERNAME/PASSWORD, whether that user may act (lakeforge.access, docs/access.md).
+    authentication: Literal["none", "basic"] = "none"
 
 
 class DemoSettings(Frozen):
@@ -93,6 +101,7 @@ class Settings(Frozen):
     mlflow: MlflowSettings = MlflowSettings()
     demo: DemoSettings = DemoSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    access_file: Path | None = None  # who has which role (default conf/access.yaml; see load_access)
 
 
 # ---------------------------------------------------------------- pipelines (conf/pipelines/<name>.yaml)
@@ -605,7 +614,7 @@ def _validate(model: type[BaseModel], layers: list[tuple[str, dict]]) -> Any:
 def available_envs(directory: Path | None = None) -> list[str]:
     """Environment overlays present in the conf folder."""
     directory = directory or conf_dir()
-    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem not in ("base", ACCESS_FILE.removesuffix(".yaml")))
 
 
 def load_settings(env: str | None = None, overrides: list[str] | None = None,
@@ -708,8 +717,9 @@ def _absolute(settings: Settings) -> Settings:
     root = settings.mlflow.artifact_root
     if "://" not in root:
         root = Path(root).resolve().as_uri()
-    mlflow = MlflowSettings(tracking_uri=uri, artifact_root=root)
-    return settings.model_copy(update={"paths": paths, "spark": spark, "mlflow": mlflow})
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": uri, "artifact_root": root})
+    access_file = settings.access_file.resolve() if settings.access_file is not None else None
+    return settings.model_copy(update={"paths": paths, "spark": spark, "mlflow": mlflow, "access_file": access_file})
 
 
 def available_pipelines(directory: Path | None = None) -> list[str]:
@@ -923,3 +933,22 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
             raise ConfigError(f"{path}: key 'model.search_space.{key}': {param.type} needs "
                               + ("values" if param.type == "choice" else "low < high" + (" and q" if param.type
                                                                                         == "quniform" else "")))
+
+
+# ---------------------------------------------------------------- access (conf/access.yaml)
+
+ACCESS_FILE = "access.yaml"
+ROLE_NAMES = ("viewer", "data_engineer", "data_scientist", "approver", "service")
+
+
+class Access(Frozen):
+    """Who has which roles in the team set-up (what each role may do is lakeforge.access.ROLES)."""
+
+    grantor: str = Field(min_length=1)  # who grants a role: named in every refusal
+    users: dict[str, list[Literal[ROLE_NAMES]]] = {}  # type: ignore[valid-type]
+
+
+def load_access(settings: Settings, directory: Path | None = None) -> Access:
+    """conf/access.yaml (or the settings' access_file), checked: one ConfigError naming the file and key."""
+    path = settings.access_file or (directory or conf_dir()) / ACCESS_FILE
+    return _validate(Access, [(str(path), _read_yaml(Path(path), "access configuration (roles of the users)"))])

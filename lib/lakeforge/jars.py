@@ -31,6 +31,8 @@ from lakeforge.errors import EnvironmentProblem
 # sources identical to 4.4.0), so the pip package and the jars are both pinned to 4.4.0.
 DELTA_VERSION = "4.4.0"
 DELTA_PACKAGE = f"io.delta:delta-spark_4.2_2.13:{DELTA_VERSION}"
+# The PostgreSQL JDBC driver: the shared catalog's Hive metastore lives in PostgreSQL (spark.metastore_url).
+POSTGRES_JDBC_PACKAGE = "org.postgresql:postgresql:42.7.14"
 MANIFEST = "manifest.txt"
 
 _PROBE = """
@@ -67,24 +69,25 @@ spark.stop()
 """
 
 
-def cache_dir() -> Path:
+def cache_dir(package: str = DELTA_PACKAGE) -> Path:
     """Where resolved jars live: $LAKEFORGE_JAR_CACHE, else ~/.cache/lakeforge/jars/<package>."""
     root = os.environ.get("LAKEFORGE_JAR_CACHE") or Path.home() / ".cache" / "lakeforge" / "jars"
-    return Path(root) / DELTA_PACKAGE.replace(":", "_")
+    return Path(root) / package.replace(":", "_")
 
 
-def cached_jars() -> list[Path]:
-    """The cached Delta jars, or an error that says how to fetch them."""
-    manifest = cache_dir() / MANIFEST
+def cached_jars(package: str = DELTA_PACKAGE) -> list[Path]:
+    """The cached jars of a package (default Delta's), or an error that says how to fetch them."""
+    manifest = cache_dir(package) / MANIFEST
     if not manifest.is_file():
         raise EnvironmentProblem(
-            f"the Delta Lake jars are not cached (no {manifest}). Run `make setup` (or `lakeforge "
+            f"the {'Delta Lake jars' if package == DELTA_PACKAGE else f'jars of {package}'} are not cached "
+            f"(no {manifest}). Run `make setup` (or `lakeforge "
             f"setup-jars`) once with access to Maven Central, or on a cluster pass "
-            f"`spark-submit --packages {DELTA_PACKAGE}`.")
+            f"`spark-submit --packages {package}`.")
     jars = [Path(line) for line in manifest.read_text().split() if line]
     missing = [str(jar) for jar in jars if not jar.is_file()]
     if missing:
-        raise EnvironmentProblem(f"the Delta jar cache {cache_dir()} is incomplete (missing {missing[0]}"
+        raise EnvironmentProblem(f"the jar cache {cache_dir(package)} is incomplete (missing {missing[0]}"
                                  f"{' and more' if len(missing) > 1 else ''}); run `lakeforge setup-jars --force`.")
     return jars
 
@@ -100,19 +103,19 @@ def _submit_script(source: str, options: list[str]) -> subprocess.CompletedProce
                               capture_output=True, text=True, env=env, cwd=tmp, timeout=1800)
 
 
-def fetch_jars(force: bool = False, ivy_settings: Path | None = None) -> list[Path]:
-    """Resolve DELTA_PACKAGE with Spark's Ivy into the cache (once) and write the manifest."""
-    target = cache_dir()
+def fetch_jars(force: bool = False, ivy_settings: Path | None = None, package: str = DELTA_PACKAGE) -> list[Path]:
+    """Resolve a package (default DELTA_PACKAGE) with Spark's Ivy into the cache (once) and write the manifest."""
+    target = cache_dir(package)
     if not force:
         try:
-            return cached_jars()
+            return cached_jars(package)
         except EnvironmentProblem:
             pass
     ivy_home = target / "ivy"
     if force and target.exists():
         shutil.rmtree(target)
     ivy_home.mkdir(parents=True, exist_ok=True)
-    options = ["--packages", DELTA_PACKAGE, "--conf", f"spark.jars.ivy={ivy_home}"]
+    options = ["--packages", package, "--conf", f"spark.jars.ivy={ivy_home}"]
     if ivy_settings is not None:
         options += ["--conf", f"spark.jars.ivySettings={ivy_settings}"]
     done = _submit_script(_PROBE, options)
@@ -123,7 +126,7 @@ def fetch_jars(force: bool = False, ivy_settings: Path | None = None) -> list[Pa
         unresolved = [ln for ln in lines if "unresolved dependency" in ln]
         detail = (unresolved or lines or ["spark-submit printed nothing"])[-1]
         raise EnvironmentProblem(
-            f"could not download {DELTA_PACKAGE} and its dependencies with Spark's Ivy "
+            f"could not download {package} and its dependencies with Spark's Ivy "
             f"(is Maven Central reachable from here?): {detail}. Nothing was cached; rerun "
             f"`make setup` when the network is back, or copy a filled cache into {target}.")
     (target / MANIFEST).write_text("\n".join(str(jar) for jar in jars) + "\n")

@@ -7,6 +7,7 @@ create ./mlflow.db wherever it runs).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -36,6 +37,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # Tags set when a training run starts, so the next training can tell a run whose process was killed
 # (left RUNNING forever) from one still going: lakeforge's run id, the process id and the host.
 RUN_TAG, PID_TAG, HOST_TAG = "lakeforge.run_id", "lakeforge.pid", "lakeforge.host"
+OUTSIDE_LAKEFORGE = "changed outside lakeforge (no intent recorded)"
+UNKNOWN_USER = "unknown (set outside lakeforge; MLflow does not record who)"
+TRAINER_TAG = "lakeforge.user"  # who trained: the authenticated MLflow user, or the OS account
 START_TAG = "lakeforge.process_start"  # tells the training process apart from a later one given its pid
 
 
@@ -89,10 +93,13 @@ BASELINE_ARTIFACT = "monitoring/baseline.json"
 
 
 @contextmanager
-def training_run(client: MlflowClient, pipeline: str, artifact_root: str, run_id: str) -> Iterator[str]:
-    """The parent MLflow run of lakeforge run `run_id`'s training (search trials nest under it); yields its id."""
+def training_run(client: MlflowClient, pipeline: str, artifact_root: str, run_id: str,
+                 user: str | None = None) -> Iterator[str]:
+    """The parent MLflow run of lakeforge run `run_id`'s training (search trials nest under it), tagged with
+    who trained it (the four-eyes rule of `promote` reads it) and where; yields its id."""
     mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
     tags = {RUN_TAG: run_id, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(),
+            TRAINER_TAG: user or runs.os_user(),
             START_TAG: runs.process_start(os.getpid()) or ""}
     with mlflow.start_run(run_name=f"train-{pipeline}", tags=tags) as run:
         yield run.info.run_id
@@ -194,16 +201,30 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: int) -> int 
 
 
 def move_alias(client: MlflowClient, spark: SparkSession, lakehouse: Path, name: str, alias: str, version: int,
-               job: str, reason: str, run_id: str) -> int | None:
+               job: str, reason: str, run_id: str, user: str | None = None, action: str = runs.ALIAS,
+               metrics: dict | None = None) -> int | None:
     """Point `alias` at `version`, its ops.audit row `intended` before and `done` after (a kill in between is
-    repaired by `reconcile_aliases`); returns the version it pointed at before (None if unset)."""
+    repaired by `reconcile_aliases`), and the same facts as tags on the version (the MLflow UI shows them);
+    returns the version it pointed at before (None if unset)."""
     previous = alias_version(client, name, alias)
     reason = f"{job}: {reason}"
-    runs.record_alias_change(spark, lakehouse, name, alias, previous, version, reason, run_id, runs.INTENDED)
+    audit = dict(user=user, action=action, metrics=metrics)
+    runs.record_alias_change(spark, lakehouse, name, alias, previous, version, reason, run_id, runs.INTENDED, **audit)
     client.set_registered_model_alias(name, alias, str(version))
     runs.crash_point(f"{job}.alias_moved")
-    runs.record_alias_change(spark, lakehouse, name, alias, previous, version, reason, run_id, runs.DONE)
+    tag_decision(client, name, version, alias, action, user, previous, reason, metrics)
+    runs.record_alias_change(spark, lakehouse, name, alias, previous, version, reason, run_id, runs.DONE, **audit)
     return previous
+
+
+def tag_decision(client: MlflowClient, name: str, version: int, alias: str, action: str, user: str | None,
+                 previous: int | None, reason: str, metrics: dict | None) -> None:
+    """The facts of an alias change or refusal as tags `lakeforge.<alias>.<fact>` on the model version."""
+    facts = {"action": action, "by": user or runs.os_user(), "host": socket.gethostname(),
+             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_version": str(previous or ""),
+             "reason": reason[:5000], "metrics": json.dumps(metrics, sort_keys=True, default=str) if metrics else ""}
+    for fact, value in facts.items():
+        client.set_model_version_tag(name, str(version), f"lakeforge.{alias}.{fact}", value)
 
 
 @dataclass(frozen=True)
@@ -239,13 +260,13 @@ def audit_gaps(aliases: dict[str, int], audit: list[dict]) -> list[AuditGap]:
         facts += [f"the intent of run {r['run_id']} (-> v{r['to_version']}, {r['reason']}) was "
                   f"{'completed' if r['to_version'] == actual else 'abandoned'}" for r in intents]
         if actual != audited and not any(r["to_version"] == actual for r in intents):
-            facts.append("changed outside lakeforge (no intent recorded)")
+            facts.append(OUTSIDE_LAKEFORGE)
         gaps.append(AuditGap(alias, audited, actual, "; ".join(facts)))
     return gaps
 
 
 def reconcile_aliases(client: MlflowClient, spark: SparkSession, lakehouse: Path, name: str, run_id: str,
-                      log: Callable[[str], None] = print) -> list[AuditGap]:
+                      log: Callable[[str], None] = print, user: str | None = None) -> list[AuditGap]:
     """Bring ops.audit into agreement with the registry's aliases of model `name` (see `audit_gaps`): append a
     `reconciled` row per alias that differs or has an open intent; returns what was appended."""
     try:
@@ -254,10 +275,21 @@ def reconcile_aliases(client: MlflowClient, spark: SparkSession, lakehouse: Path
         aliases = {}
     gaps = audit_gaps(aliases, runs.read_audit(spark, lakehouse, name))
     for gap in gaps:
+        # MLflow records no user for an alias change: one made outside lakeforge is by an unknown user.
+        outside = gap.reason.endswith(OUTSIDE_LAKEFORGE)
         runs.record_alias_change(spark, lakehouse, name, gap.alias, gap.from_version, gap.to_version,
-                                 f"reconciled: {gap.reason}", run_id, runs.RECONCILED)
+                                 f"reconciled: {gap.reason}", run_id, runs.RECONCILED,
+                                 user=UNKNOWN_USER if outside else user, action=runs.OUTSIDE if outside else runs.ALIAS)
         log(f"ops.audit reconciled with the registry: {gap.reason}")
     return gaps
+
+
+def trainer(client: MlflowClient, name: str, version: int) -> str | None:
+    """Who trained a version: its run's lakeforge.user tag (None when the version has no such run)."""
+    run_id = client.get_model_version(name, str(version)).run_id
+    if not run_id:
+        return None
+    return client.get_run(run_id).data.tags.get(TRAINER_TAG)
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:

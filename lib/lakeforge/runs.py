@@ -11,7 +11,6 @@ job and pipeline appends its `abandoned` end row. `read_runs` gives one row per 
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import signal
@@ -261,18 +260,19 @@ def mark_abandoned(rows: list[dict], lakehouse: Path) -> list[dict]:
 
 @contextmanager
 def recorded(spark: SparkSession, lakehouse: Path, job: str, pipeline: str, env: str,
-             run_date: dt.date | None = None, run_id: str | None = None) -> Iterator[Run]:
+             run_date: dt.date | None = None, run_id: str | None = None, user: str | None = None) -> Iterator[Run]:
     """Record a job run in ops.runs around the block; a failure or a stop signal is recorded and re-raised.
 
     Earlier runs of the same job and pipeline whose process is gone get their `abandoned` end row in the
-    same commit as this run's start row, with a warning line each.
+    same commit as this run's start row, with a warning line each. `user`: who runs it (lakeforge.access's
+    current_user: the authenticated MLflow user in the team set-up), default the operating-system account.
     """
     run = Run(run_id=run_id or new_run_id(), job=job, pipeline=pipeline, log=logs.Progress(job),
               run_date=run_date)
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     row = {"run_id": run.run_id, "job": job, "pipeline": pipeline, "env": env, "run_date": run_date,
            "status": "running", "started_at": started, "ended_at": None, "duration_s": None,
-           "user": getpass.getuser(), "host": socket.gethostname(), "git_commit": git_commit(),
+           "user": user or os_user(), "host": socket.gethostname(), "git_commit": git_commit(),
            "lakeforge_version": __version__, "inputs": {}, "outputs": {}, "rows": {}, "details": "{}", "error": None,
            "pid": os.getpid(), "process_start": process_start(os.getpid())}
     handlers = interrupts.raise_on_stop_signals()  # again: SparkContext replaced the SIGINT handler
@@ -341,9 +341,24 @@ def pipeline_health(rows: list[dict]) -> dict[str, dict]:
     return health
 
 
+def os_user() -> str:
+    """The operating-system account of this process (its uid's name: $LOGNAME and $USER can say anything)."""
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 AUDIT = "ops.audit"
 AUDIT_SCHEMA = ("changed_at timestamp, user string, host string, model string, alias string, "
-                "from_version int, to_version int, reason string, run_id string, status string")
+                "from_version int, to_version int, reason string, run_id string, status string, "
+                "action string, metrics string")
+# What a row records: an alias moved by hand (`alias`) or by a training's gate (`gate`; in the team set-up
+# @champion only by the `service` user), a human @champion promotion approved
+# (`approval`), one refused (`refusal`, status `refused`), an alias found moved outside lakeforge
+# (`outside`), a permission changed by `lakeforge access sync` (`permission`; model and alias name the
+# MLflow user and resource).
+ALIAS, GATE, APPROVAL, REFUSAL, OUTSIDE, PERMISSION = "alias", "gate", "approval", "refusal", "outside", "permission"
+REFUSED = "refused"
 # An alias move appends its `intended` row before the registry changes and its `done` row after; a
 # `reconciled` row records what the registry was found to hold when the two disagreed (a kill between
 # them, or a change made outside lakeforge). Rows from before the status column count as done.
@@ -351,22 +366,41 @@ INTENDED, DONE, RECONCILED = "intended", "done", "reconciled"
 
 
 def record_alias_change(spark: SparkSession, lakehouse: Path, model: str, alias: str, from_version: int | None,
-                        to_version: int | None, reason: str, run_id: str, status: str = DONE) -> None:
-    """Append who moved which alias, when, from which version to which, why, and how far (status), to ops.audit."""
-    row = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), getpass.getuser(), socket.gethostname(), model,
-           alias, from_version, to_version, reason, run_id, status)
-    # mergeSchema: an ops.audit written before the status column existed takes the new column on this append.
-    lake.append(spark, spark.createDataFrame([row], AUDIT_SCHEMA), lakehouse, AUDIT, merge_schema=True,
-                properties={"lakeforge.description": "Every model alias change: who, when, from, to, why, and "
+                        to_version: int | None, reason: str, run_id: str, status: str = DONE, user: str | None = None,
+                        action: str = ALIAS, metrics: dict | None = None) -> None:
+    """Append who moved which alias, when, from which version to which, why, how far (status), as what
+    (action) and the metrics the decision saw, to ops.audit."""
+    row = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), user if user is not None else os_user(),
+           socket.gethostname(), model, alias, from_version, to_version, reason, run_id, status, action,
+           json.dumps(metrics, sort_keys=True, default=str) if metrics else None)
+    _append_audit(spark, lakehouse, [row])
+
+
+def record_permission_changes(spark: SparkSession, lakehouse: Path, user: str, changes: list) -> None:
+    """One ops.audit row per permission `lakeforge access sync` changed (lakeforge.access.Change)."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    rows = [(now, user, socket.gethostname(), c.user, c.resource, None, None,
+             f"{c.before or 'none'} -> {c.after}", None, DONE, PERMISSION, None) for c in changes]
+    _append_audit(spark, lakehouse, rows)
+
+
+def _append_audit(spark: SparkSession, lakehouse: Path, rows: list[tuple]) -> None:
+    # mergeSchema: an ops.audit written before the status, action or metrics column takes them on this append.
+    lake.append(spark, spark.createDataFrame(rows, AUDIT_SCHEMA), lakehouse, AUDIT, merge_schema=True,
+                properties={"lakeforge.description": "Every model alias change, approval, refusal and permission "
+                                                     "change: who, when, from, to, why, the metrics seen, and "
                                                      "whether intended, done or reconciled with the registry",
                             "lakeforge.owner": "lakeforge", "lakeforge.source": "lakeforge"})
 
 
 def read_audit(spark: SparkSession, lakehouse: Path, model: str) -> list[dict]:
-    """ops.audit rows of a model, oldest first, each with its status (rows without one are `done`)."""
+    """ops.audit rows of a model's alias changes, oldest first, each with its status (rows without one are
+    `done`)."""
     if not lake.exists(lakehouse, AUDIT):
         return []
     rows = lake.read(spark, lakehouse, AUDIT).where(F.col("model") == model)
+    if "action" in rows.columns:  # refusals moved nothing; permission rows are about users, not aliases
+        rows = rows.where(F.col("action").isNull() | F.col("action").isin(ALIAS, GATE, APPROVAL, OUTSIDE))
     status = F.col("status") if "status" in rows.columns else F.lit(None).cast("string")
     rows = rows.withColumn("status", F.coalesce(status, F.lit(DONE)))
     return [r.asDict() for r in rows.orderBy("changed_at").collect()]

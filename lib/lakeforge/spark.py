@@ -111,10 +111,38 @@ def session_conf(settings: Settings) -> dict[str, str]:
         spark.event_log_dir.mkdir(parents=True, exist_ok=True)
         conf["spark.eventLog.enabled"] = "true"
         conf["spark.eventLog.dir"] = spark.event_log_dir.as_uri()
+    conf.update(metastore_conf(spark.metastore_url, spark.metastore_user, settings.paths.lakehouse))
     conf.update(spark.conf)
     if log4j.is_file():  # JVM options from the settings come after lakeforge's log config, not instead of it
         java_options = f"-Dlog4j2.configurationFile={log4j.as_uri()} {spark.conf.get(DRIVER_JAVA_OPTIONS, '')}"
         conf[DRIVER_JAVA_OPTIONS] = java_options.strip()
+    return conf
+
+
+METASTORE_PASSWORD = "LAKEFORGE_METASTORE_PASSWORD"
+
+
+def metastore_conf(url: str | None, user: str, lakehouse: Path) -> dict[str, str]:
+    """Spark's Hive metastore in PostgreSQL (the shared catalog), or nothing when no metastore is configured.
+
+    Any Spark session given these settings (and Delta's) finds the lakehouse tables by name. The JDBC driver
+    is on the driver's class path (DataNucleus loads it from there, not from spark.jars); the schema is
+    created on first use. The password comes from the environment: Spark redacts it (spark.redaction.regex
+    matches `password`) in its UI and event logs."""
+    if url is None:
+        return {}
+    driver = jars.cached_jars(jars.POSTGRES_JDBC_PACKAGE)
+    conf = {"spark.sql.catalogImplementation": "hive",
+            "spark.driver.extraClassPath": os.pathsep.join(str(jar) for jar in driver),
+            "spark.hadoop.javax.jdo.option.ConnectionURL": url,
+            "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
+            "spark.hadoop.javax.jdo.option.ConnectionUserName": user,
+            "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+            "spark.hadoop.hive.metastore.schema.verification": "false",
+            "spark.sql.warehouse.dir": str(lakehouse / "_warehouse")}
+    password = os.environ.get(METASTORE_PASSWORD)
+    if password:
+        conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] = password
     return conf
 
 

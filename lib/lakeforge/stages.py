@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 from lakeforge import features as feats
 from lakeforge import quality as quality_checks
 from lakeforge import ingest as ingestion
-from lakeforge import (distributed, interrupts, lake, locks, logs, many_models, models, monitoring, ownership, plots,
-                       registry, runs, scoring, training, tuning)
+from lakeforge import (access, distributed, interrupts, lake, locks, logs, many_models, models, monitoring,
+                       ownership, plots, registry, runs, scoring, training, tuning)
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
@@ -54,6 +54,13 @@ class Context:
         ownership.claim(self.settings, "mlflow.artifact_root", "mlflow.tracking_uri")
         return registry.connect(self.settings.mlflow)
 
+    @cached_property
+    def user(self) -> str:
+        """Who runs this: the authenticated MLflow user in the team set-up, else the OS account."""
+        from lakeforge import access
+
+        return access.current_user(self.settings)
+
     @property
     def lakehouse(self) -> Path:
         return self.settings.paths.lakehouse
@@ -67,7 +74,7 @@ class Context:
         with (locks.held(self.lakehouse, lock.format(pipeline=self.pipeline.name), job, self.pipeline.name, run_id,
                          self.settings.lock_wait_s) if lock else nullcontext()):
             with runs.recorded(self.spark, self.lakehouse, job, self.pipeline.name, self.settings.env, run_date,
-                               run_id=run_id) as run:
+                               run_id=run_id, user=self.user) as run:
                 yield run
 
 
@@ -177,7 +184,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
     pipeline = ctx.pipeline
     with ctx.recorded(why, run_date=as_of) as run:
         registry.end_orphan_runs(ctx.mlflow, pipeline.name, run.log)
-        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, run.run_id, run.log)
+        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, run.run_id, run.log, ctx.user)
         first, last = feats.event_date_range(ctx.spark, ctx.lakehouse, pipeline)
         if as_of is not None:
             last = min(last, as_of - dt.timedelta(days=1))
@@ -203,7 +210,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
         train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
         with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
-                                   run.run_id) as mlflow_run_id:
+                                   run.run_id, ctx.user) as mlflow_run_id:
             trained = _fit(ctx, run, labelled_df.where(is_train), train_rows, train_dates, columns, label, order)
             run.log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
             predictions = trained.model.predict(None, holdout)
@@ -247,8 +254,13 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         champion_value = _champion_metric(ctx, holdout, label)
         metric = pipeline.model.metric
         decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)
+        if decision.alias == registry.CHAMPION and not access.gate_may_promote(ctx.settings, ctx.mlflow, ctx.user):
+            decision = registry.Decision(registry.CHALLENGER, f"{decision.reason}; @champion awaits an approver "
+                                                              f"(`lakeforge promote --alias champion`)")
+        seen = {metric: metrics[metric], f"champion_{metric}": champion_value}
         previous = registry.move_alias(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, decision.alias,
-                                       logged.version, why, decision.reason, run.run_id)
+                                       logged.version, why, decision.reason, run.run_id, ctx.user, runs.GATE,
+                                       metrics=seen)
         run.details.update(model=pipeline.name, version=logged.version, alias=decision.alias, previous=previous,
                            gate=decision.reason, **{f"champion_{metric}": champion_value},
                            mlflow_run_id=logged.run_id,
@@ -378,7 +390,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
     """Score every entity's features for the date with @champion into gold.<pipeline>_predictions."""
     pipeline = ctx.pipeline
     with ctx.recorded("score", run_date=score_date) as run:
-        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, run.run_id, run.log)
+        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, pipeline.name, run.run_id, run.log, ctx.user)
         mv = registry.champion(ctx.mlflow, pipeline.name)
         version = int(mv.version)
         score_date = run.run_date = score_date or _default_score_date(ctx)
@@ -659,15 +671,40 @@ def _write_index(ctx: Context) -> Path:
 
 
 def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMPION) -> dict:
-    """Point an alias at a version by hand, recorded in ops.runs with the reason."""
+    """Point an alias at a version by hand, recorded in ops.runs and ops.audit with the reason. In the team
+    set-up @champion needs four eyes: the promoting user may not be the one who trained the version (a
+    refusal is audited too, and exits 2)."""
     with ctx.recorded("promote") as run:
-        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, ctx.pipeline.name, run.run_id, run.log)
+        registry.reconcile_aliases(ctx.mlflow, ctx.spark, ctx.lakehouse, ctx.pipeline.name, run.run_id, run.log,
+                                   ctx.user)
         registry.wait_until_ready(ctx.mlflow, ctx.pipeline.name, version)
+        action = runs.ALIAS
+        if alias == registry.CHAMPION and access.authenticated(ctx.settings):
+            action = runs.APPROVAL
+            trained_by = registry.trainer(ctx.mlflow, ctx.pipeline.name, version)
+            if trained_by is None or trained_by == ctx.user:
+                _refuse(ctx, run, version, alias, reason, trained_by)
         previous = registry.move_alias(ctx.mlflow, ctx.spark, ctx.lakehouse, ctx.pipeline.name, alias, version,
-                                       "promote", reason, run.run_id)
+                                       "promote", reason, run.run_id, ctx.user, action)
         run.details.update(alias=alias, previous=previous, version=version, reason=reason)
         run.log(f"{ctx.pipeline.name}@{alias}: {previous} -> {version} ({reason})")
         return {"stage": "promote", "alias": alias, "from": previous, "to": version}
+
+
+def _refuse(ctx: Context, run, version: int, alias: str, reason: str, trained_by: str | None) -> None:
+    """Four eyes: record the refused promotion (ops.audit row, tags on the version), then stop with exit 2."""
+    name = ctx.pipeline.name
+    why = (f"user '{ctx.user}' trained version {version}" if trained_by else
+           f"version {version} has no training run that says who trained it ({registry.TRAINER_TAG})")
+    message = (f"refused: @{alias} of {name} -> v{version} needs an approver other than the version's trainer; "
+               f"{why}. Another user with the role approver runs `lakeforge promote --alias {alias} --version "
+               f"{version} --reason ...`")
+    current = registry.alias_version(ctx.mlflow, name, alias)
+    runs.record_alias_change(ctx.spark, ctx.lakehouse, name, alias, current, version, f"promote: {reason}; {message}",
+                             run.run_id, runs.REFUSED, user=ctx.user, action=runs.REFUSAL)
+    registry.tag_decision(ctx.mlflow, name, version, f"{alias}.refused", runs.REFUSAL, ctx.user, current,
+                          f"{reason}; {message}", None)
+    raise access.AccessDenied(message)
 
 
 def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | None = None) -> dict:

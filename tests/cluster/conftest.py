@@ -276,20 +276,15 @@ class MlflowServer:
         return http_json(url, body, method)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(request, postgres, tmp_path_factory) -> MlflowServer:
-    """`entrypoint.sh mlflow` on the PostgreSQL above, listening on 127.0.0.1."""
-    try:
-        import psycopg  # noqa: F401  SQLAlchemy 2.1's driver for postgresql:// URIs (what MLflow uses)
-    except ImportError:
-        pytest.fail("psycopg is missing: MLflow's postgresql:// store needs psycopg[binary] (pyproject.toml [dev])")
-    root = tmp_path_factory.mktemp("mlflow")
+def _start_mlflow(request, name: str, backend_uri: str, root: Path, extra_env: dict[str, str]):
+    """`entrypoint.sh mlflow` on `backend_uri`, on 127.0.0.1, until healthy; stopped with the session. Returns the
+    service, its URL and its artifact folder."""
     artifacts = root / "mlartifacts"
     artifacts.mkdir()
     port = free_port()
-    env = base_env() | {"MLFLOW_BACKEND_STORE_URI": postgres.uri, "MLFLOW_DEFAULT_ARTIFACT_ROOT": artifacts.as_uri(),
-                        "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"}
-    service = Service.start("mlflow", ["bash", str(ENTRYPOINT), "mlflow"], env, root / "mlflow.log")
+    env = base_env() | {"MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_DEFAULT_ARTIFACT_ROOT": artifacts.as_uri(),
+                        "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"} | extra_env
+    service = Service.start(name, ["bash", str(ENTRYPOINT), "mlflow"], env, root / "mlflow.log")
     on_stop(request, service.stop)
     url = f"http://127.0.0.1:{port}"
 
@@ -297,12 +292,69 @@ def mlflow_server(request, postgres, tmp_path_factory) -> MlflowServer:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return response.status == 200
 
-    wait_for("MLflow server", healthy, 120, service.process, service.log)
+    wait_for(f"MLflow server ({name})", healthy, 180, service.process, service.log)
+    return service, url, artifacts
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(request, postgres, tmp_path_factory) -> MlflowServer:
+    """`entrypoint.sh mlflow` on the PostgreSQL above, listening on 127.0.0.1."""
+    try:
+        import psycopg  # noqa: F401  SQLAlchemy 2.1's driver for postgresql:// URIs (what MLflow uses)
+    except ImportError:
+        pytest.fail("psycopg is missing: MLflow's postgresql:// store needs psycopg[binary] (pyproject.toml [dev])")
+    service, url, artifacts = _start_mlflow(request, "mlflow", postgres.uri, tmp_path_factory.mktemp("mlflow"), {})
     # The store URI (which holds the password in the compose set-up) reaches MLflow through its environment:
     # no process of the server (gunicorn/uvicorn workers included) shows it on its command line.
     lines = command_lines(service.process.pid)
     assert any("mlflow" in line for line in lines) and not any(postgres.uri in line for line in lines), lines
     return MlflowServer(url, artifacts, postgres.uri)
+
+
+@dataclass
+class AuthServer:
+    """An MLflow server with the basic-auth app: its URL, the admin's credentials and every secret the test made
+    (searched for in logs, tables and tags afterwards)."""
+
+    url: str
+    artifact_root: Path
+    admin: tuple[str, str]
+    secrets: list[str]
+    log: Path
+
+    def as_user(self, username: str, password: str) -> dict[str, str]:
+        """The environment a lakeforge command of this user gets."""
+        return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(request, postgres, tmp_path_factory) -> AuthServer:
+    """`entrypoint.sh mlflow` with LAKEFORGE_MLFLOW_AUTH=basic-auth on its own PostgreSQL database (runs and auth
+    tables together), a random admin password and secret key from the environment, on 127.0.0.1."""
+    import secrets
+
+    import psycopg
+
+    database = "access"
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, dbname=postgres.database,
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    uri = f"postgresql://{postgres.user}@127.0.0.1:{postgres.port}/{database}"
+    admin_password, secret_key = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
+    auth = {"LAKEFORGE_MLFLOW_AUTH": "basic-auth", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key}
+    service, url, artifacts = _start_mlflow(request, "mlflow-auth", uri, tmp_path_factory.mktemp("mlflow-auth"), auth)
+    lines = command_lines(service.process.pid)
+    assert not any(admin_password in line or secret_key in line for line in lines), lines
+    return AuthServer(url, artifacts, ("admin", admin_password), [admin_password, secret_key], service.log)
+
+
+@pytest.fixture(scope="session")
+def commands():
+    """What a test module needs to run commands as the services here do: base_env, run_to_end, DEMO."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(base_env=base_env, run_to_end=run_to_end, demo=DEMO)
 
 
 # ---------------------------------------------------------------- Spark standalone

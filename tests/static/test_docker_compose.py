@@ -140,17 +140,19 @@ def test_services_are_the_development_cluster(compose):
 
 def test_secrets_have_no_default_and_other_variables_have_one(compose, settings):
     used = VARIABLE.findall(COMPOSE_FILE.read_text())
-    assert {name for name, _, _ in used} == {"POSTGRES_PASSWORD"}
+    assert {name for name, _, _ in used} == {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY",
+                                             "LAKEFORGE_NIGHTLY_PASSWORD"}
     for name, operator, text in used:
         if SECRET_NAME.search(name):
             # No fallback password: `docker compose` stops and prints the message until the variable is set.
             assert operator == ":?" and "docker/README.md" in text, (name, operator, text)
         else:
             assert operator in (":-", "-") and text, f"a variable without a default breaks `up` without .env: {name}"
-    assert "${POSTGRES_PASSWORD:?" in (REPO / "docker" / "README.md").read_text()
+    setup = next(line for line in (REPO / "docker" / "README.md").read_text().splitlines() if "for name in" in line)
+    assert set(setup.split(";")[0].split()[3:]) == {name for name, _, _ in used}, "docker/README.md makes each secret"
     # The overlay holds no credentials: the database URI (with its password) is the mlflow service's env.
     values = json.dumps(settings.model_dump(mode="json"))
-    assert "postgresql" not in values and "@" not in settings.mlflow.tracking_uri
+    assert required_value("POSTGRES_PASSWORD") not in values and "@" not in values
 
 
 # ---------------------------------------------------------------- agreement with conf/compose.yaml
@@ -366,3 +368,30 @@ def test_entrypoint_rejects_what_it_cannot_run():
                           (["history"], "SPARK_EVENT_LOG_DIR"), (["nonsense"], "unknown role")]:
         done = subprocess.run(["bash", str(ENTRYPOINT), *argv], env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode != 0 and message in done.stderr, (argv, done.stderr)
+
+
+def test_mlflow_runs_with_basic_auth_and_the_scheduler_as_the_service_user(compose, settings):
+    from lakeforge import config
+
+    mlflow = environment(compose, "mlflow")
+    assert mlflow["LAKEFORGE_MLFLOW_AUTH"] == "basic-auth"
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == required_value("MLFLOW_ADMIN_PASSWORD")
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == required_value("MLFLOW_SECRET_KEY")
+    assert settings.mlflow.authentication == "basic"
+    scheduler = environment(compose, "scheduler")
+    access = config.load_access(settings, directory=REPO / "conf")
+    assert access.users[scheduler["MLFLOW_TRACKING_USERNAME"]] == ["service"]
+    done = subprocess.run(["bash", str(ENTRYPOINT), "mlflow"], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **mlflow, "LAKEFORGE_DRY_RUN": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "--app-name basic-auth" in done.stdout
+    assert required_value("MLFLOW_ADMIN_PASSWORD") not in done.stdout
+
+
+def test_basic_auth_without_an_admin_password_does_not_start(compose):
+    mlflow = environment(compose, "mlflow")
+    del mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    done = subprocess.run(["bash", str(ENTRYPOINT), "mlflow"], capture_output=True, text=True, timeout=30,
+                          env={**env, **mlflow, "LAKEFORGE_DRY_RUN": "1"})
+    assert done.returncode != 0 and "set MLFLOW_AUTH_ADMIN_PASSWORD" in done.stderr, done.stderr

@@ -12,7 +12,7 @@ WRITES = {"demo": "row count", "generate": "_manifest.json", "ingest": "ops.quar
           "features": "gold.<pipeline>_features", "train": "@challenger", "score": "gold.<pipeline>_predictions",
           "maintain": "(VACUUM)", "monitor": "ops.monitoring", "retrain": "writes nothing", "promote": "ops.audit", "run": "ops.runs", "status": "ops.runs",
           "doctor": "Writes nothing. Exit 0 when every\ntable is healthy, 2 when any is not",
-          "setup-jars": "jar cache"}
+          "setup-jars": "jar cache", "access": "ops.audit"}
 
 
 def test_every_verb_has_its_details():

@@ -120,6 +120,8 @@ def test_a_class_archive_that_cannot_be_built_is_a_warning_and_leaves_no_file(tm
     jars.cache_dir().mkdir(parents=True)
     (tmp_path / "delta-spark.jar").write_bytes(b"not a jar")
     (jars.cache_dir() / jars.MANIFEST).write_text(f"{tmp_path / 'delta-spark.jar'}\n")
+    jars.cache_dir(jars.POSTGRES_JDBC_PACKAGE).mkdir(parents=True)
+    (jars.cache_dir(jars.POSTGRES_JDBC_PACKAGE) / jars.MANIFEST).write_text(f"{tmp_path / 'delta-spark.jar'}\n")
     assert cli.main(["setup-jars"]) == 0
     out, err = capsys.readouterr()
     assert "Delta jars ready: 1 jars" in out and "class archive" not in out
