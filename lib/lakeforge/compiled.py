@@ -197,7 +197,8 @@ class Scorer:
         self.how = how  # estimator -> compiled | native | linear
         self.feature_names = list(spec["feature_names"])
         self.inputs = list(spec["inputs"])
-        self.codes = {c: {v: float(i) for i, v in enumerate(values)} for c, values in spec.get("categories", {}).items()}
+        self.codes = {c: {v: float(i) for i, v in enumerate(values)}
+                      for c, values in spec.get("categories", {}).items()}
         if spec["kind"] == "routing":
             self.routes = {group: predictors[stem] for group, stem in spec["groups"]}
             self.fallback = predictors[spec["fallback"]]

@@ -81,7 +81,8 @@ def _requirements() -> list[str]:
     """Pinned requirements of the served model (given, so MLflow need not infer them by import tracing)."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")] + [
+    packages = ("lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "numpy", "cloudpickle")
+    return [f"{p}=={version(p)}" for p in packages] + [
         f"lakeforge=={__version__}"]
 
 
@@ -289,8 +290,8 @@ def decide(new_value: float, champion_value: float | None, gate: Gate, metric: s
     bound = {"auc": gate.min_auc, "mae": gate.max_mae}.get(metric)
     side = f"{'>=' if higher else '<='} {'floor' if higher else 'ceiling'}"
     if bound is not None and metrics.breaches(metric, new_value, bound):
-        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} {'below the floor' if higher else 'above the ceiling'} "
-                                    f"{bound:.4f}")
+        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} "
+                                    f"{'below the floor' if higher else 'above the ceiling'} {bound:.4f}")
     if gate.beat_naive and naive:
         which = max(naive, key=lambda k: naive[k] if higher else -naive[k])
         if not metrics.better(metric, new_value, naive[which], gate.beat_naive_by):

@@ -5,7 +5,6 @@ score and monitor with no lakeforge change; a model that cannot beat the naive a
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import sys
 from pathlib import Path
 
@@ -40,17 +39,8 @@ PIPELINES = {
 
 
 @pytest.fixture(scope="module")
-def parcels_conf(spark, tmp_path_factory) -> Path:
-    conf = tmp_path_factory.mktemp("conf")
-    (conf / "pipelines").mkdir()
-    (conf / "sources").mkdir()
-    for name in ("base.yaml", "test.yaml", "log4j2.properties"):
-        shutil.copy(REPO / "conf" / name, conf / name)
-    (conf / "sources" / "parcels.yaml").write_text(parcels.SOURCE)
-    for name, text in PIPELINES.items():
-        (conf / "pipelines" / f"{name}.yaml").write_text(text)
-    spark.sparkContext.addPyFile(str(FIXTURES / "parcels.py"))
-    return conf
+def parcels_conf(user_conf) -> Path:
+    return user_conf({"parcels": parcels.SOURCE}, PIPELINES, "parcels.py")
 
 
 @pytest.fixture(scope="module")

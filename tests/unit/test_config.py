@@ -186,7 +186,8 @@ def test_cli_reports_a_config_mistake_before_importing_the_stages(conf):
     for args, message in ((["status", "--env", "prod"], "lakeforge status: error: unknown environment 'prod'"),
                           (["ingest", "--pipeline", "nosuch"], "lakeforge ingest: error: unknown pipeline 'nosuch'")):
         done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf), "PYTHONPATH": str(REPO_CONF.parent / "lib")})
+                              env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf),
+                               "PYTHONPATH": str(REPO_CONF.parent / "lib")})
         assert done.stdout.strip() == "2 []", done.stdout + done.stderr
         assert done.stderr.startswith(message), done.stderr
 
@@ -290,7 +291,8 @@ def test_a_wrong_parameter_type_exits_2_from_the_cli_before_spark_starts(conf, t
     done = subprocess.run([sys.executable, "-m", "lakeforge", "train", "--pipeline", "churn", "--env", "test",
                            "--set", "pipeline.model.params.n_estimators=many"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf), "PYTHONPATH": str(REPO_CONF.parent / "lib")})
+                          env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf),
+                               "PYTHONPATH": str(REPO_CONF.parent / "lib")})
     assert done.returncode == 2
     assert "churn.yaml: key 'model.params.n_estimators': expected an integer, got 'many' (str)" in done.stderr
     assert "SparkSession" not in done.stderr and not (tmp_path / "spark-warehouse").exists()

@@ -62,9 +62,9 @@ def test_each_metric_knows_its_tasks_and_direction():
 
 def test_the_gate_refuses_a_version_that_does_not_beat_the_naive_answer_naming_both_figures():
     refused = decide(4.0, None, Gate(), "mae", {"mean": 5.0, "last_week": 3.5})
-    assert (refused.alias, refused.reason) == (CHALLENGER, "holdout MAE 4.0000 does not beat the naive last_week MAE "
-                                                            "3.5000 by more than 0.0000 (gate.beat_naive_by) on the "
-                                                            "same rows; set gate.beat_naive: false to promote it anyway")
+    assert refused.alias == CHALLENGER
+    assert refused.reason == ("holdout MAE 4.0000 does not beat the naive last_week MAE 3.5000 by more than 0.0000 "
+                              "(gate.beat_naive_by) on the same rows; set gate.beat_naive: false to promote it anyway")
     assert decide(3.4, None, Gate(), "mae", {"mean": 5.0, "last_week": 3.5}).alias == CHAMPION
     assert decide(3.4, None, Gate(beat_naive_by=0.2), "mae", {"last_week": 3.5}).alias == CHALLENGER
     assert decide(4.0, None, Gate(beat_naive=False), "mae", {"last_week": 3.5}).alias == CHAMPION
