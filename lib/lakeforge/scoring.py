@@ -78,8 +78,8 @@ def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Ca
     if files is None:
         model = registry.load_python_model(name, version)
         inner = getattr(model, "estimator", None)
-        log(f"{name} v{version} has no model files (registered before them, or an estimator with no data form, "
-            f"e.g. {type(getattr(inner, 'estimator', inner)).__name__}): scoring its pickled pyfunc "
+        log(f"{name} v{version} has no model files (registered before them, or an estimator with no data form: "
+            f"{type(getattr(inner, 'estimator', inner)).__name__}): scoring its pickled pyfunc "
             f"({type(model).__name__}, unpickled with cloudpickle)")
         return Loaded({PICKLE: cloudpickle.dumps(model)}, list(model.feature_names), PICKLE, {"scored_from": PICKLE},
                       dict(getattr(inner, "categories", None) or {}), getattr(model, "classes", None))
