@@ -276,9 +276,11 @@ def test_estimator_and_metric_mistakes_are_one_error_naming_the_key(conf, overri
 
 
 def test_a_multiclass_label_takes_its_metrics_and_refuses_per_group(conf):
-    demand = ["pipeline.label={name: kind, rule: column, task: multiclass, column: kind, known_at: ts}"]
-    with pytest.raises(ConfigError, match=r"key 'label'|key 'label\.rule'"):  # snapshot points take a rule only
-        config.load_pipeline("demand", demand, conf)
+    multiclass = ["pipeline.label.task=multiclass", "pipeline.model.metric=null"]
+    with pytest.raises(ConfigError, match=r"delivery_time.yaml: key 'model.pattern': per_group models route one "
+                                          r"number per row .* a multiclass label needs pattern: global$"):
+        config.load_pipeline("delivery_time", [*multiclass, "pipeline.model.pattern=per_group",
+                                               "pipeline.model.group_key=store_id"], conf)
     delivery = config.load_pipeline("delivery_time", ["pipeline.label.task=multiclass", "pipeline.model.metric=null"],
                                     conf)
     assert (delivery.label.task, delivery.model.metric) == ("multiclass", "log_loss")
