@@ -927,10 +927,11 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
             _refuse(path, "model.pattern", "per_group models route one number per row (binary classification or "
                     "regression); a multiclass label needs pattern: global")
     if model.distributed and (model.pattern == "per_group" or model.search_space or task != "classification"
-                              or model.estimator != "lightgbm" or model.params):
+                              or model.estimator != "lightgbm"):
         _refuse(path, "model.distributed", "the distributed learner is Spark MLlib's LogisticRegression: one "
-                "global binary classifier with its own mllib_params, no search; unset model.estimator, model.params "
-                "and model.search_space and use pattern global (or set distributed: false to use the estimator)")
+                "global binary classifier with its own mllib_params (model.params are not used), no search; unset "
+                "model.estimator and model.search_space and use pattern global (or set distributed: false to use "
+                "the estimator)")
     for key, param in model.search_space.items():
         ok = param.values if param.type == "choice" else (param.low is not None and param.high is not None
                                                           and param.low < param.high)

@@ -267,7 +267,7 @@ def test_a_known_parameter_of_the_wrong_type_names_the_file_and_key(conf, overri
     (["pipeline.model.estimator=os.system('x')"], "model.estimator", "is neither lightgbm, xgboost nor an import path"),
     (["pipeline.model.metric=mae"], "model.metric",
      "'mae' is not a classification metric; choose one of auc, log_loss, f1, accuracy, precision_at_k"),
-    (["pipeline.model.distributed=true", "pipeline.model.estimator=xgboost", "pipeline.model.params={}"],
+    (["pipeline.model.distributed=true", "pipeline.model.estimator=xgboost"],
      "model.distributed", "the distributed learner is Spark MLlib's LogisticRegression"),
 ])
 def test_estimator_and_metric_mistakes_are_one_error_naming_the_key(conf, overrides, key, message):
