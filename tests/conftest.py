@@ -147,3 +147,24 @@ def events_conf(tmp_path) -> Path:
     (conf / "sources" / "events.yaml").write_text(EVENTS_SOURCE)
     (conf / "pipelines" / "events.yaml").write_text(EVENTS_PIPELINE)
     return conf
+
+
+@pytest.fixture(scope="module")
+def user_conf(spark, tmp_path_factory):
+    """A conf folder with the repo's settings and a user's own sources and pipelines ({name: YAML text}); the user's
+    module (in tests/fixtures) is shipped to the Python workers."""
+    import shutil
+
+    def make(sources: dict[str, str], pipelines: dict[str, str], module: str) -> Path:
+        conf = tmp_path_factory.mktemp("conf")
+        (conf / "pipelines").mkdir()
+        (conf / "sources").mkdir()
+        for name in ("base.yaml", "test.yaml", "log4j2.properties"):
+            shutil.copy(REPO / "conf" / name, conf / name)
+        for folder, texts in (("sources", sources), ("pipelines", pipelines)):
+            for name, text in texts.items():
+                (conf / folder / f"{name}.yaml").write_text(text)
+        spark.sparkContext.addPyFile(str(REPO / "tests" / "fixtures" / module))  # the Python workers import it too
+        return conf
+
+    return make

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lakeforge import model_files
-from lakeforge.model_files import LIGHTGBM, LINEAR, MODEL
+from lakeforge.model_files import LIGHTGBM, LINEAR, MODEL, XGBOOST
 
 COMPILED, NATIVE = "compiled", "native"
 # Each model's entry function is named after the model's SHA-256: with lleaves' default name (forest_root) for
@@ -156,6 +156,24 @@ class _Native:
         return np.asarray(self.booster.predict(x, num_threads=self.threads), dtype="float64")
 
 
+class _XGBoost:
+    """An XGBoost model from its JSON file; categorical inputs arrive as their category's position (as at
+    training, where XGBoost took the pandas categories' codes)."""
+
+    def __init__(self, data: bytes, threads: int, feature_names: list[str], feature_types: list[str]):
+        import xgboost
+
+        self.xgboost = xgboost
+        self.booster = xgboost.Booster(model_file=bytearray(data))
+        self.booster.set_param({"nthread": threads})
+        self.feature_names, self.feature_types = feature_names, feature_types
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        matrix = self.xgboost.DMatrix(x, feature_names=self.feature_names, feature_types=self.feature_types,
+                                      enable_categorical=True)
+        return np.asarray(self.booster.predict(matrix), dtype="float64")
+
+
 class _Compiled:
     def __init__(self, text: bytes, obj: bytes | None, threads: int):
         with tempfile.TemporaryDirectory(prefix="lakeforge-load-") as folder:
@@ -179,6 +197,8 @@ class Scorer:
         self.how = how  # estimator -> compiled | native | linear
         self.feature_names = list(spec["feature_names"])
         self.inputs = list(spec["inputs"])
+        self.codes = {c: {v: float(i) for i, v in enumerate(values)}
+                      for c, values in spec.get("categories", {}).items()}
         if spec["kind"] == "routing":
             self.routes = {group: predictors[stem] for group, stem in spec["groups"]}
             self.fallback = predictors[spec["fallback"]]
@@ -188,11 +208,17 @@ class Scorer:
         columns = _columns(rows)
         x = np.empty((len(rows), len(self.inputs)), dtype="float64")
         for j, name in enumerate(self.inputs):
-            x[:, j] = columns(name)
+            if name in self.codes:  # a string input: its category's position, NaN for a null or an unseen value
+                codes = self.codes[name]
+                x[:, j] = [codes.get(v, np.nan) if v is not None else np.nan
+                           for v in columns(name, numeric=False).tolist()]
+            else:
+                x[:, j] = columns(name)
         return x
 
     def predict(self, rows: pd.DataFrame | pa.StructArray) -> np.ndarray:
-        """One prediction per row of a pandas frame or an Arrow struct array (a scoring UDF's batch)."""
+        """One prediction per row of a pandas frame or an Arrow struct array (a scoring UDF's batch); a multiclass
+        model's is a row of class probabilities."""
         x = self.matrix(rows)
         if self.spec["kind"] != "routing":
             return self.predictors[self.spec["estimator"]].predict(x)
@@ -235,6 +261,9 @@ def build(payload: dict, threads: int = 1) -> Scorer:
             predictors[stem], how[stem] = _Compiled(data, objects[stem] if same_cpu else None, threads), COMPILED
         elif estimator["format"] == LIGHTGBM:
             predictors[stem], how[stem] = _Native(data, threads), NATIVE
+        elif estimator["format"] == XGBOOST:
+            types = ["c" if c in spec.get("categories", {}) else "q" for c in spec["inputs"]]
+            predictors[stem], how[stem] = _XGBoost(data, threads, spec["inputs"], types), NATIVE
         else:
             raise ValueError(f"model file {estimator['file']}: unknown format {estimator['format']!r}")
     return Scorer(spec, predictors, how)

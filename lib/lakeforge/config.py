@@ -331,7 +331,7 @@ class Label(Frozen):
 
     name: str
     rule: Literal["no_event_within_horizon", "event_count_within_horizon", "column"]
-    task: Literal["classification", "regression"] | None = None  # column: required; rules: implied
+    task: Literal["classification", "multiclass", "regression"] | None = None  # column: required; rules: implied
     events: str | None = None               # rules: the source of the later events
     horizon_days: int | None = Field(None, ge=1)  # rules: the label window; column: days until labels are known
     source: str | None = None               # column: the source holding the label (default: the points' source)
@@ -356,7 +356,7 @@ class Label(Frozen):
                 raise ValueError(f"rule {self.rule} needs events (a source) and horizon_days")
             return
         if self.task is None:
-            raise ValueError("rule column needs task: classification or regression")
+            raise ValueError("rule column needs task: classification, multiclass or regression")
         if not self.known_at:
             raise ValueError("rule column needs known_at: the timestamp column saying when the label became known "
                              "(rows whose label was not yet known at a training cutoff are left out)")
@@ -388,12 +388,16 @@ class Tuning(Frozen):
     parallelism: int = Field(2, ge=1)     # trials at a time; 1: one after another on the driver
     validation_snapshots: int = Field(2, ge=1)  # the last training dates, purged, score each trial
     timeout_s: int | None = Field(None, ge=1)   # no trial starts after it (the trial count then varies)
+    metric: str | None = None  # each trial's loss (lakeforge.metrics); default log_loss, or mae for regression
 
 
 class Model(Frozen):
-    estimator: Literal["lightgbm"] = "lightgbm"
+    # lightgbm, xgboost, or the import path of a scikit-learn-compatible class (see lakeforge.estimators)
+    estimator: str = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
-    metric: Literal["auc", "mae"] = "auc"   # what the gate compares (auc: higher is better, mae: lower)
+    # What the gate, monitoring and the retrain policy compare (lakeforge.metrics: each knows its direction);
+    # default by the label's task: auc, log_loss (multiclass), mae.
+    metric: str | None = None
     top_k: float = Field(0.1, gt=0, le=1)   # precision at the top k share of scores (classification)
     search_space: dict[str, SearchParam] = Field(default_factory=dict)  # empty: no search, params as given
     tuning: Tuning = Tuning()
@@ -410,6 +414,8 @@ class Gate(Frozen):
     min_auc: float = Field(0.5, ge=0, le=1)      # absolute floor (metric auc)
     max_mae: float | None = Field(None, ge=0)    # absolute ceiling (metric mae)
     min_improvement: float = 0.0                 # over the champion's metric on the same holdout rows
+    beat_naive: bool = True                      # refuse @champion to a version that does not beat the naive answer
+    beat_naive_by: float = Field(0.0, ge=0)      # ... by more than this (in the metric's units)
 
 
 class Monitoring(Frozen):
@@ -451,6 +457,13 @@ class Pipeline(Frozen):
     monitoring: Monitoring = Monitoring()
     retrain: Retrain | None = None               # no policy: `run nightly` never retrains on its own
     points: Points = Points()
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.model.metric is None and self.label.task is not None:
+            from lakeforge.metrics import DEFAULT
+
+            # The metric's default depends on the label: filled in once, as a frozen model's own post-init may.
+            object.__setattr__(self, "model", self.model.model_copy(update={"metric": DEFAULT[self.label.task]}))
 
     @property
     def is_event(self) -> bool:
@@ -905,12 +918,20 @@ def _check_points(pipeline: Pipeline, path: Path) -> None:
 
 
 def _check_model(pipeline: Pipeline, path: Path) -> None:
-    """Model settings that are valid alone but not together."""
+    """Model settings that are valid alone but not together: the estimator and its parameters, the metrics for
+    the task, and which patterns (per_group, distributed) the estimator and task support."""
+    from lakeforge import estimators, metrics
+
     model, task = pipeline.model, pipeline.label.task
-    wanted = {"classification": "auc", "regression": "mae"}[task]
-    if model.metric != wanted:
-        raise ConfigError(f"{path}: key 'model.metric': the label ({pipeline.label.rule}) is a {task} target, "
-                          f"so the metric must be {wanted} (got {model.metric})")
+    for key, name in (("model.metric", model.metric), ("model.tuning.metric", model.tuning.metric)):
+        if name is not None and name not in metrics.for_task(task):
+            _refuse(path, key, f"'{name}' is not a {task} metric; choose one of {', '.join(metrics.for_task(task))}")
+    try:
+        estimators.resolve(model.estimator, task)
+    except ValueError as exc:
+        _refuse(path, "model.estimator", f"{exc} (the YAML names code to import: only a class is taken from it)")
+    for key, problem in estimators.param_problems(model.estimator, task, model.params):
+        _refuse(path, f"model.params.{key}", problem)
     if model.pattern == "per_group":
         if not model.group_key:
             raise ConfigError(f"{path}: key 'model.group_key' is required when model.pattern is per_group "
@@ -919,9 +940,15 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
         if model.group_key not in columns:
             raise ConfigError(f"{path}: key 'model.group_key': '{model.group_key}' is not a feature column "
                               f"({', '.join(columns)})")
-    if model.distributed and (model.pattern == "per_group" or model.search_space or task != "classification"):
-        raise ConfigError(f"{path}: key 'model.distributed': the distributed learner trains one global "
-                          f"classifier without a search; unset model.search_space and use pattern global")
+        if task == "multiclass":
+            _refuse(path, "model.pattern", "per_group models route one number per row (binary classification or "
+                    "regression); a multiclass label needs pattern: global")
+    if model.distributed and (model.pattern == "per_group" or model.search_space or task != "classification"
+                              or model.estimator != "lightgbm"):
+        _refuse(path, "model.distributed", "the distributed learner is Spark MLlib's LogisticRegression: one "
+                "global binary classifier with its own mllib_params (model.params are not used), no search; unset "
+                "model.estimator and model.search_space and use pattern global (or set distributed: false to use "
+                "the estimator)")
     stray = [c for c in pipeline.monitoring.calendar_features if c not in pipeline.feature_table_columns()]
     if stray:
         raise ConfigError(f"{path}: key 'monitoring.calendar_features': '{stray[0]}' is not a feature column "
@@ -933,6 +960,10 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
             raise ConfigError(f"{path}: key 'model.search_space.{key}': {param.type} needs "
                               + ("values" if param.type == "choice" else "low < high" + (" and q" if param.type
                                                                                         == "quniform" else "")))
+        kind = estimators.KNOWN_PARAMS.get(model.estimator, {}).get(key)
+        for value in (param.values or []) if param.type == "choice" else []:
+            if kind and (problem := estimators.type_problem(kind, value)):
+                _refuse(path, f"model.search_space.{key}.values", problem)
 
 
 # ---------------------------------------------------------------- access (conf/access.yaml)

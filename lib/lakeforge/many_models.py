@@ -22,7 +22,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, DoubleType, LongType, StructField, StructType
 
-from lakeforge.training import ONE_THREAD_PER_TASK, fit_estimator
+from lakeforge.estimators import one_thread
+from lakeforge.training import EstimatorSpec, fit_estimator
 
 SLOT = "_lf_slot"  # the task (partition) a group is trained in
 
@@ -33,13 +34,13 @@ def models_schema(df: DataFrame, group_key: str) -> StructType:
 
 
 def fit_group(rows: pd.DataFrame, group_key: str, feature_cols: list[str], label: str, task: str, params: dict,
-              min_rows: int, order_by: list[str]) -> pd.DataFrame:
+              min_rows: int, order_by: list[str], spec: EstimatorSpec | None = None) -> pd.DataFrame:
     """One group's model row (pure pandas: the same call runs in a sequential loop or inside applyInPandas)."""
     started = time.perf_counter()
     rows = rows.sort_values(order_by, kind="mergesort").reset_index(drop=True)
     model = None
     if len(rows) >= min_rows:
-        model = pickle.dumps(fit_estimator(task, params, rows[feature_cols], rows[label]))
+        model = pickle.dumps(fit_estimator(task, params, rows[feature_cols], rows[label], spec))
     return pd.DataFrame({group_key: [rows[group_key].iloc[0]], "train_rows": [len(rows)], "model": [model],
                          "fit_seconds": [time.perf_counter() - started]})
 
@@ -57,14 +58,15 @@ def balanced_slots(rows_per_group: dict, slots: int) -> dict:
 
 
 def fit_per_group(train: DataFrame, group_key: str, feature_cols: list[str], label: str, task: str, params: dict,
-                  min_rows: int, order_by: list[str]) -> DataFrame:
+                  min_rows: int, order_by: list[str], spec: EstimatorSpec | None = None) -> DataFrame:
     """One row per group with its pickled model (null below `min_rows`), fitted on the executors (a transform,
     after two small Spark jobs that balance the tasks: the rows per group, and the partition keys)."""
     columns = list(dict.fromkeys([group_key, *order_by, *feature_cols, label]))
-    arguments = {**params, **ONE_THREAD_PER_TASK}
+    spec = spec or EstimatorSpec("lightgbm", task)
+    arguments = {**params, **one_thread(spec.estimator, task)}
 
     def fit(rows: pd.DataFrame) -> pd.DataFrame:
-        return fit_group(rows, group_key, feature_cols, label, task, arguments, min_rows, order_by)
+        return fit_group(rows, group_key, feature_cols, label, task, arguments, min_rows, order_by, spec)
 
     # An explicit partition count: adaptive execution coalesces shuffle partitions to at least 1 MB each
     # (spark.sql.adaptive.coalescePartitions.minPartitionSize), but training rows are few bytes for much

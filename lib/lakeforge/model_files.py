@@ -8,6 +8,11 @@ The files (one folder, logged inside the registered MLflow model as its pyfunc a
                     routing: the group key and each group's estimator, plus the fallback
   <name>.txt        a LightGBM model in LightGBM's text format (`Booster.model_to_string()`)
   <name>.json       a linear model's coefficients and intercept (models.LinearProbability)
+  <name>.xgb.json   an XGBoost model in XGBoost's JSON format (`Booster.save_raw("json")`)
+
+model.json also holds what the estimators' inputs need as data: `categories` (each string input's
+categories, fixed at training: lakeforge.estimators) and, for a multiclass model, its `classes` in the
+order of the probabilities.
 
 `read` checks every file against the manifest and the manifest against the tag recorded at registration;
 one mismatch and the model is refused (`ModelFilesRefused`, exit 1), naming the file. A model whose
@@ -28,7 +33,7 @@ FOLDER = "model_files"  # the pyfunc artifact's name, and its folder in the regi
 MANIFEST, MODEL = "manifest.json", "model.json"
 FORMAT = "lakeforge-model-files/1"
 MANIFEST_TAG = "lakeforge.model_files.sha256"  # model version tag: the manifest's SHA-256
-LIGHTGBM, LINEAR = "lightgbm-text", "linear-json"
+LIGHTGBM, LINEAR, XGBOOST = "lightgbm-text", "linear-json", "xgboost-json"
 
 
 class ModelFilesRefused(LakeforgeError):
@@ -43,16 +48,28 @@ def sha256(data: bytes) -> str:
 
 def _estimator_file(estimator, stem: str) -> tuple[str, str, bytes] | None:
     """(file name, format, bytes) of an estimator's data form, None if it has none."""
+    from lakeforge.estimators import Fitted
     from lakeforge.models import LinearProbability
 
+    if isinstance(estimator, Fitted):
+        estimator = estimator.estimator
+    module = type(estimator).__module__
     booster = getattr(estimator, "booster_", None)
-    if booster is not None and type(estimator).__module__.startswith("lightgbm"):
+    if booster is not None and module.startswith("lightgbm"):
         return f"{stem}.txt", LIGHTGBM, booster.model_to_string().encode()
+    if module.startswith("xgboost") and hasattr(estimator, "get_booster"):
+        return f"{stem}.xgb.json", XGBOOST, bytes(estimator.get_booster().save_raw(raw_format="json"))
     if isinstance(estimator, LinearProbability):
         body = {"coefficients": estimator.coefficients.tolist(), "intercept": estimator.intercept,
                 "feature_names": [str(c) for c in estimator.feature_names_in_]}
         return f"{stem}.json", LINEAR, json.dumps(body).encode()
     return None
+
+
+def _categories(estimators: list) -> dict | None:
+    """The string inputs' categories, one set for the whole model (None when its estimators disagree)."""
+    found = [dict(getattr(e, "categories", {}) or {}) for e in estimators]
+    return found[0] if all(f == found[0] for f in found) else None
 
 
 def _plain(value):
@@ -63,7 +80,7 @@ def _plain(value):
 def model_files(model) -> dict[str, bytes] | None:
     """{file name: bytes} of a lakeforge pyfunc model (ProbabilityModel, RegressionModel, RoutingModel) with the
     manifest, None when an estimator has no data form (it is then scored from the pickle)."""
-    from lakeforge.models import RoutingModel
+    from lakeforge.models import MulticlassModel, RoutingModel
 
     files: dict[str, bytes] = {}
     estimators: dict[str, dict] = {}
@@ -87,13 +104,21 @@ def model_files(model) -> dict[str, bytes] | None:
             return None
         spec = {"kind": "routing", "task": model.task, "group_key": model.group_key, "groups": groups,
                 "fallback": "fallback"}
+        categories = _categories([*model.models.values(), model.fallback])
     else:
         if add(model.estimator, "estimator") is None:
             return None
         from lakeforge.registry import ProbabilityModel
 
-        spec = {"kind": "probability" if isinstance(model, ProbabilityModel) else "regression",
-                "estimator": "estimator"}
+        kind = "multiclass" if isinstance(model, MulticlassModel) else (
+            "probability" if isinstance(model, ProbabilityModel) else "regression")
+        spec = {"kind": kind, "estimator": "estimator"}
+        if isinstance(model, MulticlassModel):
+            spec["classes"] = list(model.classes)
+        categories = _categories([model.estimator])
+    if categories is None:
+        return None
+    spec["categories"] = categories
     inputs = list(getattr(model, "inputs", model.feature_names))
     files[MODEL] = json.dumps({**spec, "feature_names": list(model.feature_names), "inputs": inputs,
                                "dtype": "float64", "estimators": estimators}, indent=1).encode()

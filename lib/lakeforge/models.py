@@ -23,6 +23,18 @@ class RegressionModel(PythonModel):
         return np.asarray(self.estimator.predict(model_input[self.feature_names]), dtype="float64")
 
 
+class MulticlassModel(PythonModel):
+    """A multiclass classifier served as its class probabilities, one column per class of `classes`."""
+
+    def __init__(self, estimator, feature_names: list[str], classes: list[str]):
+        self.estimator = estimator
+        self.feature_names = list(feature_names)
+        self.classes = list(classes)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(model_input[self.feature_names]), dtype="float64")
+
+
 class RoutingModel(PythonModel):
     """One model per group (e.g. per store) behind one registered model: each row goes to its group's model,
     or to the fallback (a global model) for a group that had too little history or is new."""

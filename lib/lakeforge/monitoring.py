@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lakeforge import metrics
+
 MONITORING = "ops.monitoring"
 SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "
           "window_start date, window_end date, metric string, value double, threshold double, breached boolean, "
@@ -107,12 +109,13 @@ def summarize_column(values: pd.Series, categorical: bool, seed: int = 0) -> dic
             "sample": np.sort(present).tolist()}
 
 
-def build_baseline(train: pd.DataFrame, feature_cols: list[str], predictions: np.ndarray,
-                   categorical: set[str] | frozenset[str] = frozenset()) -> dict:
-    """The training set's feature and prediction distributions, stored with the model as `monitoring/baseline.json`."""
+def build_baseline(train: pd.DataFrame, feature_cols: list[str], predictions,
+                   categorical: set[str] | frozenset[str] = frozenset(), predicted_classes: bool = False) -> dict:
+    """The training set's feature and prediction distributions (predicted classes: by value), stored with the model
+    as `monitoring/baseline.json`."""
     return {"rows": int(len(train)),
             "features": {c: summarize_column(train[c], c in categorical) for c in feature_cols},
-            "prediction": summarize_column(pd.Series(predictions), False)}
+            "prediction": summarize_column(pd.Series(predictions), predicted_classes)}
 
 
 def drift_rows(baseline: dict, current: pd.DataFrame, predictions: np.ndarray | None) -> pd.DataFrame:
@@ -159,37 +162,35 @@ def matured(predictions: pd.DataFrame, monitor_date: dt.date, horizon_days: int,
     return predictions[keep.to_numpy()]
 
 
-HIGHER_IS_BETTER = {"auc": True, "mae": False, "rmse": False}
+PROBABILITIES = "probabilities"  # a multiclass prediction's {class: probability} column
 
 
-def metric_value(metric: str, labels: np.ndarray, predictions: np.ndarray) -> float | None:
-    """The pipeline's metric; None when it is undefined for these rows (AUC of a single class)."""
-    y, p = np.asarray(labels, dtype="float64"), np.asarray(predictions, dtype="float64")
-    if len(y) == 0:
-        return None
-    if metric == "auc":
-        from sklearn.metrics import roc_auc_score
-
-        return float(roc_auc_score(y.astype("int64"), p)) if len(np.unique(y)) == 2 else None
-    if metric == "mae":
-        return float(np.mean(np.abs(y - p)))
-    if metric == "rmse":
-        return float(np.sqrt(np.mean((y - p) ** 2)))
-    raise ValueError(f"unknown metric {metric!r}")
+def metric_value(metric: str, labels, predictions, task: str | None = None) -> float | None:
+    """The pipeline's metric (lakeforge.metrics); None when it is undefined for these rows (AUC of a single class,
+    no rows). Multiclass `predictions` are one {class: probability} map per row."""
+    task = task or metrics.REGISTRY[metric].tasks[0]
+    if task == metrics.MULTICLASS:
+        maps = list(predictions)
+        classes = sorted({c for row in maps if row for c in row})
+        return metrics.value(metric, task, np.asarray(labels, dtype="object"), metrics.class_matrix(maps, classes),
+                             classes)
+    return metrics.value(metric, task, np.asarray(labels, dtype="float64"), np.asarray(predictions, dtype="float64"))
 
 
-def performance_rows(scored: pd.DataFrame, label: str, metric: str, segments: list[str]) -> pd.DataFrame:
+def performance_rows(scored: pd.DataFrame, label: str, metric: str, segments: list[str],
+                     task: str | None = None) -> pd.DataFrame:
     """The metric per model version: overall (segment '') and per value of each segment column."""
     out = []
+    scores = PROBABILITIES if task == metrics.MULTICLASS else "prediction"
     for version, rows in scored.groupby("model_version", sort=True):
-        value = metric_value(metric, rows[label], rows["prediction"])
+        value = metric_value(metric, rows[label], rows[scores], task)
         out.append((int(version), "performance", "overall", "", metric, value, len(rows)))
         for column in segments:
             if column not in rows.columns:
                 continue
             for key, part in rows.groupby(rows[column].astype(str), sort=True):
                 out.append((int(version), "segment", column, str(key), metric,
-                            metric_value(metric, part[label], part["prediction"]), len(part)))
+                            metric_value(metric, part[label], part[scores], task), len(part)))
     return pd.DataFrame(out, columns=["model_version", "kind", "name", "segment", "metric", "value", "rows"])
 
 
@@ -237,9 +238,9 @@ def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.D
     notes = []
     perf = performance.sort_values("window_end").dropna(subset=["value"]).tail(policy.windows)
     if champion_metric is not None and policy.breaches > 0 and len(perf):
-        higher = HIGHER_IS_BETTER.get(metric, True)
-        floor = champion_metric - policy.performance_margin if higher else champion_metric + policy.performance_margin
-        worse = perf[(perf.value < floor) if higher else (perf.value > floor)]
+        higher = metrics.higher_is_better(metric)
+        floor = metrics.worse_than(metric, champion_metric, policy.performance_margin)
+        worse = perf[[metrics.breaches(metric, v, floor) for v in perf.value]]
         breached = ", ".join(f"{d}: {v:.4f}" for d, v in zip(worse.window_end, worse.value))
         if len(worse) >= policy.breaches:
             return RetrainDecision(True, "performance",

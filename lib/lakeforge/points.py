@@ -262,7 +262,8 @@ def label_input_schema(pipeline: Pipeline) -> StructType:
 
 def label_schema(pipeline: Pipeline) -> StructType:
     label = pipeline.label
-    kind = "bigint" if label.task == "classification" else "double"
+    # A multiclass label is its class's name (a string), whatever the source column's type.
+    kind = {"classification": "bigint", "multiclass": "string"}.get(label.task, "double")
     return schema_of([*_typed(pipeline, pipeline.point_source, pipeline.keys), (AS_OF_DATE, "date"),
                       (label.name, kind)])
 

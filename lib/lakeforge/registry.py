@@ -29,7 +29,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from lakeforge import __version__, model_files, runs
+from lakeforge import __version__, metrics, model_files, runs
 from lakeforge.config import Gate, MlflowSettings
 from lakeforge.errors import DataError
 
@@ -85,7 +85,8 @@ def _requirements() -> list[str]:
     """Pinned requirements of the served model (given, so MLflow need not infer them by import tracing)."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")] + [
+    packages = ("lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "numpy", "cloudpickle")
+    return [f"{p}=={version(p)}" for p in packages] + [
         f"lakeforge=={__version__}"]
 
 
@@ -308,31 +309,37 @@ class Decision:
     reason: str
 
 
-def decide(new_value: float, champion_value: float | None, gate: Gate, metric: str = "auc") -> Decision:
-    """The validation gate: absolute bound, then a minimum improvement over the champion on the same rows.
+def decide(new_value: float, champion_value: float | None, gate: Gate, metric: str = "auc",
+           naive: dict[str, float] | None = None) -> Decision:
+    """The validation gate: absolute bound, then beating the naive answers, then a minimum improvement over the
+    champion, all on the same holdout rows and in the metric's direction (lakeforge.metrics).
 
-    metric auc: higher is better, floor gate.min_auc; metric mae: lower is better, ceiling gate.max_mae.
+    Absolute bounds: metric auc has the floor gate.min_auc, metric mae the ceiling gate.max_mae. `naive` holds the
+    metric of each naive prediction (training.naive_metrics); the best of them must be beaten by more than
+    gate.beat_naive_by unless gate.beat_naive is false.
     """
-    name = metric.upper()
-    higher = metric == "auc"
-    bound = gate.min_auc if higher else gate.max_mae
-    if bound is not None and (new_value < bound if higher else new_value > bound):
-        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} {'below the floor' if higher else 'above the ceiling'} "
-                                    f"{bound:.4f}")
+    name, higher = metric.upper(), metrics.higher_is_better(metric)
+    bound = {"auc": gate.min_auc, "mae": gate.max_mae}.get(metric)
+    side = f"{'>=' if higher else '<='} {'floor' if higher else 'ceiling'}"
+    if bound is not None and metrics.breaches(metric, new_value, bound):
+        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} "
+                                    f"{'below the floor' if higher else 'above the ceiling'} {bound:.4f}")
+    if gate.beat_naive and naive:
+        which = max(naive, key=lambda k: naive[k] if higher else -naive[k])
+        if not metrics.better(metric, new_value, naive[which], gate.beat_naive_by):
+            return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} does not beat the naive {which} {name} "
+                                        f"{naive[which]:.4f} by more than {gate.beat_naive_by:.4f} "
+                                        f"(gate.beat_naive_by) on the same rows; set gate.beat_naive: false to "
+                                        f"promote it anyway")
     if champion_value is None:
-        limit = f" {'>=' if higher else '<='} {'floor' if higher else 'ceiling'} {bound:.4f}" if bound is not None else ""
+        limit = f" {side} {bound:.4f}" if bound is not None else ""
         return Decision(CHAMPION, f"holdout {name} {new_value:.4f}{limit} and no usable champion")
-    if higher:
-        if new_value >= champion_value + gate.min_improvement:
-            return Decision(CHAMPION, f"holdout {name} {new_value:.4f} >= champion's {champion_value:.4f} + "
-                                      f"{gate.min_improvement:.4f} on the same rows")
-        return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} < champion's {champion_value:.4f} + "
-                                    f"{gate.min_improvement:.4f} on the same rows; champion kept")
-    if new_value <= champion_value - gate.min_improvement:
-        return Decision(CHAMPION, f"holdout {name} {new_value:.4f} <= champion's {champion_value:.4f} - "
-                                  f"{gate.min_improvement:.4f} on the same rows")
-    return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} > champion's {champion_value:.4f} - "
-                                f"{gate.min_improvement:.4f} on the same rows; champion kept")
+    sign = "+" if higher else "-"
+    target = f"champion's {champion_value:.4f} {sign} {gate.min_improvement:.4f} on the same rows"
+    if not metrics.breaches(metric, new_value, champion_value + (gate.min_improvement if higher
+                                                                 else -gate.min_improvement)):
+        return Decision(CHAMPION, f"holdout {name} {new_value:.4f} {'>=' if higher else '<='} {target}")
+    return Decision(CHALLENGER, f"holdout {name} {new_value:.4f} {'<' if higher else '>'} {target}; champion kept")
 
 
 def champion(client: MlflowClient, name: str) -> ModelVersion:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from lakeforge import metrics as lf_metrics
 from lakeforge import monitoring
 
 DRIFT_KINDS = ("drift", "prediction_drift")
@@ -237,7 +238,7 @@ def render(pipeline: str, monitor_date: dt.date, history: pd.DataFrame, champion
     shown = history[pd.to_datetime(history.monitor_date) > pd.Timestamp(monitor_date - dt.timedelta(days=nights))]
     today = history[history.monitor_date == monitor_date]
     level, reasons = monitoring.verdict(today)
-    higher = monitoring.HIGHER_IS_BETTER.get(metric, True)
+    higher = lf_metrics.higher_is_better(metric)
     tests = _test_rows(today)
     drifted = [t["name"] for t in tests if t["flag"] and t["name"] != "prediction"]
     pictures = []

@@ -18,10 +18,8 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Iterator
-
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import cloudpickle
 import pandas as pd
@@ -29,7 +27,7 @@ import pyarrow as pa
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType
+from pyspark.sql.types import ArrayType, DoubleType
 
 from lakeforge import compiled, model_files, registry
 
@@ -70,6 +68,8 @@ class Loaded:
     how: str  # compiled | native | pickle (and mixes, e.g. `compiled (2 native)`)
     details: dict
     fingerprint: str  # how it scores and a SHA-256 of every file it is rebuilt from
+    categories: dict = field(default_factory=dict)  # each string input's training categories
+    classes: list[str] | None = None                # a multiclass model's classes, in its probabilities' order
 
 
 def fingerprint(how: str, payload: dict) -> str:
@@ -89,11 +89,13 @@ def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Ca
     files = registry.load_model_files(client, name, version)
     if files is None:
         model = registry.load_python_model(name, version)
-        log(f"{name} v{version} has no model files (registered before them, or an estimator with no data form): "
-            f"scoring its pickled pyfunc ({type(model).__name__}, unpickled with cloudpickle)")
+        inner = getattr(model, "estimator", None)
+        log(f"{name} v{version} has no model files (registered before them, or an estimator with no data form: "
+            f"{type(getattr(inner, 'estimator', inner)).__name__}): scoring its pickled pyfunc "
+            f"({type(model).__name__}, unpickled with cloudpickle)")
         payload = {PICKLE: cloudpickle.dumps(model)}
-        return Loaded(payload, list(model.feature_names), PICKLE, {"scored_from": PICKLE},
-                      fingerprint(PICKLE, payload))
+        return Loaded(payload, list(model.feature_names), PICKLE, {"scored_from": PICKLE}, fingerprint(PICKLE, payload),
+                      dict(getattr(inner, "categories", None) or {}), getattr(model, "classes", None))
     prepared = compiled.prepare(files, cache_dir, log, compile_trees)
     trees = sum(e["format"] == compiled.LIGHTGBM for e in files.estimators.values())
     how = compiled.COMPILED if prepared.payload["objects"] else compiled.NATIVE
@@ -104,13 +106,16 @@ def load(client: MlflowClient, name: str, version: int, cache_dir: Path, log: Ca
     if compile_trees and trees:
         log(f"{name} v{version}: {trees} LightGBM estimator(s), {prepared.compiled_now} compiled now and "
             f"{prepared.from_cache} from the cache {cache_dir} in {prepared.compile_seconds:.1f}s; scoring {how}")
-    return Loaded(prepared.payload, list(files.spec["feature_names"]), how, details,
-                  fingerprint(how, prepared.payload))
+    return Loaded(prepared.payload, list(files.spec["feature_names"]), how, details, fingerprint(how, prepared.payload),
+                  dict(files.spec.get("categories", {})), files.spec.get("classes"))
 
 
 def predict(features: DataFrame, model_payload, model_key: str, ids: list[str],
-            feature_cols: list[str]) -> DataFrame:
+            feature_cols: list[str], classes: list[str] | None = None) -> DataFrame:
     """The row's id columns (its key) plus `prediction` for each feature row (a transform; runs on the executors).
+
+    A multiclass model (`classes`) gives `prediction`, the most probable class (the first of equal ones), and
+    `probabilities`, a map {class: probability}.
 
     A scalar-iterator Arrow UDF over the feature columns only: the entity key stays in the JVM
     instead of crossing to Python and back as strings (with mapInPandas that round trip made
@@ -120,19 +125,38 @@ def predict(features: DataFrame, model_payload, model_key: str, ids: list[str],
     `model_key` is the broadcast model's `Loaded.fingerprint`.
     """
 
-    @F.arrow_udf(DoubleType())
+    out_type = pa.list_(pa.float64()) if classes else pa.float64()
+
+    @F.arrow_udf(ArrayType(DoubleType()) if classes else DoubleType())
     def score_batches(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         model = _model_on_worker(model_key, model_payload)
         stall = os.environ.get(STALL_AFTER_FIRST_BATCH)
         for batch in batches:
-            yield pa.array(model(batch), type=pa.float64())
+            scores = model(batch)
+            yield pa.array(list(scores) if classes else scores, type=out_type)
             if stall:
                 Path(stall).touch()
                 time.sleep(3600)
 
     # A routing model (one model per group) reads its group key, which may be the entity key itself.
     inputs = F.struct(*dict.fromkeys(feature_cols))
-    return features.select(*ids, score_batches(inputs).alias("prediction"))
+    if not classes:
+        return features.select(*ids, score_batches(inputs).alias("prediction"))
+    p = F.col("_probabilities")
+    names = F.array(*[F.lit(c) for c in classes])
+    return (features.select(*ids, score_batches(inputs).alias("_probabilities"))
+            .select(*ids, F.element_at(names, F.array_position(p, F.array_max(p)).cast("int")).alias("prediction"),
+                    F.map_from_arrays(names, p).alias("probabilities")))
+
+
+def unseen_categories(features: DataFrame, categories: dict[str, list[str]]) -> dict[str, int]:
+    """Per string input, how many rows hold a value not among the training categories (one Spark job); such a
+    value is missing for the model, not an error."""
+    if not categories:
+        return {}
+    counts = features.select(*[F.sum(F.when(F.col(c).isNotNull() & ~F.col(c).cast("string").isin(values), 1)
+                                      .otherwise(0)).alias(c) for c, values in categories.items()]).first()
+    return {c: int(counts[c] or 0) for c in categories}
 
 
 def stamp(predictions: DataFrame, score_date: dt.date, model_name: str, model_version: int, run_id: str) -> DataFrame:

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from lakeforge import features as feats
 from lakeforge import quality as quality_checks
 from lakeforge import ingest as ingestion
+from lakeforge import metrics as lf_metrics
 from lakeforge import (access, distributed, interrupts, lake, locks, logs, many_models, models, monitoring,
                        ownership, plots, registry, runs, scoring, training, tuning)
 from lakeforge.config import Pipeline, Settings
@@ -209,16 +210,18 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         order = [feats.AS_OF, *pipeline.keys]
         holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
         train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
+        spec = None if train_rows is None else training.estimator_spec(pipeline, train_rows, columns, label)
+        classes = spec.classes if spec is not None and spec.classes else ()
         with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
                                    run.run_id, ctx.user) as mlflow_run_id:
-            trained = _fit(ctx, run, labelled_df.where(is_train), train_rows, train_dates, columns, label, order)
+            trained = _fit(ctx, run, labelled_df.where(is_train), train_rows, train_dates, columns, label, order, spec)
             run.log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
             predictions = trained.model.predict(None, holdout)
-            metrics = training.metrics_for(task, predictions, holdout[label], pipeline.model.top_k)
+            metrics = training.metrics_for(task, predictions, holdout[label], pipeline.model.top_k, classes)
             run.log("holdout " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "rows"))
             naive = {} if train_rows is None else training.naive_metrics(
                 task, pipeline.model.metric, train_rows, holdout, label, pipeline.keys, feats.AS_OF,
-                pipeline.model.top_k)
+                pipeline.model.top_k, classes)
             if naive:
                 run.log(f"naive {pipeline.model.metric} on the same holdout: "
                         + ", ".join(f"{k} {v:.3f}" for k, v in naive.items()))
@@ -242,10 +245,13 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
             baseline = None  # what monitoring compares each night with (not kept for a distributed fit)
             if train_rows is not None:
                 categorical = {c for c in columns if pipeline.feature_table_columns()[c] in ("string", "boolean")}
-                baseline = monitoring.build_baseline(train_rows, columns, trained.model.predict(None, train_rows),
-                                                     categorical)
-                if task == "classification":  # CBPE estimates performance from this before labels arrive
+                fitted = trained.model.predict(None, train_rows)
+                if classes:  # a multiclass model's predictions drift as its predicted classes
+                    fitted = [classes[i] for i in fitted.argmax(axis=1)]
+                baseline = monitoring.build_baseline(train_rows, columns, fitted, categorical, bool(classes))
+                if task == lf_metrics.CLASSIFICATION:  # CBPE estimates performance from this before labels arrive
                     baseline["calibration"] = monitoring.calibrate(predictions, holdout[label].to_numpy())
+                mlflow.log_dict({"categories": spec.categories, "classes": list(classes)}, "estimator_inputs.json")
             logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
                                                trained.model, example, params, metrics, tags, baseline=baseline)
         if groups is not None:
@@ -253,7 +259,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         runs.crash_point("train.model_logged")
         champion_value = _champion_metric(ctx, holdout, label)
         metric = pipeline.model.metric
-        decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric)
+        decision = registry.decide(metrics[metric], champion_value, pipeline.gate, metric, naive)
         if decision.alias == registry.CHAMPION and not access.gate_may_promote(ctx.settings, ctx.mlflow, ctx.user):
             decision = registry.Decision(registry.CHALLENGER, f"{decision.reason}; @champion awaits an approver "
                                                               f"(`lakeforge promote --alias champion`)")
@@ -280,7 +286,7 @@ def _sorted(frame, order: list[str]):
 
 
 def _fit(ctx: Context, run, train_df, train_rows, train_dates: list[dt.date], columns: list[str], label: str,
-         order: list[str]) -> Trained:
+         order: list[str], spec: training.EstimatorSpec | None) -> Trained:
     """Fit as the pipeline's model section says: distributed, or a search then global / per-group models."""
     pipeline, model = ctx.pipeline, ctx.pipeline.model
     task = pipeline.label.task
@@ -295,21 +301,25 @@ def _fit(ctx: Context, run, train_df, train_rows, train_dates: list[dt.date], co
         fit_dates, valid_dates = training.validation_split(train_dates, pipeline, model.tuning.validation_snapshots)
         in_fit = train_rows[feats.AS_OF].isin(fit_dates)
         in_valid = train_rows[feats.AS_OF].isin(valid_dates)
-        result = tuning.search(train_rows[in_fit], train_rows[in_valid], columns, label, task,
+        result = tuning.search(train_rows[in_fit], train_rows[in_valid], columns, label, spec,
                                training.estimator_params(pipeline), model.search_space, model.tuning.max_evals,
                                model.tuning.parallelism, pipeline.training.seed, spark=ctx.spark,
-                               timeout_s=model.tuning.timeout_s)
+                               timeout_s=model.tuning.timeout_s, metric=model.tuning.metric)
         tuning.log_trials(result)
         best = result.best_params
         run.log(f"search: {len(result.trials)} trials (parallelism {result.parallelism}) in {result.seconds:.1f}s, "
                 f"best validation loss {result.best_loss:.4f} with {best}")
-    fallback = training.fit(train_rows, columns, label, pipeline, best)
+    fallback = training.fit(train_rows, columns, label, pipeline, best, spec)
     if model.pattern == "global":
-        wrap = registry.ProbabilityModel if task == "classification" else models.RegressionModel
-        return Trained(wrap(fallback, columns), {**model.params, **best}, len(train_rows), fallback)
+        if task == lf_metrics.MULTICLASS:
+            wrapped = models.MulticlassModel(fallback, columns, list(spec.classes))
+        else:
+            wrapped = (registry.ProbabilityModel if task == lf_metrics.CLASSIFICATION else models.RegressionModel)(
+                fallback, columns)
+        return Trained(wrapped, {**model.params, **best}, len(train_rows), fallback)
     key = model.group_key
     fitted = many_models.fit_per_group(train_df, key, columns, label, task, training.estimator_params(pipeline, best),
-                                       model.min_group_rows, order).toPandas()
+                                       model.min_group_rows, order, spec).toPandas()
     per_group = many_models.unpickle(fitted, key)
     run.log(f"{len(per_group)} of {len(fitted)} {key} groups got their own model; the others use the fallback")
     groups = fitted[[key, "train_rows"]].assign(own_model=fitted[key].isin(list(per_group)))
@@ -336,7 +346,7 @@ def _group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key
 def _log_details(ctx: Context, run, trained: Trained, holdout, predictions, groups, label: str, task: str) -> None:
     """Plots, the input Delta tables (mlflow.data) and the per-group metrics table of this training run."""
     figures = {}
-    if task == "classification" and len(holdout):
+    if task == lf_metrics.CLASSIFICATION and len(holdout):
         figures.update(plots.classification_plots(predictions, holdout[label].astype("int64").to_numpy()))
     if trained.figures_from is not None:
         figures.update(plots.importance_plot(trained.figures_from, feats.feature_columns(ctx.pipeline)))
@@ -382,8 +392,11 @@ def _champion_metric(ctx: Context, holdout, label: str) -> float | None:
     model = registry.load_python_model(ctx.pipeline.name, version)
     if any(c not in holdout.columns for c in model.feature_names):
         return None
+    classes = getattr(model, "classes", None) or ()
+    if classes and set(map(str, holdout[label])) - set(classes):
+        return None  # a class the champion never saw: it cannot be compared on these rows
     return training.metrics_for(ctx.pipeline.label.task, model.predict(None, holdout), holdout[label],
-                                ctx.pipeline.model.top_k)[ctx.pipeline.model.metric]
+                                ctx.pipeline.model.top_k, classes).get(ctx.pipeline.model.metric)
 
 
 def score(ctx: Context, score_date: dt.date | None = None) -> dict:
@@ -409,10 +422,16 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
                             f"{table} does not have; rebuild the features or retrain the model")
         if rows.limit(1).count() == 0:
             _explain_nothing_to_score(ctx, table, run.inputs[table], score_date)
+        unseen = scoring.unseen_categories(rows, model.categories)
+        for column, count in unseen.items():
+            run.rows[f"unseen.{column}"] = count
+            if count:
+                run.log(f"{column}: {count:,} row(s) hold a value not seen in training; the model takes it as "
+                        f"missing")
         payload = scoring.broadcast_model(ctx.spark, model)
         predictions = scoring.stamp(
             scoring.predict(rows, payload, model.fingerprint, feats.id_columns(pipeline),
-                            model.feature_names),
+                            model.feature_names, model.classes),
             score_date, pipeline.name, version, run.run_id)
         out = scoring.predictions_table(pipeline.name)
         lake.replace_where(ctx.spark, predictions, ctx.lakehouse, out, f"score_date = DATE'{score_date}'",
@@ -426,7 +445,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         run.output(ctx.spark, ctx.lakehouse, out)
         run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
         return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version,
-                **model.details}
+                **model.details, "unseen_categories": unseen}
 
 
 def _explain_nothing_to_score(ctx: Context, table: str, version: int, score_date: dt.date) -> None:
@@ -524,14 +543,14 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
         floor = None
         if validation is not None:
             margin = policy.performance_margin if policy else 0.0
-            floor = validation - margin if monitoring.HIGHER_IS_BETTER.get(metric, True) else validation + margin
+            floor = lf_metrics.worse_than(metric, validation, margin)
         if baseline is not None and baseline.get("calibration") and scored is not None and len(scored):
             estimate = monitoring.estimate_performance(baseline["calibration"], scored.prediction.to_numpy())
             for name, value in estimate.items():
                 threshold = floor if name == metric else None
                 add(kind="estimated_performance", name="overall", metric=name, value=value, rows=len(scored),
                     window_start=day, window_end=day, threshold=threshold,
-                    breached=None if threshold is None or value is None else bool(value < threshold),
+                    breached=None if threshold is None or value is None else lf_metrics.breaches(name, value, threshold),
                     detail="CBPE: expected from the holdout-calibrated probabilities of tonight's scores")
 
         # Performance on the newest matured window only (score date + horizon <= today), per model version.
@@ -541,6 +560,7 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
             keys = (lake.read(ctx.spark, ctx.lakehouse, predictions)
                     .where(F.col("score_date").between(F.lit(start), F.lit(end)))
                     .select(*feats.id_columns(pipeline), F.col("score_date").alias(feats.AS_OF), "prediction",
+                            *([monitoring.PROBABILITIES] if pipeline.label.task == lf_metrics.MULTICLASS else []),
                             "model_version"))
             # Labels as known when the monitored day began: a rerun of the date gives the same figures.
             keys = feats.labelled(keys, lake.read(ctx.spark, ctx.lakehouse, events, version=run.inputs.get(events)),
@@ -548,14 +568,14 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
             labelled = _segments(ctx, keys, feats.AS_OF).toPandas()
         if not labelled.empty:
             labelled = monitoring.matured(labelled, day, horizon, pipeline.monitoring.window_days, feats.AS_OF)
-            perf = monitoring.performance_rows(labelled, pipeline.label.name, metric, pipeline.monitoring.segments)
+            perf = monitoring.performance_rows(labelled, pipeline.label.name, metric, pipeline.monitoring.segments,
+                                               pipeline.label.task)
             for r in perf.itertuples(index=False):
                 value = None if r.value is None or pd.isna(r.value) else float(r.value)
                 # A segment is judged against the floor only with enough rows to tell (drift_min_rows).
                 judged = r.kind == "performance" or r.rows >= pipeline.monitoring.drift_min_rows
                 threshold = floor if r.model_version == version and judged else None
-                breached = None if threshold is None or value is None else bool(
-                    value < threshold if monitoring.HIGHER_IS_BETTER.get(metric, True) else value > threshold)
+                breached = None if threshold is None or value is None else lf_metrics.breaches(metric, value, threshold)
                 add(model_version=r.model_version, kind=r.kind, name=r.name, segment=r.segment, metric=r.metric,
                     value=value, rows=int(r.rows), window_start=start, window_end=end, threshold=threshold,
                     breached=breached)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from lightgbm import LGBMClassifier, LGBMRegressor
-from sklearn.metrics import log_loss, mean_absolute_error, roc_auc_score
 
+from lakeforge import estimators, metrics
 from lakeforge.config import Pipeline
 from lakeforge.errors import DataError
 
@@ -47,78 +47,106 @@ def snapshot_dates(first_event: dt.date, last_event: dt.date, pipeline: Pipeline
     return train, holdout
 
 
-# A fit inside a Spark task (a search trial, one group's model) shares the executor's cores with the
-# other tasks, one task per core: one LightGBM thread each (LightGBM's default, every core in every
-# task, oversubscribes them), and the deterministic mode, stable only for a fixed thread count.
-ONE_THREAD_PER_TASK = {"n_jobs": 1, "deterministic": True, "force_row_wise": True}
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """What every fit of one training needs besides its rows and arguments (small, picklable: it travels to
+    the executors with a search trial or a group's fit): the estimator, the task, the categories of the
+    string inputs (fixed on the training rows) and, for multiclass, the classes in order."""
+
+    estimator: str
+    task: str
+    categories: dict = field(default_factory=dict)
+    classes: tuple | None = None
+
+
+def estimator_spec(pipeline: Pipeline, train: pd.DataFrame, feature_cols: list[str], label: str) -> EstimatorSpec:
+    """The spec of a pipeline's training: string feature columns are categorical; multiclass classes are the
+    training labels' distinct values (as strings, sorted)."""
+    types = pipeline.feature_table_columns()
+    strings = [c for c in feature_cols if str(types.get(c, "")).strip().lower() == "string"]
+    classes = None
+    if pipeline.label.task == metrics.MULTICLASS:
+        classes = tuple(sorted({str(v) for v in train[label].dropna()}))
+    return EstimatorSpec(pipeline.model.estimator, pipeline.label.task,
+                         estimators.categories_of(train, strings), classes)
 
 
 def estimator_params(pipeline: Pipeline, params: dict | None = None) -> dict:
-    """The estimator's arguments: deterministic defaults, then model.params, then `params` (a search's pick)."""
-    return {"random_state": pipeline.training.seed, **ONE_THREAD_PER_TASK, "verbose": -1, **pipeline.model.params,
-            **(params or {})}
+    """The estimator's arguments: deterministic one-thread defaults, then model.params, then `params` (a search's
+    pick)."""
+    return {**estimators.defaults(pipeline.model.estimator, pipeline.label.task, pipeline.training.seed),
+            **pipeline.model.params, **(params or {})}
 
 
-def fit(train: pd.DataFrame, feature_cols: list[str], label: str, pipeline: Pipeline, params: dict | None = None):
+def fit(train: pd.DataFrame, feature_cols: list[str], label: str, pipeline: Pipeline, params: dict | None = None,
+        spec: EstimatorSpec | None = None):
     """Fit the pipeline's estimator (a classifier or a regressor, by the label); deterministic for the seed."""
-    return fit_estimator(pipeline.label.task, estimator_params(pipeline, params), train[feature_cols], train[label])
+    spec = spec or estimator_spec(pipeline, train, feature_cols, label)
+    return fit_estimator(spec.task, estimator_params(pipeline, params), train[feature_cols], train[label], spec)
 
 
-def fit_estimator(task: str, params: dict, x: pd.DataFrame, y: pd.Series):
-    """A LightGBM classifier (0/1 label) or regressor fitted on x, y with exactly these arguments."""
-    if task == "classification":
-        return LGBMClassifier(**params).fit(x, y.astype("int64"))
-    return LGBMRegressor(**params).fit(x, y.astype("float64"))
+def fit_estimator(task: str, params: dict, x: pd.DataFrame, y: pd.Series, spec: EstimatorSpec | None = None):
+    """The spec's estimator (LightGBM when none is given) fitted on x, y with exactly these arguments."""
+    spec = spec or EstimatorSpec(estimators.LIGHTGBM, task)
+    return estimators.fit(spec.estimator, task, params, x, y, spec.categories,
+                          list(spec.classes) if spec.classes else None)
 
 
-def validation_loss(task: str, params: dict, fit_rows: pd.DataFrame, valid_rows: pd.DataFrame,
-                    feature_cols: list[str], label: str) -> float:
-    """A search trial: fit with exactly these arguments on fit_rows, then the log loss (classification) or
-    MAE (regression) on valid_rows."""
-    model = fit_estimator(task, params, fit_rows[feature_cols], fit_rows[label])
-    if task == "classification":
-        return float(log_loss(valid_rows[label].astype("int64"), model.predict_proba(valid_rows[feature_cols])[:, 1],
-                              labels=[0, 1]))
-    return float(mean_absolute_error(valid_rows[label].astype("float64"), model.predict(valid_rows[feature_cols])))
+def scores(task: str, model, x: pd.DataFrame) -> np.ndarray:
+    """What the metrics take: P(class 1), the class probability matrix (multiclass), or the predicted number."""
+    if task == metrics.CLASSIFICATION:
+        return model.predict_proba(x)[:, 1]
+    return model.predict_proba(x) if task == metrics.MULTICLASS else model.predict(x)
+
+
+def validation_loss(spec: EstimatorSpec, params: dict, fit_rows: pd.DataFrame, valid_rows: pd.DataFrame,
+                    feature_cols: list[str], label: str, metric: str | None = None) -> float:
+    """A search trial: fit with exactly these arguments on fit_rows, then `metric` (default: log loss, MAE for
+    regression) as a loss on valid_rows."""
+    model = fit_estimator(spec.task, params, fit_rows[feature_cols], fit_rows[label], spec)
+    return metrics.loss(metric or metrics.SEARCH_LOSS[spec.task], spec.task, valid_rows[label].to_numpy(),
+                        scores(spec.task, model, valid_rows[feature_cols]), spec.classes or ())
 
 
 def evaluate(model, data: pd.DataFrame, feature_cols: list[str], label: str, top_k: float = 0.1) -> dict[str, float]:
-    """Holdout metrics of a fitted classifier (AUC, log loss, precision@k) or regressor (MAE, MAPE)."""
-    if hasattr(model, "predict_proba"):
-        return metrics_of(model.predict_proba(data[feature_cols])[:, 1], data[label], top_k)
-    return regression_metrics(model.predict(data[feature_cols]), data[label])
+    """Holdout metrics of a fitted classifier (AUC, log loss, ...) or regressor (MAE, MAPE, ...)."""
+    task = metrics.CLASSIFICATION if hasattr(model, "predict_proba") else metrics.REGRESSION
+    return metrics_for(task, scores(task, model, data[feature_cols]), data[label], top_k)
 
 
 def metrics_of(p: np.ndarray, labels: pd.Series, top_k: float = 0.1) -> dict[str, float]:
-    """AUC, log loss, precision at the top k share, base rate and rows of probabilities against 0/1 labels."""
-    y = labels.astype("int64").to_numpy()
-    if len(np.unique(y)) < 2:
-        raise DataError(f"the holdout has a single label value ({y[0] if len(y) else 'no rows'}); "
-                        "cannot compute AUC: widen the holdout or check the label definition")
-    return {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, p, labels=[0, 1])),
-            "precision_at_k": precision_at_k(np.asarray(p), y, top_k),
-            "positive_rate": float(y.mean()), "rows": float(len(y))}
+    """Every classification metric of probabilities against 0/1 labels, with the base rate and rows."""
+    return metrics_for(metrics.CLASSIFICATION, p, labels, top_k)
 
 
 def precision_at_k(p: np.ndarray, y: np.ndarray, share: float) -> float:
-    """The positive rate among the ceil(share x rows) highest scores (ties broken by row order, stable)."""
-    k = max(1, int(np.ceil(share * len(y))))
-    top = np.argsort(-p, kind="mergesort")[:k]
-    return float(y[top].mean())
+    """The positive rate among the ceil(share x rows) highest scores (lakeforge.metrics)."""
+    return metrics.value("precision_at_k", metrics.CLASSIFICATION, y, p, top_k=share)
 
 
 def regression_metrics(pred: np.ndarray, actual: pd.Series) -> dict[str, float]:
-    """MAE, MAPE and rows; MAPE divides by max(actual, 1) so a day with no orders does not divide by zero."""
-    y = actual.astype("float64").to_numpy()
+    """Every regression metric (MAPE divides by max(actual, 1)) and rows."""
+    return metrics_for(metrics.REGRESSION, pred, actual)
+
+
+def metrics_for(task: str, pred: np.ndarray, actual: pd.Series, top_k: float = 0.1,
+                classes: tuple | list = ()) -> dict[str, float]:
+    """Every metric of the task (lakeforge.metrics) of predictions against the label, and rows (and the base rate
+    of a binary label); a metric undefined for these rows is left out."""
+    y = pd.Series(actual).to_numpy()
     if len(y) == 0:
         raise DataError("the holdout has no rows: widen the holdout or check the population filter")
-    err = np.abs(np.asarray(pred, dtype="float64") - y)
-    return {"mae": float(err.mean()), "mape": float((err / np.maximum(y, 1.0)).mean()), "rows": float(len(y))}
-
-
-def metrics_for(task: str, pred: np.ndarray, actual: pd.Series, top_k: float = 0.1) -> dict[str, float]:
-    """The task's metrics of predictions (probabilities for classification) against the label."""
-    return metrics_of(pred, actual, top_k) if task == "classification" else regression_metrics(pred, actual)
+    if task == metrics.CLASSIFICATION and len(np.unique(y.astype("int64"))) < 2:
+        raise DataError(f"the holdout has a single label value ({y[0]}); cannot compute AUC: widen the holdout or "
+                        "check the label definition")
+    out = {}
+    for name in metrics.for_task(task):
+        value = metrics.value(name, task, y, pred, classes, top_k)
+        if value is not None:
+            out[name] = value
+    if task == metrics.CLASSIFICATION:
+        out["positive_rate"] = float(y.astype("int64").mean())
+    return {**out, "rows": float(len(y))}
 
 
 def validation_split(train_dates: list[dt.date], pipeline: Pipeline,
@@ -135,12 +163,16 @@ def validation_split(train_dates: list[dt.date], pipeline: Pipeline,
 
 
 def naive_predictions(task: str, train: pd.DataFrame, holdout: pd.DataFrame, label: str, keys: list[str],
-                      as_of: str) -> dict[str, np.ndarray]:
-    """What a model must beat, on the holdout rows: the training base rate (classification) or mean
-    (regression) for every row, and - where the same key has a label 7 days earlier (a time-indexed target,
-    e.g. next-day demand) - last week's value, the training mean where it has none."""
+                      as_of: str, classes: tuple | list = ()) -> dict[str, np.ndarray]:
+    """What a model must beat, on the holdout rows: the training base rate (classification), class shares
+    (multiclass: the majority class is the most probable) or mean (regression) for every row, and - where the
+    same key has a label 7 days earlier (a time-indexed target, e.g. next-day demand) - last week's value,
+    the training mean where it has none."""
+    if task == metrics.MULTICLASS:
+        shares = train[label].astype(str).value_counts(normalize=True)
+        return {"class_shares": np.tile([float(shares.get(c, 0.0)) for c in classes], (len(holdout), 1))}
     constant = float(train[label].astype("float64").mean()) if len(train) else 0.0
-    out = {"base_rate" if task == "classification" else "mean": np.full(len(holdout), constant)}
+    out = {"base_rate" if task == metrics.CLASSIFICATION else "mean": np.full(len(holdout), constant)}
     known = pd.concat([train, holdout], ignore_index=True)[[*keys, as_of, label]]
     week_before = holdout[[*keys, as_of]].assign(**{as_of: [d - dt.timedelta(days=7) for d in holdout[as_of]]})
     lagged = week_before.merge(known.drop_duplicates([*keys, as_of]), on=[*keys, as_of], how="left")[label]
@@ -150,9 +182,14 @@ def naive_predictions(task: str, train: pd.DataFrame, holdout: pd.DataFrame, lab
 
 
 def naive_metrics(task: str, metric: str, train: pd.DataFrame, holdout: pd.DataFrame, label: str,
-                  keys: list[str], as_of: str, top_k: float = 0.1) -> dict[str, float]:
-    """The gate's metric of each naive prediction on the same holdout rows (see naive_predictions)."""
+                  keys: list[str], as_of: str, top_k: float = 0.1, classes: tuple | list = ()) -> dict[str, float]:
+    """The gate's metric of each naive prediction on the same holdout rows (see naive_predictions); a metric
+    undefined for a naive answer (e.g. R2 of a constant on constant labels) is left out."""
     if not len(holdout):
         return {}
-    return {name: metrics_for(task, pred, holdout[label], top_k)[metric]
-            for name, pred in naive_predictions(task, train, holdout, label, keys, as_of).items()}
+    out = {}
+    for name, pred in naive_predictions(task, train, holdout, label, keys, as_of, classes).items():
+        value = metrics.value(metric, task, holdout[label].to_numpy(), pred, classes, top_k)
+        if value is not None:
+            out[name] = value
+    return out

@@ -32,11 +32,8 @@ import pandas as pd
 from hyperopt import STATUS_OK, Trials, hp, space_eval, tpe
 from hyperopt.base import JOB_STATE_DONE, Domain
 
-from lakeforge import training
+from lakeforge import estimators, training
 from lakeforge.config import SearchParam
-
-# Integer hyperparameters of LightGBM: a quniform draw (a float) is cast for them.
-_INTEGER_PARAMS = {"num_leaves", "n_estimators", "max_depth", "min_child_samples", "subsample_freq", "max_bin"}
 
 
 @dataclass(frozen=True)
@@ -63,11 +60,18 @@ def build_space(search_space: dict[str, SearchParam]) -> dict:
     return space
 
 
-def typed(params: dict) -> dict:
+def integer_params(estimator: str, search_space: dict[str, SearchParam]) -> set[str]:
+    """The parameters whose draw is cast to int: the estimator's known integers (lakeforge.estimators) and, for any
+    estimator, a quniform prior with a whole step."""
+    whole = {k for k, p in search_space.items() if p.type == "quniform" and p.q is not None and float(p.q).is_integer()}
+    return estimators.integer_params(estimator) | whole
+
+
+def typed(params: dict, integers: set[str] | frozenset[str] = frozenset()) -> dict:
     """A trial's values as the estimator takes them: integral parameters as int."""
     out = {}
     for key, value in params.items():
-        if isinstance(value, (float, np.floating)) and key in _INTEGER_PARAMS:
+        if isinstance(value, (float, np.floating)) and key in integers:
             value = int(round(float(value)))
         elif isinstance(value, np.generic):
             value = value.item()
@@ -79,8 +83,9 @@ class _Proposals:
     """The trials' proposals and losses, shared by the slots. Proposal k is made once proposal k-1 exists, from
     the history `_history(k)` fixes, so no proposal depends on which trial finished first."""
 
-    def __init__(self, space: dict, parallelism: int, seed: int, deadline: float | None):
+    def __init__(self, space: dict, parallelism: int, seed: int, deadline: float | None, integers: set[str]):
         self.space, self.parallelism, self.seed, self.deadline = space, parallelism, seed, deadline
+        self.integers = integers
         self.domain = Domain(lambda params: None, space)  # proposals only: the slots evaluate the trials
         self.docs: list[dict] = []  # hyperopt's document of each proposal, in trial order
         self.params: list[dict] = []
@@ -101,7 +106,8 @@ class _Proposals:
             seed = np.random.default_rng([self.seed, k]).integers(2**31 - 1)
             doc = tpe.suggest(history.new_trial_ids(1), self.domain, history, seed)[0]
             self.docs.append(doc)
-            self.params.append(typed(space_eval(self.space, {n: v[0] for n, v in doc["misc"]["vals"].items() if v})))
+            self.params.append(typed(space_eval(self.space, {n: v[0] for n, v in doc["misc"]["vals"].items() if v}),
+                                     self.integers))
             self.changed.notify_all()
             return self.params[k]
 
@@ -128,23 +134,29 @@ class _Proposals:
             self.changed.notify_all()
 
 
-def search(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[str], label: str, task: str,
-           base_params: dict, search_space: dict[str, SearchParam], max_evals: int, parallelism: int, seed: int,
-           spark=None, timeout_s: int | None = None) -> SearchResult:
-    """TPE search: the parameters with the lowest validation loss (log loss or MAE) among `max_evals` trials,
-    `parallelism` at a time (Spark jobs when > 1). With `timeout_s`, no trial starts after it."""
+def search(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[str], label: str,
+           spec: training.EstimatorSpec | str, base_params: dict, search_space: dict[str, SearchParam], max_evals: int,
+           parallelism: int, seed: int, spark=None, timeout_s: int | None = None,
+           metric: str | None = None) -> SearchResult:
+    """TPE search: the parameters with the lowest validation loss (`metric` as a loss, lakeforge.metrics; default
+    log loss, or MAE for regression) among `max_evals` trials, `parallelism` at a time (Spark jobs when > 1). With
+    `timeout_s`, no trial starts after it. `spec` is the estimator's (a task name alone means LightGBM)."""
+    spec = spec if isinstance(spec, training.EstimatorSpec) else training.EstimatorSpec(estimators.LIGHTGBM, spec)
     columns = list(dict.fromkeys([*feature_cols, label]))
     frames = (fit_rows[columns], valid_rows[columns])
-    run_trial = _in_process(frames, feature_cols, label, task)
+    scoring = (spec, metric)  # what every trial fits and how its loss is measured
+    run_trial = _in_process(frames, feature_cols, label, scoring)
     payload = None
     if parallelism > 1:
         if spark is None:
             raise ValueError("a search with parallelism > 1 runs its trials on Spark: pass the SparkSession")
         payload = spark.sparkContext.broadcast(frames)
-        run_trial = _on_spark(spark, payload, feature_cols, label, task)
+        run_trial = _on_spark(spark, payload, feature_cols, label, scoring)
     started = time.perf_counter()
     proposals = _Proposals(build_space(search_space), parallelism, seed,
-                           None if timeout_s is None else started + timeout_s)
+                           None if timeout_s is None else started + timeout_s,
+                           integer_params(spec.estimator, search_space))
+    one_thread = estimators.one_thread(spec.estimator, spec.task)
 
     def run_slot(slot: int) -> None:
         try:
@@ -152,7 +164,7 @@ def search(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[
                 params = proposals.propose(k)
                 if params is None:
                     return
-                proposals.record(k, run_trial({**base_params, **params, **training.ONE_THREAD_PER_TASK}))
+                proposals.record(k, run_trial({**base_params, **params, **one_thread}))
         except BaseException:
             proposals.stop()  # the other slots finish the trial they run and start no other
             raise
@@ -171,19 +183,24 @@ def search(fit_rows: pd.DataFrame, valid_rows: pd.DataFrame, feature_cols: list[
     return SearchResult(best_params, best_loss, done, seconds, parallelism)
 
 
-def _in_process(frames, feature_cols: list[str], label: str, task: str):
+def _in_process(frames, feature_cols: list[str], label: str, scoring: tuple):
+    spec, metric = scoring
+
     def run_trial(arguments: dict) -> float:
-        return training.validation_loss(task, arguments, *frames, feature_cols, label)
+        return training.validation_loss(spec, arguments, *frames, feature_cols, label, metric)
 
     return run_trial
 
 
-def _on_spark(spark, payload, feature_cols: list[str], label: str, task: str):
+def _on_spark(spark, payload, feature_cols: list[str], label: str, scoring: tuple):
     """A trial as its own Spark job of one task. The closure carries the broadcast handle, not the rows, and
     refers to lakeforge.training only, so executors import neither hyperopt nor MLflow."""
+    spec, metric = scoring
+
     def run_trial(arguments: dict) -> float:
         job = spark.sparkContext.parallelize([arguments], 1)
-        return job.map(lambda a: training.validation_loss(task, a, *payload.value, feature_cols, label)).collect()[0]
+        return job.map(lambda a: training.validation_loss(spec, a, *payload.value, feature_cols, label, metric)
+                       ).collect()[0]
 
     return run_trial
 

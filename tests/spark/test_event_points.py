@@ -25,17 +25,9 @@ T = pd.Timestamp
 
 
 @pytest.fixture(scope="module")
-def shipments_conf(spark, tmp_path_factory) -> Path:
+def shipments_conf(user_conf) -> Path:
     """A conf folder with the repo's settings and the user's own source and pipeline (shipments)."""
-    conf = tmp_path_factory.mktemp("conf")
-    (conf / "pipelines").mkdir()
-    (conf / "sources").mkdir()
-    for name in ("base.yaml", "test.yaml", "log4j2.properties"):
-        shutil.copy(REPO / "conf" / name, conf / name)
-    (conf / "sources" / "shipments.yaml").write_text(shipments.SOURCE)
-    (conf / "pipelines" / "shipments.yaml").write_text(shipments.PIPELINE)
-    spark.sparkContext.addPyFile(str(FIXTURES / "shipments.py"))  # the Python workers import it too
-    return conf
+    return user_conf({"shipments": shipments.SOURCE}, {"shipments": shipments.PIPELINE}, "shipments.py")
 
 
 @pytest.fixture(scope="module")

@@ -33,5 +33,6 @@ def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_and_the_st
     assert fast[1:4] == ["-m", "pytest", "-m"]
     left_out = collected(f"not ({fast[4]})")
     assert left_out == {f"tests/cluster/{name}" for name in
-                        ("test_mlflow_postgres.py", "test_operations.py", "test_standalone_cluster.py")} | {
+                        ("test_access.py", "test_mlflow_postgres.py", "test_operations.py", "test_shared_catalog.py",
+                         "test_standalone_cluster.py")} | {
         "tests/e2e/test_regime_shift.py"}, left_out

@@ -207,6 +207,6 @@ def test_scoring_loads_model_files_and_says_when_a_version_has_only_its_pickle(t
         (Path(folder) / model_files.MANIFEST).read_bytes())
     pickled = scoring.load(client, "m", 2, tmp_path / "cache", lines.append)
     assert (pickled.how, pickled.details) == ("pickle", {"scored_from": "pickle"})
-    assert lines[-1] == ("m v2 has no model files (registered before them, or an estimator with no data form): "
-                         "scoring its pickled pyfunc (RegressionModel, unpickled with cloudpickle)")
+    assert lines[-1] == ("m v2 has no model files (registered before them, or an estimator with no data form: "
+                         "Halves): scoring its pickled pyfunc (RegressionModel, unpickled with cloudpickle)")
     assert model_files.MANIFEST_TAG not in client.get_model_version("m", "2").tags

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,7 +186,8 @@ def test_cli_reports_a_config_mistake_before_importing_the_stages(conf):
     for args, message in ((["status", "--env", "prod"], "lakeforge status: error: unknown environment 'prod'"),
                           (["ingest", "--pipeline", "nosuch"], "lakeforge ingest: error: unknown pipeline 'nosuch'")):
         done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf)})
+                              env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf),
+                               "PYTHONPATH": str(REPO_CONF.parent / "lib")})
         assert done.stdout.strip() == "2 []", done.stdout + done.stderr
         assert done.stderr.startswith(message), done.stderr
 
@@ -237,3 +239,62 @@ def test_a_window_is_a_duration():
                              output={"x": "double"}).window == dt.timedelta(minutes=90)
     with pytest.raises(pydantic.ValidationError, match=r"expected a duration such as 90d, 1h, 30m or 45s \(got '1 week'\)"):
         config.FeatureSet(source="s", join={"a": "a"}, window="1 week", function="m.f", output={"x": "double"})
+
+
+# ---------------------------------------------------------------- model.estimator, its params and metrics
+
+
+@pytest.mark.parametrize("override, key, message", [
+    ("pipeline.model.params.num_leaves=seven", "model.params.num_leaves", "expected an integer, got 'seven' (str)"),
+    ("pipeline.model.params.learning_rate=true", "model.params.learning_rate", "expected a number, got True (bool)"),
+    ("pipeline.model.search_space.num_leaves={type: choice, values: [7, 15.5]}", "model.search_space.num_leaves.values",
+     "expected an integer, got 15.5 (float)"),
+])
+def test_a_known_parameter_of_the_wrong_type_names_the_file_and_key(conf, override, key, message):
+    with pytest.raises(ConfigError, match=rf"churn.yaml: key '{re.escape(key)}': {re.escape(message)}$"):
+        config.load_pipeline("churn", [override], conf)
+
+
+@pytest.mark.parametrize("overrides, key, message", [
+    (["pipeline.model.estimator=sklearn.ensemble.HistGradientBoostingClassifier"],  # churn's params are LightGBM's
+     "model.params.n_estimators", "sklearn.ensemble.HistGradientBoostingClassifier takes no argument 'n_estimators' "
+                                  "(it takes categorical_features, class_weight, "),
+    (["pipeline.model.estimator=sklearn.utils.shuffle"], "model.estimator",
+     "'sklearn.utils.shuffle' is not a class (function); model.estimator names an estimator class"),
+    (["pipeline.model.estimator=sklearn.ensemble.HistGradientBoostingRegressor"], "model.estimator",
+     "class 'sklearn.ensemble.HistGradientBoostingRegressor' has no predict_proba"),
+    (["pipeline.model.estimator=no_such_package.Model"], "model.estimator", "cannot import module 'no_such_package'"),
+    (["pipeline.model.estimator=os.system('x')"], "model.estimator", "is neither lightgbm, xgboost nor an import path"),
+    (["pipeline.model.metric=mae"], "model.metric",
+     "'mae' is not a classification metric; choose one of auc, log_loss, f1, accuracy, precision_at_k"),
+    (["pipeline.model.distributed=true", "pipeline.model.estimator=xgboost"],
+     "model.distributed", "the distributed learner is Spark MLlib's LogisticRegression"),
+])
+def test_estimator_and_metric_mistakes_are_one_error_naming_the_key(conf, overrides, key, message):
+    with pytest.raises(ConfigError, match=rf"churn.yaml: key '{re.escape(key)}': .*{re.escape(message)}"):
+        config.load_pipeline("churn", overrides, conf)
+
+
+def test_a_multiclass_label_takes_its_metrics_and_refuses_per_group(conf):
+    multiclass = ["pipeline.label.task=multiclass", "pipeline.model.metric=null"]
+    with pytest.raises(ConfigError, match=r"delivery_time.yaml: key 'model.pattern': per_group models route one "
+                                          r"number per row .* a multiclass label needs pattern: global$"):
+        config.load_pipeline("delivery_time", [*multiclass, "pipeline.model.pattern=per_group",
+                                               "pipeline.model.group_key=store_id"], conf)
+    delivery = config.load_pipeline("delivery_time", ["pipeline.label.task=multiclass", "pipeline.model.metric=null"],
+                                    conf)
+    assert (delivery.label.task, delivery.model.metric) == ("multiclass", "log_loss")
+    with pytest.raises(ConfigError, match=r"key 'model.metric': 'mae' is not a multiclass metric; choose one of "
+                                          r"log_loss, accuracy, macro_f1$"):
+        config.load_pipeline("delivery_time", ["pipeline.label.task=multiclass"], conf)
+
+
+def test_a_wrong_parameter_type_exits_2_from_the_cli_before_spark_starts(conf, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lakeforge", "train", "--pipeline", "churn", "--env", "test",
+                           "--set", "pipeline.model.params.n_estimators=many"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "LAKEFORGE_CONF_DIR": str(conf),
+                               "PYTHONPATH": str(REPO_CONF.parent / "lib")})
+    assert done.returncode == 2
+    assert "churn.yaml: key 'model.params.n_estimators': expected an integer, got 'many' (str)" in done.stderr
+    assert "SparkSession" not in done.stderr and not (tmp_path / "spark-warehouse").exists()

@@ -88,7 +88,8 @@ def test_precision_at_k_and_regression_metrics():
     assert training.precision_at_k(p, y, 0.3) == pytest.approx(2 / 3)
     assert training.precision_at_k(p, y, 0.1) == 1.0
     m = training.regression_metrics(np.array([2.0, 0.0, 5.0]), pd.Series([1, 0, 10]))
-    assert m == {"mae": pytest.approx(2.0), "mape": pytest.approx((1.0 + 0.0 + 0.5) / 3), "rows": 3.0}
+    assert m == {"mae": pytest.approx(2.0), "mape": pytest.approx((1.0 + 0.0 + 0.5) / 3),
+                 "rmse": pytest.approx((26 / 3) ** 0.5), "r2": pytest.approx(1 - 26 / (182 / 3)), "rows": 3.0}
 
 
 def test_count_labels_on_pandas_use_only_the_horizon():
@@ -104,7 +105,8 @@ def test_count_labels_on_pandas_use_only_the_horizon():
 def test_model_settings_that_do_not_fit_together_are_config_errors():
     from lakeforge.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"demand.yaml: key 'model.metric': .* must be mae"):
+    with pytest.raises(ConfigError, match=r"demand.yaml: key 'model.metric': 'auc' is not a regression metric; "
+                                          r"choose one of mae, rmse, mape, r2$"):
         config.load_pipeline("demand", ["pipeline.model.metric=auc"])
     with pytest.raises(ConfigError, match=r"key 'model.group_key': 'region' is not a feature column"):
         config.load_pipeline("demand", ["pipeline.model.group_key=region"])
