@@ -479,6 +479,12 @@ class Pipeline(Frozen):
             columns.update(feature_set.output)
         return columns
 
+    def model_inputs(self) -> list[str]:
+        """The features table's columns the model takes: all but the point's key, as-of date, instant and
+        `features.not_model_inputs`."""
+        left_out = (*self.keys, AS_OF_DATE, PREDICTION_AT, *self.features.not_model_inputs)
+        return [c for c in self.feature_table_columns() if c not in left_out]
+
     def config_hash(self) -> str:
         """A short, stable hash of this pipeline's configuration (logged with each model)."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -765,6 +771,8 @@ def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path
     tree = {**tree, "sources": sources}
     pipeline: Pipeline = _validate(Pipeline, [(str(path), tree), ("--set", cli), ("name", {"name": name})])
     _check_points(pipeline, path)
+    _check_label_events(pipeline, path)
+    _check_monitoring(pipeline, path)
     _check_model(pipeline, path)
     return pipeline
 
@@ -792,7 +800,15 @@ def _check_snapshot(pipeline: Pipeline, path: Path) -> None:
     if missing:
         _refuse(path, f"features.{missing[0]}", "snapshot points need features.entity and features.spine (or set "
                 "points.kind: event)")
+    _declared(path, "features.spine.source", pipeline, feat.spine.source, [])
     _declared(path, "features.entity", pipeline, feat.spine.source, pipeline.keys)
+    _declared(path, "features.spine.since", pipeline, feat.spine.source, [feat.spine.since])
+    _declared(path, "features.spine.columns", pipeline, feat.spine.source, feat.spine.columns)
+    if feat.events is not None:
+        _declared(path, "features.events.source", pipeline, feat.events.source, [])
+        _declared(path, "features.entity", pipeline, feat.events.source, pipeline.keys)
+        _declared(path, "features.events.columns", pipeline, feat.events.source, feat.events.columns)
+        _check_spine_and_events(pipeline, path)
     if label.rule not in LABEL_RULES:
         _refuse(path, "label.rule", f"snapshot points take a rule over later events ({', '.join(LABEL_RULES)})")
     if feat.sets:
@@ -808,6 +824,21 @@ def _check_snapshot(pipeline: Pipeline, path: Path) -> None:
         if name not in feat.columns or name in (*pipeline.keys, AS_OF_DATE):
             _refuse(path, "features.not_model_inputs", f"'{name}' must be one of the declared output columns "
                     f"other than {' and '.join(pipeline.keys)} and {AS_OF_DATE} ({', '.join(feat.columns)})")
+
+
+def _check_spine_and_events(pipeline: Pipeline, path: Path) -> None:
+    """The function gets the spine's columns and the events' side by side: a name in both (as happens when the
+    spine and the events are the same source) would be ambiguous, so it must be listed on one side only."""
+    feat = pipeline.features
+    spine = [feat.spine.since, *feat.spine.columns]
+    clash = [c for c in dict.fromkeys(spine) if c in feat.events.columns and c not in pipeline.keys]
+    if clash:
+        same = (f"the spine and the events are both source '{feat.spine.source}': "
+                if feat.spine.source == feat.events.source else "")
+        _refuse(path, "features.events.columns", f"{same}column '{clash[0]}' would reach the function twice, as a "
+                f"spine column (features.spine.since or columns: the entity's latest row) and as an event column "
+                f"(each event in the lookback); list it on one side only (events columns without it: "
+                f"[{', '.join(c for c in feat.events.columns if c not in spine)}])")
 
 
 def _check_sets(pipeline: Pipeline, path: Path) -> None:
@@ -885,6 +916,35 @@ def _check_points(pipeline: Pipeline, path: Path) -> None:
     _declared(path, "label.known_at", pipeline, source, [label.known_at], kind="timestamp")
     _declared(path, "label.column", pipeline, source, [label.column] if label.column else [])
     _declared(path, "label.columns", pipeline, source, label.columns)
+
+
+def _check_label_events(pipeline: Pipeline, path: Path) -> None:
+    """A rule label counts the later events of a listed source that carries the point's key."""
+    label = pipeline.label
+    if label.rule in LABEL_RULES:
+        _declared(path, "label.events", pipeline, label.events, pipeline.keys)
+
+
+def _check_monitoring(pipeline: Pipeline, path: Path) -> None:
+    """Segments are columns of the features table or of the segment source; watched features are model inputs."""
+    table = pipeline.feature_table_columns()
+    segment_source = pipeline.monitoring.segment_source
+    if segment_source is not None:
+        _declared(path, "monitoring.segment_source", pipeline, segment_source, pipeline.keys)
+    source = segment_source or (None if pipeline.is_event else pipeline.features.spine.source)
+    declared = pipeline.sources[source].columns if source else {}
+    for name in pipeline.monitoring.segments:
+        if name not in table and name not in declared:
+            where = f" or of source '{source}' (monitoring.segment_source)" if source else (
+                "; set monitoring.segment_source to a source keyed like the points to take it from there")
+            _refuse(path, "monitoring.segments", f"'{name}' is not a column of the features table "
+                    f"({', '.join(table)}){where}" + (f" ({', '.join(declared)})" if source else ""))
+    if pipeline.retrain is not None:
+        inputs = pipeline.model_inputs()
+        for name in pipeline.retrain.psi_features:
+            if name not in inputs:
+                _refuse(path, "retrain.psi_features", f"'{name}' is not a model input, so it has no drift to "
+                        f"watch (model inputs: {', '.join(inputs)})")
 
 
 def _check_model(pipeline: Pipeline, path: Path) -> None:

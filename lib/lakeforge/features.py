@@ -43,8 +43,7 @@ def output_schema(pipeline: Pipeline) -> StructType:
 def feature_columns(pipeline: Pipeline) -> list[str]:
     """Model inputs: the features table's columns except the point's key, as-of date, instant and
     `features.not_model_inputs`."""
-    left_out = (*pipeline.keys, AS_OF, PREDICTION_AT, *pipeline.features.not_model_inputs)
-    return [c for c in pipeline.feature_table_columns() if c not in left_out]
+    return pipeline.model_inputs()
 
 
 def id_columns(pipeline: Pipeline) -> list[str]:
@@ -127,11 +126,7 @@ def input_schema(pipeline: Pipeline) -> StructType:
     spine = _typed(pipeline, feat.spine.source, _unique([*keys, *_spine_columns(pipeline)]))
     columns = [*spine[:len(keys)], (AS_OF, "date"), *[c for c in spine[len(keys):] if c[0] != AS_OF]]
     events = _events(pipeline)
-    if events is not None:
-        clash = [c for c in events.columns if c in dict(columns) and c not in keys]
-        if clash:
-            raise ConfigError(f"pipeline {pipeline.name}: column '{clash[0]}' is both a spine column and an event "
-                              f"column; keep it in one of features.spine.columns and features.events.columns")
+    if events is not None:  # a column on both sides is refused when the pipeline is loaded (config)
         columns += _typed(pipeline, events.source, [c for c in events.columns if c not in keys])
     return schema_of(columns)
 
@@ -190,7 +185,9 @@ def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[d
                      .select(*_unique([*keys, event_time, *spec.columns]))
                      .join(on_dates, how="inner",
                            on=(F.col(event_time) < cutoff)
-                           & (F.col(event_time) >= F.date_sub(F.col(AS_OF), lookback).cast("timestamp"))))
+                           & (F.col(event_time) >= F.date_sub(F.col(AS_OF), lookback).cast("timestamp")))
+                     # The event time picks the window; unlisted, it leaves (the spine may have one of that name).
+                     .select(*_unique([*keys, AS_OF, *spec.columns])))
         rows = rows.join(in_window, on=[*keys, AS_OF], how="left")
     return rows.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in input_schema(pipeline).fields])
 
