@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
+from lakeforge.demo.settings import DemoSettings
 from lakeforge.errors import ConfigError
 
 DEFAULT_ENV = "local"
@@ -58,17 +59,6 @@ class SparkSettings(Frozen):
 class MlflowSettings(Frozen):
     tracking_uri: str = "sqlite:///var/mlflow.db"
     artifact_root: str = "var/mlartifacts"
-
-
-class DemoSettings(Frozen):
-    seed: int = 42
-    customers: int = Field(3000, ge=10)
-    stores: int = Field(20, ge=1)
-    days: int = Field(180, ge=60)
-    start_date: dt.date = dt.date(2026, 5, 1)
-    shift_date: dt.date | None = dt.date(2026, 9, 1)
-    column_added_date: dt.date | None = dt.date(2026, 8, 1)
-    dirty: bool = True
 
 
 class MaintenanceSettings(Frozen):
@@ -153,7 +143,7 @@ class Source(Frozen):
     format: Literal["csv", "json", "parquet"]  # json means JSON lines: one object per line
     columns: dict[str, SparkType]
     primary_key: list[str]
-    event_time: str  # orders the versions of a key: silver keeps the latest
+    event_time: str  # sorts the versions of a key: silver keeps the latest
     description: str = ""
     expectations: list[Expectation] = Field(default_factory=list)
     on_new_column: Literal["add", "fail"] = "add"  # a column the files carry but `columns` lacks
@@ -271,7 +261,7 @@ class FeatureSet(Frozen):
     """
 
     source: str
-    join: dict[str, str]             # point column -> source column, e.g. {store_id: store_id}
+    join: dict[str, str]             # point column -> source column, e.g. {account_id: account_id}
     window: Duration                 # lookback (or, with latest, the maximum age of the latest row)
     latest: bool = False
     columns: list[str] = Field(default_factory=list)  # source columns the function reads (plus its event time)
@@ -281,7 +271,7 @@ class FeatureSet(Frozen):
     def model_post_init(self, _context: Any) -> None:
         if not self.join:
             raise ValueError("join: map at least one point column to a column of the source, e.g. "
-                             "{store_id: store_id}")
+                             "{account_id: account_id}")
         if self.window <= dt.timedelta(0):
             raise ValueError("window must be positive")
 
@@ -311,7 +301,7 @@ class Label(Frozen):
     """The target, one of:
 
     a rule over later events (`no_event_within_horizon`: 1 when the entity has none within the horizon,
-    churn-like; `event_count_within_horizon`: how many), or, for event points, `column`: a column of a
+    will-they-leave; `event_count_within_horizon`: how many), or, for event points, `column`: a column of a
     source row joined to the point (`source`, `join`; default the point's own row), known at `known_at`,
     optionally through a pandas `function` of the point's instant and that row (e.g. minutes until delivered).
     """
@@ -385,7 +375,7 @@ class Model(Frozen):
     search_space: dict[str, SearchParam] = Field(default_factory=dict)  # empty: no search, params as given
     tuning: Tuning = Tuning()
     pattern: Literal["global", "per_group"] = "global"  # one model, or one model per value of group_key
-    group_key: str | None = None            # per_group: the column that picks the model (e.g. store_id)
+    group_key: str | None = None            # per_group: the column that picks the model (e.g. a shop's id)
     min_group_rows: int = Field(30, ge=1)   # per_group: fewer training rows and the group uses the fallback
     distributed: bool = False               # train with Spark MLlib on the executors instead of on the driver
     mllib_params: dict[str, Any] = Field(default_factory=dict)  # distributed: LogisticRegression's (e.g. regParam)
@@ -717,6 +707,20 @@ def available_pipelines(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (directory / "pipelines").glob("*.yaml"))
 
 
+def chosen_pipeline(name: str | None, directory: Path | None = None) -> str:
+    """The pipeline a command works on: the one named by --pipeline, else the project's only one."""
+    if name:
+        return name
+    names = available_pipelines(directory)
+    if len(names) == 1:
+        return names[0]
+    folder = (directory or conf_dir()) / "pipelines"
+    if not names:
+        raise ConfigError(f"no pipeline: {folder} has no <name>.yaml (see docs/your-own-pipeline.md)")
+    raise ConfigError(f"--pipeline is required: this project has {len(names)} pipelines ({', '.join(names)}; "
+                      f"{folder}), e.g. --pipeline {names[0]}")
+
+
 def _named_file(directory: Path, kind: str, name: str) -> tuple[Path, dict[str, Any]]:
     """conf/<kind>s/<name>.yaml and its content, or an error listing the names that folder has."""
     folder = directory / f"{kind}s"
@@ -750,7 +754,7 @@ def _source_names(tree: dict[str, Any], path: Path) -> list[str]:
                           f"sources: [{', '.join(map(str, names))}]")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"{path}: key 'sources': expected a list of source names from conf/sources/, "
-                          f"e.g. sources: [orders, customers] (got {names!r})")
+                          f"e.g. sources: [{', '.join(available_sources(path.parent.parent)[:2])}] (got {names!r})")
     return names
 
 
@@ -957,7 +961,7 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
     if model.pattern == "per_group":
         if not model.group_key:
             raise ConfigError(f"{path}: key 'model.group_key' is required when model.pattern is per_group "
-                              f"(the column that picks each row's model, e.g. store_id)")
+                              f"(the column that picks each row's model, e.g. a shop's id)")
         columns = pipeline.feature_table_columns()
         if model.group_key not in columns:
             raise ConfigError(f"{path}: key 'model.group_key': '{model.group_key}' is not a feature column "

@@ -79,7 +79,7 @@ def in_population_pandas(features: pd.DataFrame, pipeline: Pipeline) -> pd.DataF
         return features.query(population).reset_index(drop=True)
     except Exception as exc:  # pandas raises many types for an expression it cannot read
         raise ConfigError(f"features.population '{population}' cannot be evaluated by pandas ({exc}); "
-                          f"write it as a comparison pandas and SQL both read, e.g. `orders_90d > 0`") from None
+                          f"write it as a comparison pandas and SQL both read, e.g. `visits_90d > 0`") from None
 
 
 # ---------------------------------------------------------------- the function's input

@@ -7,7 +7,6 @@ need, reports progress and returns a small summary dict. The CLI and jobs/*.py c
 from __future__ import annotations
 
 import datetime as dt
-import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -682,33 +681,3 @@ def doctor(ctx: Context) -> list:
     """Check every table's log and data files, with how to recover a damaged one (reads only; no run recorded,
     so it works on a lakehouse whose ops.runs is itself damaged or on read-only storage)."""
     return lake.doctor(ctx.spark, ctx.lakehouse)
-
-
-def reset_local_state(settings: Settings) -> list[Path]:
-    """Delete what lakeforge made for this project (landing, lakehouse, reports, MLflow store) for a fresh demo;
-    anything it did not make is refused (see lakeforge.ownership)."""
-    return ownership.remove(settings, Path.cwd())
-
-
-def generate(settings: Settings, **overrides) -> dict:
-    """Write the demo landing files (deterministic for the seed) and return their manifest."""
-    from lakeforge.demo.generator import SOURCE_DIRS, DemoSpec, generate_demo
-
-    demo = settings.demo.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    spec = DemoSpec(seed=demo.seed, customers=demo.customers, stores=demo.stores, days=demo.days,
-                    start_date=demo.start_date, shift_date=demo.shift_date,
-                    column_added_date=demo.column_added_date, dirty=demo.dirty)
-    landing = settings.paths.landing
-    ownership.claim(settings, "paths.landing")
-    # The generator replaces its source folders whole: only in a landing folder lakeforge made for this project.
-    ownership.check_replace(settings, "paths.landing", [landing / name for name in SOURCE_DIRS], Path.cwd())
-    manifest_path = landing / "_manifest.json"
-    if manifest_path.is_file() and lake.exists(settings.paths.lakehouse, ingestion.FILE_LEDGER):
-        old = json.loads(manifest_path.read_text()).get("spec")
-        current = {k: str(v) for k, v in spec.__dict__.items()}
-        if old is not None and {k: str(v) for k, v in old.items()} != current:
-            raise DataError(f"the landing files in {landing} were generated with another spec ({old}) and are "
-                            f"already ingested; regenerating would change files the lakehouse has loaded. "
-                            f"Start fresh with `lakeforge demo --fresh` (deletes the folders lakeforge made) or "
-                            f"`make clean`.")
-    return generate_demo(landing, spec)

@@ -108,7 +108,7 @@ def precision_at_k(p: np.ndarray, y: np.ndarray, share: float) -> float:
 
 
 def regression_metrics(pred: np.ndarray, actual: pd.Series) -> dict[str, float]:
-    """MAE, MAPE and rows; MAPE divides by max(actual, 1) so a day with no orders does not divide by zero."""
+    """MAE, MAPE and rows; MAPE divides by max(actual, 1) so a zero actual does not divide by zero."""
     y = actual.astype("float64").to_numpy()
     if len(y) == 0:
         raise DataError("the holdout has no rows: widen the holdout or check the population filter")
@@ -138,7 +138,7 @@ def naive_predictions(task: str, train: pd.DataFrame, holdout: pd.DataFrame, lab
                       as_of: str) -> dict[str, np.ndarray]:
     """What a model must beat, on the holdout rows: the training base rate (classification) or mean
     (regression) for every row, and - where the same key has a label 7 days earlier (a time-indexed target,
-    e.g. next-day demand) - last week's value, the training mean where it has none."""
+    e.g. a next-day count) - last week's value, the training mean where it has none."""
     constant = float(train[label].astype("float64").mean()) if len(train) else 0.0
     out = {"base_rate" if task == "classification" else "mean": np.full(len(holdout), constant)}
     known = pd.concat([train, holdout], ignore_index=True)[[*keys, as_of, label]]

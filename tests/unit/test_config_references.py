@@ -138,3 +138,24 @@ def test_every_shipped_pipeline_passes_the_checks(conf):
 
     for name in config.available_pipelines(conf):
         assert config.load_pipeline(name, None, conf).name == name
+
+
+def test_pipeline_is_required_when_the_project_has_several(conf):
+    code, seconds, started, stderr = run_cli(conf, "train")
+    assert (code, started) == (2, "[]"), stderr
+    assert stderr == (f"lakeforge train: error: --pipeline is required: this project has 3 pipelines (churn, "
+                      f"delivery_time, demand; {conf / 'pipelines'}), e.g. --pipeline churn\n")
+
+
+def test_the_only_pipeline_is_the_default(conf):
+    from lakeforge import config
+
+    (conf / "pipelines" / "churn.yaml").unlink()
+    (conf / "pipelines" / "delivery_time.yaml").unlink()
+    assert config.chosen_pipeline(None, conf) == "demand"
+    assert config.chosen_pipeline("other", conf) == "other"
+    edit(conf, "demand", "group_key: store_id", "group_key: store")  # proves the CLI loaded demand without being told
+    code, seconds, started, stderr = run_cli(conf, "score")
+    assert (code, started) == (2, "[]"), stderr
+    assert stderr.startswith(f"lakeforge score: error: {conf / 'pipelines' / 'demand.yaml'}: key 'model.group_key': "
+                             f"'store' is not a feature column"), stderr
