@@ -224,6 +224,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
             tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
                     "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
                     "lakeforge.trained_as_of": (last + dt.timedelta(days=1)).isoformat(), "lakeforge.trigger": why,
+                    FEATURE_VERSION_TAG: feats.feature_version(pipeline),
                     "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
                     "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
                     **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
@@ -370,6 +371,9 @@ def _champion_metric(ctx: Context, holdout, label: str) -> float | None:
                                 ctx.pipeline.model.top_k)[ctx.pipeline.model.metric]
 
 
+FEATURE_VERSION_TAG = "lakeforge.feature_version"  # on each model's training run: see features.feature_version
+
+
 def score(ctx: Context, score_date: dt.date | None = None) -> dict:
     """Score every entity's features for the date with @champion into gold.<pipeline>_predictions."""
     pipeline = ctx.pipeline
@@ -378,7 +382,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         mv = registry.champion(ctx.mlflow, pipeline.name)
         version = int(mv.version)
         score_date = run.run_date = score_date or _default_score_date(ctx)
-        table = feats.features_table(pipeline)
+        table = _champions_features(ctx, version, score_date)
         run.input(ctx.spark, ctx.lakehouse, table)
         if table not in run.inputs:
             raise DataError(f"{table} does not exist: run `lakeforge features --pipeline {pipeline.name} "
@@ -411,6 +415,25 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
         return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version,
                 **model.details}
+
+
+def _champions_features(ctx: Context, version: int, score_date: dt.date) -> str:
+    """The features table of the feature version the champion was trained on: the current one, or an earlier
+    version's kept table while it has the date's rows (else an error saying how to move on)."""
+    pipeline = ctx.pipeline
+    current = feats.feature_version(pipeline)
+    trained_on = registry.version_run(ctx.mlflow, pipeline.name, version).data.tags.get(FEATURE_VERSION_TAG)
+    if trained_on in (None, current):  # None: registered before feature versions were recorded
+        return feats.features_table(pipeline)
+    table = feats.features_table(pipeline, trained_on)
+    if lake.exists(ctx.lakehouse, table) and lake.read(ctx.spark, ctx.lakehouse, table).where(
+            F.col(feats.AS_OF) == F.lit(score_date)).limit(1).count():
+        return table
+    raise DataError(f"{pipeline.name} version {version} (@champion) was trained on feature version {trained_on}, and "
+                    f"{table} has no rows for {score_date}; the pipeline's features are now version {current} "
+                    f"({feats.features_table(pipeline)}). Train on them (`lakeforge train --pipeline "
+                    f"{pipeline.name}`) and promote the new version if the gate kept it @challenger, or restore the "
+                    f"feature columns of version {trained_on}")
 
 
 def _explain_nothing_to_score(ctx: Context, table: str, version: int, score_date: dt.date) -> None:
