@@ -127,7 +127,7 @@ sources: [events]
 features:
   entity: user_id
   spine: {source: events, since: event_ts}
-  events: {source: events, columns: [event_ts]}
+  events: {source: events, columns: [value]}
   function: lakeforge.demo.churn.customer_activity
   columns: {user_id: string, as_of_date: date}
 label: {name: churned, rule: no_event_within_horizon, events: events, horizon_days: 30}

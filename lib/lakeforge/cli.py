@@ -10,6 +10,7 @@ import time
 import traceback
 
 from lakeforge import flow, interrupts
+from lakeforge.demo.commands import GENERATE_DETAILS, add_size_options, size_of
 from lakeforge.errors import LakeforgeError, root_cause
 
 DESCRIPTION = """\
@@ -34,15 +35,13 @@ DETAILS = {
             "night's features and scores it; then prints every table with its row count and each model's\n"
             "holdout metric beside the naive answer. A rerun loads no landing file twice.\n"
             "example: lakeforge demo --fresh",
-    "generate": "Writes the demo's landing files (orders JSON lines with their dirt, customers and stores CSV) and\n"
-                "_manifest.json under paths.landing. The same seed and size give the same bytes.\n"
-                "example: lakeforge generate --customers 300 --days 90",
+    "generate": GENERATE_DETAILS,
     "ingest": "Reads each source the pipeline names (conf/sources/<name>.yaml) from paths.landing/<its path>;\n"
               "loads each new file once into bronze.<source> (every kept row, with audit columns) and\n"
               "silver.<source> (latest row per key, MERGEd); bad rows go to ops.quarantine with the reason;\n"
               "checks go to ops.quality and each file to ops.ingested_files. A rerun with no new files writes nothing. An expectation with\n"
               "action fail stops the load before any write (exit 2). See docs/ingestion.md.\n"
-              "example: lakeforge ingest --pipeline churn",
+              "example: lakeforge ingest --pipeline NAME",
     "maintain": "Compacts the small files of the tables ingest writes for the pipeline's sources (bronze.<source>,\n"
                 "silver.<source>, ops.quarantine, ops.quality, ops.ingested_files) into files of about\n"
                 "maintenance.target_file_mb (OPTIMIZE), then deletes the files no version younger than\n"
@@ -50,37 +49,37 @@ DETAILS = {
                 "Takes the ingest lock; recorded in ops.runs with each table's files before and after. `run nightly`\n"
                 "runs it when the last successful maintain is maintenance.every_days old. Rows never change, so a\n"
                 "rerun only finds less to do. See docs/operations.md.\n"
-                "example: lakeforge maintain --pipeline churn",
+                "example: lakeforge maintain --pipeline NAME",
     "features": "Reads the spine and event sources from bronze/silver and writes gold.<pipeline>_features for\n"
                 "--date (default: the day after the last event); rebuilding a date replaces that date only.\n"
-                "example: lakeforge features --pipeline churn --date 2026-10-29",
+                "example: lakeforge features --pipeline NAME --date 2026-10-29",
     "train": "Builds the features of its snapshot dates into gold.<pipeline>_features, labels them from the\n"
              "events (point in time), fits the pipeline's model, evaluates it on a later holdout, logs the run\n"
              "and registers a new version in MLflow. It becomes @champion when it passes the pipeline's gate,\n"
              "else @challenger (the champion is kept).\n"
-             "example: lakeforge train --pipeline churn",
+             "example: lakeforge train --pipeline NAME",
     "score": "Scores every entity's features for --date with the version @champion points at into\n"
              "gold.<pipeline>_predictions, stamped with the model version and run id; a rerun replaces that\n"
              "date's predictions.\n"
-             "example: lakeforge score --pipeline churn --date 2026-10-29",
+             "example: lakeforge score --pipeline NAME --date 2026-10-29",
     "monitor": "Compares --date's features and predictions with the champion's training baseline (drift), measures\n"
                "the champion on matured labels, applies the retrain policy, and writes the rows to\n"
                "ops.monitoring (a rerun replaces the date) and an HTML report under paths.reports (unless\n"
                "the pipeline sets monitoring.report: false).\n"
-               "example: lakeforge monitor --pipeline churn --date 2026-10-29",
+               "example: lakeforge monitor --pipeline NAME --date 2026-10-29",
     "retrain": "Reads the retrain decision `monitor` recorded for --date in ops.monitoring (the pipeline's policy,\n"
                "cooldown included) and, when it fired, retrains on the policy's recent window as of --date through\n"
                "the gate (the outcome goes to ops.monitoring); else prints why not and writes nothing. The last\n"
                "step of `run nightly`, on its own for a scheduler's task.\n"
-               "example: lakeforge retrain --pipeline churn --date 2026-10-29",
+               "example: lakeforge retrain --pipeline NAME --date 2026-10-29",
     "promote": "Points an alias at a registered version by hand; the change and the reason go to ops.audit and\n"
                "ops.runs.\n"
-               "example: lakeforge promote --pipeline churn --version 3 --reason \"rollback after incident 42\"",
+               "example: lakeforge promote --pipeline NAME --version 3 --reason \"rollback after incident 42\"",
     "run": "nightly: ingest (and maintain when maintenance.every_days have passed), then for each date build\n"
            "features, score and monitor; when the retrain policy fires, retrain through the gate. One date\n"
            "(--date, default the day after the last event) or a backfill (--from/--to), each date its own run\n"
            "in ops.runs.\n"
-           "example: lakeforge run nightly --pipeline churn --from 2026-10-01 --to 2026-10-07",
+           "example: lakeforge run nightly --pipeline NAME --from 2026-10-01 --to 2026-10-07",
     "status": "Lists every lakehouse table (version, rows, last write, description), the last runs from ops.runs,\n"
               "and each pipeline's health and @champion.\n"
               "example: lakeforge status --env cluster",
@@ -114,7 +113,8 @@ def _common(parser: argparse.ArgumentParser, pipeline: bool = True, date: bool =
     if every_pipeline:
         parser.add_argument("--pipeline", help="only this pipeline: conf/pipelines/<name>.yaml (default: every one)")
     elif pipeline:
-        parser.add_argument("--pipeline", default="churn", help="pipeline name: conf/pipelines/<name>.yaml (default: churn)")
+        parser.add_argument("--pipeline", help="pipeline name: conf/pipelines/<name>.yaml (required unless the "
+                                               "project has only one)")
     parser.add_argument("--env", help="environment overlay conf/<env>.yaml (default: $LAKEFORGE_ENV or local)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set spark.master=local[2] (repeatable)")
@@ -134,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="first delete the folders lakeforge made for this project "
                                                       "(landing, lakehouse, reports, MLflow store; README: "
                                                       "Configuration)")
-    _demo_size(p)
+    add_size_options(p)
 
     p = _verb(verbs, "generate", help="write the demo landing files (deterministic for --seed)")
     _common(p, pipeline=False)
-    _demo_size(p)
+    add_size_options(p)
 
     p = _verb(verbs, "ingest", help="load new landing files into bronze/silver; bad rows to ops.quarantine")
     _common(p)
@@ -206,13 +206,6 @@ def _verb(verbs, name: str, help: str) -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _demo_size(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--customers", type=int, help="number of customers (default from conf: demo.customers)")
-    p.add_argument("--stores", type=int, help="number of stores (default: demo.stores)")
-    p.add_argument("--days", type=int, help="days of orders (default: demo.days)")
-    p.add_argument("--seed", type=int, help="random seed (default: demo.seed)")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("LAKEFORGE_DEBUG") == "1"
@@ -269,24 +262,23 @@ def run(args: argparse.Namespace) -> int:
     # mistake in them is reported in a second rather than after five seconds of imports.
     settings = config.load_settings(args.env, args.overrides)
     demo_pipelines = [args.pipeline] if args.verb == "demo" and args.pipeline else None
-    if args.verb == "demo":  # every pipeline by default; the first one's context runs the shared steps
-        args.pipeline = (demo_pipelines or config.available_pipelines())[0]
     if args.verb == "access":
         return _access(settings, args.action)
+    if args.verb == "demo":  # every pipeline by default; the first one's context runs the shared steps
+        args.pipeline = (demo_pipelines or config.available_pipelines())[0]
+    elif args.verb not in ("generate", "doctor"):
+        args.pipeline = config.chosen_pipeline(args.pipeline)
+    pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)
     from lakeforge import access
 
     # The server's answer before any Spark job or write: a user without the right stops here (exit 2).
     access.check(settings, args.verb, getattr(args, "alias", None))
-    pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)
     from lakeforge import stages
 
     if args.verb == "generate":
-        manifest = stages.generate(settings, customers=args.customers, stores=args.stores, days=args.days, seed=args.seed)
-        orders = manifest["orders"]
-        print(f"demo data in {settings.paths.landing}: {manifest['customers']['distinct_customers']:,} customers, "
-              f"{manifest['stores']['rows']} stores, {orders['files']} order files ({orders['lines']:,} lines, "
-              f"{orders['malformed_lines']} malformed, {orders['duplicate_lines']} duplicates, "
-              f"{orders['late_lines']} late) up to {manifest['end_date']}")
+        from lakeforge.demo.commands import describe_landing, generate
+
+        print(describe_landing(settings, generate(settings, **size_of(args))))
         return 0
 
     ctx = stages.Context(settings, pipeline)
@@ -294,8 +286,7 @@ def run(args: argparse.Namespace) -> int:
         if args.verb == "demo":
             from lakeforge.demo.summary import run_demo
 
-            print(run_demo(ctx, fresh=args.fresh, pipelines=demo_pipelines, customers=args.customers,
-                           stores=args.stores, days=args.days, seed=args.seed))
+            print(run_demo(ctx, fresh=args.fresh, pipelines=demo_pipelines, **size_of(args)))
         elif args.verb == "ingest":
             _print(stages.ingest(ctx))
         elif args.verb == "maintain":

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
+from lakeforge.demo.settings import DemoSettings
 from lakeforge.errors import ConfigError
 
 DEFAULT_ENV = "local"
@@ -66,17 +67,6 @@ class MlflowSettings(Frozen):
     # basic: the server runs MLflow's basic-auth app (the team set-up); every verb then asks it, as the user of
     # MLFLOW_TRACKING_USERNAME/PASSWORD, whether that user may act (lakeforge.access, docs/access.md).
     authentication: Literal["none", "basic"] = "none"
-
-
-class DemoSettings(Frozen):
-    seed: int = 42
-    customers: int = Field(3000, ge=10)
-    stores: int = Field(20, ge=1)
-    days: int = Field(180, ge=60)
-    start_date: dt.date = dt.date(2026, 5, 1)
-    shift_date: dt.date | None = dt.date(2026, 9, 1)
-    column_added_date: dt.date | None = dt.date(2026, 8, 1)
-    dirty: bool = True
 
 
 class MaintenanceSettings(Frozen):
@@ -162,7 +152,7 @@ class Source(Frozen):
     format: Literal["csv", "json", "parquet"]  # json means JSON lines: one object per line
     columns: dict[str, SparkType]
     primary_key: list[str]
-    event_time: str  # orders the versions of a key: silver keeps the latest
+    event_time: str  # sorts the versions of a key: silver keeps the latest
     description: str = ""
     expectations: list[Expectation] = Field(default_factory=list)
     on_new_column: Literal["add", "fail"] = "add"  # a column the files carry but `columns` lacks
@@ -284,7 +274,7 @@ class FeatureSet(Frozen):
     """
 
     source: str
-    join: dict[str, str]             # point column -> source column, e.g. {store_id: store_id}
+    join: dict[str, str]             # point column -> source column, e.g. {account_id: account_id}
     window: Duration                 # lookback (or, with latest, the maximum age of the latest row)
     latest: bool = False
     columns: list[str] = Field(default_factory=list)  # source columns the function reads (plus its event time)
@@ -294,7 +284,7 @@ class FeatureSet(Frozen):
     def model_post_init(self, _context: Any) -> None:
         if not self.join:
             raise ValueError("join: map at least one point column to a column of the source, e.g. "
-                             "{store_id: store_id}")
+                             "{account_id: account_id}")
         if self.window <= dt.timedelta(0):
             raise ValueError("window must be positive")
 
@@ -324,7 +314,7 @@ class Label(Frozen):
     """The target, one of:
 
     a rule over later events (`no_event_within_horizon`: 1 when the entity has none within the horizon,
-    churn-like; `event_count_within_horizon`: how many), or, for event points, `column`: a column of a
+    will-they-leave; `event_count_within_horizon`: how many), or, for event points, `column`: a column of a
     source row joined to the point (`source`, `join`; default the point's own row), known at `known_at`,
     optionally through a pandas `function` of the point's instant and that row (e.g. minutes until delivered).
     """
@@ -402,7 +392,7 @@ class Model(Frozen):
     search_space: dict[str, SearchParam] = Field(default_factory=dict)  # empty: no search, params as given
     tuning: Tuning = Tuning()
     pattern: Literal["global", "per_group"] = "global"  # one model, or one model per value of group_key
-    group_key: str | None = None            # per_group: the column that picks the model (e.g. store_id)
+    group_key: str | None = None            # per_group: the column that picks the model (e.g. a shop's id)
     min_group_rows: int = Field(30, ge=1)   # per_group: fewer training rows and the group uses the fallback
     distributed: bool = False               # train with Spark MLlib on the executors instead of on the driver
     mllib_params: dict[str, Any] = Field(default_factory=dict)  # distributed: LogisticRegression's (e.g. regParam)
@@ -507,6 +497,12 @@ class Pipeline(Frozen):
         for feature_set in self.features.sets.values():
             columns.update(feature_set.output)
         return columns
+
+    def model_inputs(self) -> list[str]:
+        """The features table's columns the model takes: all but the point's key, as-of date, instant and
+        `features.not_model_inputs`."""
+        left_out = (*self.keys, AS_OF_DATE, PREDICTION_AT, *self.features.not_model_inputs)
+        return [c for c in self.feature_table_columns() if c not in left_out]
 
     def config_hash(self) -> str:
         """A short, stable hash of this pipeline's configuration (logged with each model)."""
@@ -741,6 +737,20 @@ def available_pipelines(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (directory / "pipelines").glob("*.yaml"))
 
 
+def chosen_pipeline(name: str | None, directory: Path | None = None) -> str:
+    """The pipeline a command works on: the one named by --pipeline, else the project's only one."""
+    if name:
+        return name
+    names = available_pipelines(directory)
+    if len(names) == 1:
+        return names[0]
+    folder = (directory or conf_dir()) / "pipelines"
+    if not names:
+        raise ConfigError(f"no pipeline: {folder} has no <name>.yaml (see docs/your-own-pipeline.md)")
+    raise ConfigError(f"--pipeline is required: this project has {len(names)} pipelines ({', '.join(names)}; "
+                      f"{folder}), e.g. --pipeline {names[0]}")
+
+
 def _named_file(directory: Path, kind: str, name: str) -> tuple[Path, dict[str, Any]]:
     """conf/<kind>s/<name>.yaml and its content, or an error listing the names that folder has."""
     folder = directory / f"{kind}s"
@@ -774,7 +784,7 @@ def _source_names(tree: dict[str, Any], path: Path) -> list[str]:
                           f"sources: [{', '.join(map(str, names))}]")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"{path}: key 'sources': expected a list of source names from conf/sources/, "
-                          f"e.g. sources: [orders, customers] (got {names!r})")
+                          f"e.g. sources: [{', '.join(available_sources(path.parent.parent)[:2])}] (got {names!r})")
     return names
 
 
@@ -795,6 +805,8 @@ def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path
     tree = {**tree, "sources": sources}
     pipeline: Pipeline = _validate(Pipeline, [(str(path), tree), ("--set", cli), ("name", {"name": name})])
     _check_points(pipeline, path)
+    _check_label_events(pipeline, path)
+    _check_monitoring(pipeline, path)
     _check_model(pipeline, path)
     return pipeline
 
@@ -822,7 +834,15 @@ def _check_snapshot(pipeline: Pipeline, path: Path) -> None:
     if missing:
         _refuse(path, f"features.{missing[0]}", "snapshot points need features.entity and features.spine (or set "
                 "points.kind: event)")
+    _declared(path, "features.spine.source", pipeline, feat.spine.source, [])
     _declared(path, "features.entity", pipeline, feat.spine.source, pipeline.keys)
+    _declared(path, "features.spine.since", pipeline, feat.spine.source, [feat.spine.since])
+    _declared(path, "features.spine.columns", pipeline, feat.spine.source, feat.spine.columns)
+    if feat.events is not None:
+        _declared(path, "features.events.source", pipeline, feat.events.source, [])
+        _declared(path, "features.entity", pipeline, feat.events.source, pipeline.keys)
+        _declared(path, "features.events.columns", pipeline, feat.events.source, feat.events.columns)
+        _check_spine_and_events(pipeline, path)
     if label.rule not in LABEL_RULES:
         _refuse(path, "label.rule", f"snapshot points take a rule over later events ({', '.join(LABEL_RULES)})")
     if feat.sets:
@@ -838,6 +858,21 @@ def _check_snapshot(pipeline: Pipeline, path: Path) -> None:
         if name not in feat.columns or name in (*pipeline.keys, AS_OF_DATE):
             _refuse(path, "features.not_model_inputs", f"'{name}' must be one of the declared output columns "
                     f"other than {' and '.join(pipeline.keys)} and {AS_OF_DATE} ({', '.join(feat.columns)})")
+
+
+def _check_spine_and_events(pipeline: Pipeline, path: Path) -> None:
+    """The function gets the spine's columns and the events' side by side: a name in both (as happens when the
+    spine and the events are the same source) would be ambiguous, so it must be listed on one side only."""
+    feat = pipeline.features
+    spine = [feat.spine.since, *feat.spine.columns]
+    clash = [c for c in dict.fromkeys(spine) if c in feat.events.columns and c not in pipeline.keys]
+    if clash:
+        same = (f"the spine and the events are both source '{feat.spine.source}': "
+                if feat.spine.source == feat.events.source else "")
+        _refuse(path, "features.events.columns", f"{same}column '{clash[0]}' would reach the function twice, as a "
+                f"spine column (features.spine.since or columns: the entity's latest row) and as an event column "
+                f"(each event in the lookback); list it on one side only (events columns without it: "
+                f"[{', '.join(c for c in feat.events.columns if c not in spine)}])")
 
 
 def _check_sets(pipeline: Pipeline, path: Path) -> None:
@@ -917,6 +952,35 @@ def _check_points(pipeline: Pipeline, path: Path) -> None:
     _declared(path, "label.columns", pipeline, source, label.columns)
 
 
+def _check_label_events(pipeline: Pipeline, path: Path) -> None:
+    """A rule label counts the later events of a listed source that carries the point's key."""
+    label = pipeline.label
+    if label.rule in LABEL_RULES:
+        _declared(path, "label.events", pipeline, label.events, pipeline.keys)
+
+
+def _check_monitoring(pipeline: Pipeline, path: Path) -> None:
+    """Segments are columns of the features table or of the segment source; watched features are model inputs."""
+    table = pipeline.feature_table_columns()
+    segment_source = pipeline.monitoring.segment_source
+    if segment_source is not None:
+        _declared(path, "monitoring.segment_source", pipeline, segment_source, pipeline.keys)
+    source = segment_source or (None if pipeline.is_event else pipeline.features.spine.source)
+    declared = pipeline.sources[source].columns if source else {}
+    for name in pipeline.monitoring.segments:
+        if name not in table and name not in declared:
+            where = f" or of source '{source}' (monitoring.segment_source)" if source else (
+                "; set monitoring.segment_source to a source keyed like the points to take it from there")
+            _refuse(path, "monitoring.segments", f"'{name}' is not a column of the features table "
+                    f"({', '.join(table)}){where}" + (f" ({', '.join(declared)})" if source else ""))
+    if pipeline.retrain is not None:
+        inputs = pipeline.model_inputs()
+        for name in pipeline.retrain.psi_features:
+            if name not in inputs:
+                _refuse(path, "retrain.psi_features", f"'{name}' is not a model input, so it has no drift to "
+                        f"watch (model inputs: {', '.join(inputs)})")
+
+
 def _check_model(pipeline: Pipeline, path: Path) -> None:
     """Model settings that are valid alone but not together: the estimator and its parameters, the metrics for
     the task, and which patterns (per_group, distributed) the estimator and task support."""
@@ -926,8 +990,9 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
     for key, name in (("model.metric", model.metric), ("model.tuning.metric", model.tuning.metric)):
         if name is not None and name not in metrics.for_task(task):
             _refuse(path, key, f"'{name}' is not a {task} metric; choose one of {', '.join(metrics.for_task(task))}")
-    try:
-        estimators.resolve(model.estimator, task)
+    try:  # lakeforge's own estimators are dependencies: importing LightGBM here would cost the check a second
+        if model.estimator not in estimators.BUILT_IN:
+            estimators.resolve(model.estimator, task)
     except ValueError as exc:
         _refuse(path, "model.estimator", f"{exc} (the YAML names code to import: only a class is taken from it)")
     for key, problem in estimators.param_problems(model.estimator, task, model.params):
@@ -935,7 +1000,7 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
     if model.pattern == "per_group":
         if not model.group_key:
             raise ConfigError(f"{path}: key 'model.group_key' is required when model.pattern is per_group "
-                              f"(the column that picks each row's model, e.g. store_id)")
+                              f"(the column that picks each row's model, e.g. a shop's id)")
         columns = pipeline.feature_table_columns()
         if model.group_key not in columns:
             raise ConfigError(f"{path}: key 'model.group_key': '{model.group_key}' is not a feature column "

@@ -6,6 +6,7 @@ Also the one-line cause of any other failure (`root_cause`): what the CLI prints
 from __future__ import annotations
 
 import re
+import traceback
 
 
 class LakeforgeError(Exception):
@@ -35,6 +36,11 @@ _JAVA_LINE = re.compile(r"^(?:Caused by: |: )?((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?
 # The last line of a Python traceback: `ValueError: boom` or `pkg.module.CustomError: boom`.
 _PYTHON_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
 _PYTHON_WORKER = "org.apache.spark.api.python.PythonException"
+# A frame of a Python traceback, and the paths of code that is not the user's: the standard library, installed
+# packages (pyspark's worker among them) and lakeforge itself, except its demo (the demo's functions are a user's).
+_FRAME = re.compile(r'^  File "(.+)", line (\d+), in (.+)$')
+_LIBRARY = re.compile(r"(/site-packages/|/dist-packages/|/lib/python3[.\d]*/|/pyspark/|^<|"
+                      r"/lakeforge/(?!demo/)[^/]+\.py$)")
 
 
 def root_cause(exc: BaseException) -> str:
@@ -48,7 +54,17 @@ def root_cause(exc: BaseException) -> str:
     if found:
         return found
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(exc.__traceback__)]
+    return f"{type(exc).__name__}: {first}" + _located(frames) if first else type(exc).__name__ + _located(frames)
+
+
+def _located(frames: list[tuple[str, int, str]]) -> str:
+    """Where the user's code raised: its innermost frame that is not Python's, a package's or lakeforge's own."""
+    mine = [f for f in frames if not _LIBRARY.search(f[0].replace("\\", "/"))]
+    if not mine:
+        return ""
+    path, line, function = mine[-1]
+    return f" (raised in {function}, {path}, line {line})"
 
 
 def root_cause_of_text(text: str) -> str | None:
@@ -74,8 +90,10 @@ def root_cause_of_text(text: str) -> str | None:
 
 
 def _last_python_error(lines: list[str]) -> str | None:
-    for line in reversed(lines):
-        match = _PYTHON_LINE.match(line)
+    """The last `Type: message` line of a Python traceback, with where the user's code raised it."""
+    for i in range(len(lines) - 1, -1, -1):
+        match = _PYTHON_LINE.match(lines[i])
         if match:
-            return f"{match.group(1)}: {match.group(2)}"
+            frames = [(m[1], int(m[2]), m[3]) for m in map(_FRAME.match, lines[:i]) if m]
+            return f"{match.group(1)}: {match.group(2)}" + _located(frames)
     return None

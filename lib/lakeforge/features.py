@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -29,10 +32,45 @@ from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, appl
                                        buckets_of, import_function, prepare, schema_of)
 
 AS_OF = "as_of_date"
+_NOT_FEATURES = (event_points.INGESTED_BY,)  # lakeforge's bookkeeping column of event points' tables
 
 
-def features_table(pipeline: Pipeline) -> str:
-    return f"gold.{pipeline.name}_features"
+def features_table(pipeline: Pipeline, version: str | None = None) -> str:
+    """gold.<pipeline>_features: the current feature version's rows; an earlier version's (`version`, see
+    `feature_version`) are kept in gold.<pipeline>_features_<version>."""
+    if version is None or version == feature_version(pipeline):
+        return f"gold.{pipeline.name}_features"
+    return f"gold.{pipeline.name}_features_{version}"
+
+
+def feature_version(pipeline: Pipeline) -> str:
+    """The feature set's version: a hash of the features table's column names and types. Adding, removing or
+    retyping a column makes a new version (its own table); a model records the version it was trained on."""
+    return _version_of(schema_of(pipeline.feature_table_columns().items()))
+
+
+def _version_of(schema: StructType) -> str:
+    columns = sorted((f.name, f.dataType.simpleString()) for f in schema.fields if f.name not in _NOT_FEATURES)
+    return hashlib.sha256(json.dumps(columns).encode()).hexdigest()[:10]
+
+
+def activate_version(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -> str:
+    """Make gold.<pipeline>_features the current feature version's table before it is written: a table of an
+    earlier version is renamed to gold.<pipeline>_features_<its version> (its rows stay readable for the models
+    trained on them), and the current version's own table, if an earlier run kept it, gets the name back."""
+    current, table = feature_version(pipeline), features_table(pipeline)
+    if lake.exists(lakehouse, table):
+        stored = _version_of(lake.read(spark, lakehouse, table).schema)
+        if stored == current:
+            return current
+        lake.rename_table(spark, lakehouse, table, features_table(pipeline, stored))
+        logging.getLogger("lakeforge.features").warning(
+            f"{table}: the feature columns changed (version {stored} -> {current}); the rows of version {stored} "
+            f"are kept in {features_table(pipeline, stored)}")
+    kept = f"{table}_{current}"
+    if lake.exists(lakehouse, kept):
+        lake.rename_table(spark, lakehouse, kept, table)
+    return current
 
 
 def output_schema(pipeline: Pipeline) -> StructType:
@@ -43,8 +81,7 @@ def output_schema(pipeline: Pipeline) -> StructType:
 def feature_columns(pipeline: Pipeline) -> list[str]:
     """Model inputs: the features table's columns except the point's key, as-of date, instant and
     `features.not_model_inputs`."""
-    left_out = (*pipeline.keys, AS_OF, PREDICTION_AT, *pipeline.features.not_model_inputs)
-    return [c for c in pipeline.feature_table_columns() if c not in left_out]
+    return pipeline.model_inputs()
 
 
 def id_columns(pipeline: Pipeline) -> list[str]:
@@ -80,7 +117,7 @@ def in_population_pandas(features: pd.DataFrame, pipeline: Pipeline) -> pd.DataF
         return features.query(population).reset_index(drop=True)
     except Exception as exc:  # pandas raises many types for an expression it cannot read
         raise ConfigError(f"features.population '{population}' cannot be evaluated by pandas ({exc}); "
-                          f"write it as a comparison pandas and SQL both read, e.g. `orders_90d > 0`") from None
+                          f"write it as a comparison pandas and SQL both read, e.g. `visits_90d > 0`") from None
 
 
 # ---------------------------------------------------------------- the function's input
@@ -127,11 +164,7 @@ def input_schema(pipeline: Pipeline) -> StructType:
     spine = _typed(pipeline, feat.spine.source, _unique([*keys, *_spine_columns(pipeline)]))
     columns = [*spine[:len(keys)], (AS_OF, "date"), *[c for c in spine[len(keys):] if c[0] != AS_OF]]
     events = _events(pipeline)
-    if events is not None:
-        clash = [c for c in events.columns if c in dict(columns) and c not in keys]
-        if clash:
-            raise ConfigError(f"pipeline {pipeline.name}: column '{clash[0]}' is both a spine column and an event "
-                              f"column; keep it in one of features.spine.columns and features.events.columns")
+    if events is not None:  # a column on both sides is refused when the pipeline is loaded (config)
         columns += _typed(pipeline, events.source, [c for c in events.columns if c not in keys])
     return schema_of(columns)
 
@@ -190,7 +223,9 @@ def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[d
                      .select(*_unique([*keys, event_time, *spec.columns]))
                      .join(on_dates, how="inner",
                            on=(F.col(event_time) < cutoff)
-                           & (F.col(event_time) >= F.date_sub(F.col(AS_OF), lookback).cast("timestamp"))))
+                           & (F.col(event_time) >= F.date_sub(F.col(AS_OF), lookback).cast("timestamp")))
+                     # The event time picks the window; unlisted, it leaves (the spine may have one of that name).
+                     .select(*_unique([*keys, AS_OF, *spec.columns])))
         rows = rows.join(in_window, on=[*keys, AS_OF], how="left")
     return rows.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in input_schema(pipeline).fields])
 
@@ -238,6 +273,7 @@ def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline
                    dates: list[dt.date], owner: str) -> None:
     """Replace exactly these dates in gold.<pipeline>_features (a rerun rewrites them, nothing else)."""
     listed = ", ".join(f"DATE'{d.isoformat()}'" for d in as_dates(dates))
+    activate_version(spark, lakehouse, pipeline)
     lake.replace_where(spark, df, lakehouse, features_table(pipeline), f"{AS_OF} IN ({listed})",
                        partition_by=[AS_OF],
                        properties={"lakeforge.description": f"{pipeline.name} features, one row per "

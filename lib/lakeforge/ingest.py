@@ -631,7 +631,7 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
     with _OPS_WRITES:
         lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
                     properties=_props("Landing files seen, once each: loaded (with their row accounting), "
-                                      "duplicate deliveries, unreadable and refused entries", owner, "lakeforge"))
+                                      "files delivered twice, unreadable and refused entries", owner, "lakeforge"))
     crash_point("ledger")
     if to_load:
         _pending(lakehouse, source_name).unlink(missing_ok=True)
@@ -639,7 +639,7 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
                                  for k in ("read", "kept", "quarantined", "dropped")))
     log(f"{source_name}: {len(to_load)} new file(s), {total.read:,} rows read = {total.kept:,} kept + "
         f"{total.quarantined:,} quarantined + {total.dropped:,} dropped"
-        + (f"; {len(duplicates)} duplicate deliveries" if duplicates else "")
+        + (f"; {len(duplicates)} delivered twice" if duplicates else "")
         + (f"; {len(unreadable)} unreadable" if unreadable else "")
         + (f"; {len(refused)} refused (not regular files inside the folder)" if refused else ""))
     return IngestResult(source_name, batch_id, len(to_load), total.read, total.kept, total.quarantined, total.dropped,

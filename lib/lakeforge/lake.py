@@ -239,6 +239,19 @@ def register_tables(spark: SparkSession, lakehouse: Path) -> list[str]:
     return names
 
 
+def rename_table(spark: SparkSession, lakehouse: Path, name: str, new_name: str) -> None:
+    """Give a table another name in the same layer: its folder moves (Delta's log holds paths relative to it, so
+    every version stays readable) and the by-name entries follow."""
+    source, target = table_path(lakehouse, name), table_path(lakehouse, new_name)
+    if name.partition(".")[0] != new_name.partition(".")[0]:
+        raise DataError(f"cannot rename {name} to {new_name}: a table keeps its layer")
+    if target.exists():
+        raise DataError(f"cannot rename {name} to {new_name}: {target} already exists; move one of them aside")
+    source.rename(target)
+    spark.sql(f"DROP TABLE IF EXISTS {name}")
+    register_tables(spark, lakehouse)
+
+
 def forget_tables(spark: SparkSession) -> None:
     """Drop this session's by-name catalog entries (the tables' data and logs stay where they are)."""
     for layer in LAYERS:

@@ -34,7 +34,7 @@ _held: dict[Path, list] = {}  # this process's locks: path -> [fd, depth]; a sta
 
 
 def lock_path(lakehouse: Path, name: str) -> Path:
-    """The lock file of `name` (e.g. `ingest`, `score-churn`)."""
+    """The lock file of `name` (e.g. `ingest`, `score-<pipeline>`)."""
     return lakehouse / "_lakeforge" / "locks" / f"{name}.lock"
 
 

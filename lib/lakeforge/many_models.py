@@ -7,7 +7,7 @@ group, its training rows and the fitted model pickled to bytes. A group with few
 calls; the driver collects the small model rows and registers them as one routing model.
 
 Groups are spread over the tasks by their row counts (`balanced_slots`), not by a hash of their key:
-by a hash, 480 equal stores fell into 4 partitions of 106 to 137 groups, and on 2 cores one core
+by a hash, 480 equal groups fell into 4 partitions of 106 to 137 groups, and on 2 cores one core
 fitted 256 groups while the other, done after 224, sat idle.
 """
 

@@ -97,7 +97,7 @@ def _rmse(task, y, p, classes, top_k):
 
 
 def _mape(task, y, p, classes, top_k):
-    """Divided by max(actual, 1), so a day with no orders does not divide by zero."""
+    """Divided by max(actual, 1), so an actual of zero does not divide by zero."""
     y, err = _errors(y, p)
     return float((np.abs(err) / np.maximum(y, 1.0)).mean())
 

@@ -149,7 +149,7 @@ class ModelFiles:
 
 def read(folder: Path, manifest_sha256: str, where: str) -> ModelFiles:
     """The model files in `folder`, each checked against the manifest and the manifest against the SHA-256
-    recorded at registration; `where` names the model in the error (e.g. `churn version 3`)."""
+    recorded at registration; `where` names the model in the error (e.g. `<pipeline> version 3`)."""
     def refuse(name: str, why: str) -> ModelFilesRefused:
         return ModelFilesRefused(f"{where}: model file {FOLDER}/{name} ({folder / name}) {why}; refusing to score "
                                  f"it. Retrain (`lakeforge train`) or point @champion at an intact version "

@@ -62,7 +62,7 @@ def spark_type(name: str) -> DataType:
 
 
 def schema_of(columns) -> StructType:
-    """A StructType from (name, type name) pairs, e.g. a YAML `columns:` mapping's items()."""
+    """A StructType from (name, type name) pairs, e.g. a YAML `columns:` mapping's `.items()`."""
     return StructType([StructField(str(name), spark_type(kind), True) for name, kind in columns])
 
 

@@ -323,7 +323,7 @@ def points_pandas(rows: pd.DataFrame, pipeline: Pipeline, days: list[dt.date],
             frame = frame.query(p.where)
         except Exception as exc:  # pandas raises many types for an expression it cannot read
             raise ConfigError(f"points.where '{p.where}' cannot be evaluated by pandas ({exc}); write it as a "
-                              f"comparison SQL and pandas both read, e.g. channel == 'delivery'") from None
+                              f"comparison SQL and pandas both read, e.g. status == 'open'") from None
     out = frame[[*pipeline.keys, AS_OF_DATE]].assign(**{PREDICTION_AT: pd.to_datetime(frame[pipeline.point_time])})
     for c in pipeline.point_columns:
         out[c] = frame[c]

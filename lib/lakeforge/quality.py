@@ -48,7 +48,7 @@ def flag(i: int) -> str:
 
 
 def describe_expectation(e: Expectation, source: Source | None = None) -> str:
-    """A short human name: `amount range [0, 500]`, `channel accepted_values`, `min_rows 100`."""
+    """A short human name: `price range [0, 500]`, `status accepted_values`, `min_rows 100`."""
     def show(v):
         return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -232,7 +232,7 @@ def broken(results: list[CheckResult], action: str) -> dict[str, list[CheckResul
 
 
 def summarize(check: str, failed: list[CheckResult], results: list[CheckResult]) -> str:
-    """`'amount range [0, 500]' failed on 3 of 120 rows in 2 of 5 files (a.jsonl: 2, b.jsonl: 1)`."""
+    """`'price range [0, 500]' failed on 3 of 120 rows in 2 of 5 files (a.jsonl: 2, b.jsonl: 1)`."""
     rows_checked = sum(r.rows_checked for r in results if r.check == check)
     files_checked = sum(1 for r in results if r.check == check)
     failing_rows = sum(r.rows_failing for r in failed)

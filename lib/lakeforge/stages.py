@@ -7,7 +7,6 @@ need, reports progress and returns a small summary dict. The CLI and jobs/*.py c
 from __future__ import annotations
 
 import datetime as dt
-import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -236,6 +235,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
             tags = {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
                     "lakeforge.version": runs.__version__, "lakeforge.run_id": run.run_id,
                     "lakeforge.trained_as_of": (last + dt.timedelta(days=1)).isoformat(), "lakeforge.trigger": why,
+                    FEATURE_VERSION_TAG: feats.feature_version(pipeline),
                     "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
                     "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
                     **{f"lakeforge.input.{name}": str(v) for name, v in run.inputs.items()}}
@@ -399,6 +399,9 @@ def _champion_metric(ctx: Context, holdout, label: str) -> float | None:
                                 ctx.pipeline.model.top_k, classes).get(ctx.pipeline.model.metric)
 
 
+FEATURE_VERSION_TAG = "lakeforge.feature_version"  # on each model's training run: see features.feature_version
+
+
 def score(ctx: Context, score_date: dt.date | None = None) -> dict:
     """Score every entity's features for the date with @champion into gold.<pipeline>_predictions."""
     pipeline = ctx.pipeline
@@ -407,7 +410,7 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         mv = registry.champion(ctx.mlflow, pipeline.name)
         version = int(mv.version)
         score_date = run.run_date = score_date or _default_score_date(ctx)
-        table = feats.features_table(pipeline)
+        table = _champions_features(ctx, version, score_date)
         run.input(ctx.spark, ctx.lakehouse, table)
         if table not in run.inputs:
             raise DataError(f"{table} does not exist: run `lakeforge features --pipeline {pipeline.name} "
@@ -446,6 +449,25 @@ def score(ctx: Context, score_date: dt.date | None = None) -> dict:
         run.log(f"{out}: {written:,} predictions for {score_date} with {pipeline.name} v{version}")
         return {"stage": "score", "score_date": score_date.isoformat(), "rows": written, "version": version,
                 **model.details, "unseen_categories": unseen}
+
+
+def _champions_features(ctx: Context, version: int, score_date: dt.date) -> str:
+    """The features table of the feature version the champion was trained on: the current one, or an earlier
+    version's kept table while it has the date's rows (else an error saying how to move on)."""
+    pipeline = ctx.pipeline
+    current = feats.feature_version(pipeline)
+    trained_on = registry.version_run(ctx.mlflow, pipeline.name, version).data.tags.get(FEATURE_VERSION_TAG)
+    if trained_on in (None, current):  # None: registered before feature versions were recorded
+        return feats.features_table(pipeline)
+    table = feats.features_table(pipeline, trained_on)
+    if lake.exists(ctx.lakehouse, table) and lake.read(ctx.spark, ctx.lakehouse, table).where(
+            F.col(feats.AS_OF) == F.lit(score_date)).limit(1).count():
+        return table
+    raise DataError(f"{pipeline.name} version {version} (@champion) was trained on feature version {trained_on}, and "
+                    f"{table} has no rows for {score_date}; the pipeline's features are now version {current} "
+                    f"({feats.features_table(pipeline)}). Train on them (`lakeforge train --pipeline "
+                    f"{pipeline.name}`) and promote the new version if the gate kept it @challenger, or restore the "
+                    f"feature columns of version {trained_on}")
 
 
 def _explain_nothing_to_score(ctx: Context, table: str, version: int, score_date: dt.date) -> None:
@@ -785,33 +807,3 @@ def doctor(ctx: Context) -> list:
     """Check every table's log and data files, with how to recover a damaged one (reads only; no run recorded,
     so it works on a lakehouse whose ops.runs is itself damaged or on read-only storage)."""
     return lake.doctor(ctx.spark, ctx.lakehouse)
-
-
-def reset_local_state(settings: Settings) -> list[Path]:
-    """Delete what lakeforge made for this project (landing, lakehouse, reports, MLflow store) for a fresh demo;
-    anything it did not make is refused (see lakeforge.ownership)."""
-    return ownership.remove(settings, Path.cwd())
-
-
-def generate(settings: Settings, **overrides) -> dict:
-    """Write the demo landing files (deterministic for the seed) and return their manifest."""
-    from lakeforge.demo.generator import SOURCE_DIRS, DemoSpec, generate_demo
-
-    demo = settings.demo.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    spec = DemoSpec(seed=demo.seed, customers=demo.customers, stores=demo.stores, days=demo.days,
-                    start_date=demo.start_date, shift_date=demo.shift_date,
-                    column_added_date=demo.column_added_date, dirty=demo.dirty)
-    landing = settings.paths.landing
-    ownership.claim(settings, "paths.landing")
-    # The generator replaces its source folders whole: only in a landing folder lakeforge made for this project.
-    ownership.check_replace(settings, "paths.landing", [landing / name for name in SOURCE_DIRS], Path.cwd())
-    manifest_path = landing / "_manifest.json"
-    if manifest_path.is_file() and lake.exists(settings.paths.lakehouse, ingestion.FILE_LEDGER):
-        old = json.loads(manifest_path.read_text()).get("spec")
-        current = {k: str(v) for k, v in spec.__dict__.items()}
-        if old is not None and {k: str(v) for k, v in old.items()} != current:
-            raise DataError(f"the landing files in {landing} were generated with another spec ({old}) and are "
-                            f"already ingested; regenerating would change files the lakehouse has loaded. "
-                            f"Start fresh with `lakeforge demo --fresh` (deletes the folders lakeforge made) or "
-                            f"`make clean`.")
-    return generate_demo(landing, spec)

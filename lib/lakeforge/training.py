@@ -166,7 +166,7 @@ def naive_predictions(task: str, train: pd.DataFrame, holdout: pd.DataFrame, lab
                       as_of: str, classes: tuple | list = ()) -> dict[str, np.ndarray]:
     """What a model must beat, on the holdout rows: the training base rate (classification), class shares
     (multiclass: the majority class is the most probable) or mean (regression) for every row, and - where the
-    same key has a label 7 days earlier (a time-indexed target, e.g. next-day demand) - last week's value,
+    same key has a label 7 days earlier (a time-indexed target, e.g. a next-day count) - last week's value,
     the training mean where it has none."""
     if task == metrics.MULTICLASS:
         shares = train[label].astype(str).value_counts(normalize=True)

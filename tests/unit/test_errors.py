@@ -26,7 +26,8 @@ class FakePy4JError(Exception):
     ("read_only_save.txt", "java.io.FileNotFoundException: /tmp/h5exp/m/ro/ops/runs/"
                            "part-00001-9bd64784-46b3-45f1-aba4-75407fa681c4-c000.snappy.parquet (Read-only file system)"),
     ("disk_full_save.txt", "java.io.IOException: No space left on device"),
-    ("python_worker.txt", "ValueError: feature function churn_features: column 'orders_30d' is missing"),
+    ("python_worker.txt", "ValueError: feature function churn_features: column 'orders_30d' is missing "
+                          "(raised in boom, /srv/pipelines/churn.py, line 9)"),
 ])
 def test_the_deepest_cause_of_real_failures(name, cause):
     assert root_cause_of_text((TEXTS / name).read_text()) == cause
@@ -45,7 +46,7 @@ def test_a_python_worker_failure_inside_a_java_trace_is_the_worker_exception():
             "  File \"/srv/pipelines/churn.py\", line 9, in boom\n"
             "KeyError: 'orders_30d'\n\n"
             "\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:581)\n")
-    assert root_cause(FakePy4JError(text)) == "KeyError: 'orders_30d'"
+    assert root_cause(FakePy4JError(text)) == "KeyError: 'orders_30d' (raised in boom, /srv/pipelines/churn.py, line 9)"
 
 
 def test_any_other_error_is_its_type_and_first_line():
@@ -63,3 +64,31 @@ def test_the_cli_prints_the_cause_on_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "lakeforge ingest: failed: java.io.IOException: No space left on device (rerun with --debug for the "
         "traceback; the run is recorded in ops.runs)\n")
+
+
+def test_a_user_functions_failure_names_the_users_frame_not_lakeforges():
+    assert root_cause_of_text((TEXTS / "user_function.txt").read_text()) == (
+        "ValueError: bad row 7 (raised in customer_activity, /srv/pipelines/failing_features.py, line 11)")
+
+
+def test_a_failure_inside_pandas_names_the_user_line_that_called_it():
+    text = ("An exception was thrown from the Python worker: Traceback (most recent call last):\n"
+            '  File "/opt/venv/lib/python3.11/site-packages/pyspark/worker.py", line 2011, in main\n'
+            '  File "/opt/lakeforge/lib/lakeforge/pandas_on_spark.py", line 277, in run\n'
+            '  File "/srv/pipelines/churn.py", line 14, in activity\n'
+            '    rows["order_total"]\n'
+            '  File "/opt/venv/lib/python3.11/site-packages/pandas/core/frame.py", line 4107, in __getitem__\n'
+            '  File "/usr/lib/python3.11/functools.py", line 909, in wrapper\n'
+            "KeyError: 'order_total'\n")
+    assert root_cause_of_text(text) == "KeyError: 'order_total' (raised in activity, /srv/pipelines/churn.py, line 14)"
+
+
+def _users_function():
+    raise ValueError("bad row 7")
+
+
+def test_a_failure_on_the_driver_names_the_users_frame():
+    with pytest.raises(ValueError) as raised:
+        _users_function()
+    line = _users_function.__code__.co_firstlineno + 1
+    assert root_cause(raised.value) == f"ValueError: bad row 7 (raised in _users_function, {__file__}, line {line})"

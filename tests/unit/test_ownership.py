@@ -198,16 +198,16 @@ def test_cli_refuses_the_root_folder_before_spark(project):
 
 
 def test_generate_replaces_source_folders_only_in_a_landing_folder_it_made(project):
-    from lakeforge import stages
+    from lakeforge.demo.commands import generate
 
     size = {"customers": 10, "stores": 1, "days": 60}
     mine = load()
-    stages.generate(mine, **size)
-    assert stages.generate(mine, **size)["orders"]["files"] == 60  # a rerun replaces its own folders
+    generate(mine, **size)
+    assert generate(mine, **size)["orders"]["files"] == 60  # a rerun replaces its own folders
     foreign = project / "incoming"
     (foreign / "orders").mkdir(parents=True)
     (foreign / "orders" / "real.jsonl").write_text('{"order_id": 1}\n')
     with pytest.raises(DeletionRefused, match=rf"refusing to replace {foreign / 'orders'}: paths\.landing {foreign}: "
                                               rf"lakeforge did not create it"):
-        stages.generate(load(f"paths.landing={foreign}"), **size)
+        generate(load(f"paths.landing={foreign}"), **size)
     assert (foreign / "orders" / "real.jsonl").read_text() == '{"order_id": 1}\n'

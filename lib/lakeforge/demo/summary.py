@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-from lakeforge import lake, stages
+from lakeforge import lake, ownership, stages
+from lakeforge.demo.commands import generate
 from lakeforge.scoring import predictions_table
 
 
@@ -14,8 +16,8 @@ def run_demo(ctx: stages.Context, fresh: bool = False, pipelines: list[str] | No
     from lakeforge.config import available_pipelines, load_pipeline
 
     started = time.monotonic()
-    if fresh:
-        stages.reset_local_state(ctx.settings)
+    if fresh:  # what lakeforge made for this project; anything else is refused (lakeforge.ownership)
+        ownership.remove(ctx.settings, Path.cwd())
     names = pipelines or available_pipelines()
     contexts = [ctx if name == ctx.pipeline.name else
                 stages.Context(ctx.settings, load_pipeline(name), spark_factory=lambda _: ctx.spark) for name in names]
@@ -29,7 +31,7 @@ def run_demo(ctx: stages.Context, fresh: bool = False, pipelines: list[str] | No
               flush=True)
 
     step("generate landing files")
-    manifest = stages.generate(ctx.settings, **size)
+    manifest = generate(ctx.settings, **size)
     step("ingest into bronze/silver")
     for each in contexts:  # each pipeline's sources; a source already loaded has no new files
         stages.ingest(each)
