@@ -808,6 +808,7 @@ def load_pipeline(name: str, overrides: list[str] | None = None, directory: Path
     _check_label_events(pipeline, path)
     _check_monitoring(pipeline, path)
     _check_model(pipeline, path)
+    _check_functions(pipeline, path)
     return pipeline
 
 
@@ -979,6 +980,54 @@ def _check_monitoring(pipeline: Pipeline, path: Path) -> None:
             if name not in inputs:
                 _refuse(path, "retrain.psi_features", f"'{name}' is not a model input, so it has no drift to "
                         f"watch (model inputs: {', '.join(inputs)})")
+
+
+def _check_functions(pipeline: Pipeline, path: Path) -> None:
+    """Each pandas function the YAML names is a top-level function or callable of a module that can be found,
+    checked without running the module (its imports would cost the check its second; the stage imports it)."""
+    named = [("features.function", pipeline.features.function), ("label.function", pipeline.label.function),
+             *((f"features.sets.{name}.function", each.function) for name, each in pipeline.features.sets.items())]
+    for key, dotted in named:
+        if dotted and (problem := _function_problem(dotted)):
+            _refuse(path, key, f"{problem}; name a module.function that Python can import (the module on "
+                               f"PYTHONPATH or installed)")
+
+
+def _function_problem(dotted: str) -> str | None:
+    """Why `module.function` cannot be imported (None when it can, or when only running the module would tell)."""
+    import ast
+    import importlib.util
+
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name or not attr:
+        return f"'{dotted}' is not a module.function path"
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        return f"cannot find module '{module_name}' ({exc})"
+    if spec is None:
+        return f"no module named '{module_name}'"
+    if not spec.origin or not spec.origin.endswith(".py"):
+        return None  # a compiled or namespace module: only importing it tells
+    try:
+        tree = ast.parse(Path(spec.origin).read_bytes(), spec.origin)
+    except (OSError, SyntaxError) as exc:
+        return f"cannot read module '{module_name}' at {spec.origin} ({exc})"
+    defined = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and all(a.name != "*" for a in node.names):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif not isinstance(node, ast.Expr):  # an if, a loop, a star import...: only running the module tells
+            return None
+    if attr not in defined:
+        functions = sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_"))
+        return f"module '{module_name}' ({spec.origin}) defines no '{attr}' (its functions: {', '.join(functions)})"
+    return None
 
 
 def _check_model(pipeline: Pipeline, path: Path) -> None:

@@ -72,12 +72,12 @@ def test_demo_accounts_for_every_landing_row(demo_runs):
     assert len(ledger) == sum(manifest[source]["files"] for source in sources)
     assert (ledger.rows_read == ledger.rows_kept + ledger.rows_quarantined + ledger.rows_dropped).all()
     # Every pipeline trained, with its metric beside the naive answers on the same holdout rows.
-    assert re.search(r"^  churn +version 1 @champion +holdout auc 0\.\d{3} \(naive: base rate 0\.500\)$", first.stdout,
-                     re.M), first.stdout
-    assert re.search(r"^  demand +version 1 @\w+ +holdout mae \d+\.\d{3} \(naive: mean \d+\.\d{3}, last week "
-                     r"\d+\.\d{3}\)$", first.stdout, re.M), first.stdout
-    assert re.search(r"^  delivery_time +version 1 @\w+ +holdout mae \d+\.\d{3} \(naive: mean \d+\.\d{3}\)$",
-                     first.stdout, re.M), first.stdout
+    assert re.search(r"^  churn +version 1 @champion +holdout auc 0\.\d{3} \(higher is better; naive: base rate "
+                     r"0\.500\)$", first.stdout, re.M), first.stdout
+    assert re.search(r"^  demand +version 1 @\w+ +holdout mae \d+\.\d{3} \(lower is better; naive: mean "
+                     r"\d+\.\d{3}, last week \d+\.\d{3}\)$", first.stdout, re.M), first.stdout
+    assert re.search(r"^  delivery_time +version 1 @\w+ +holdout mae \d+\.\d{3} \(lower is better; "
+                     r"naive: mean \d+\.\d{3}\)$", first.stdout, re.M), first.stdout
 
 
 def test_every_table_reads_the_same_in_delta_rs_as_in_spark(demo_runs):

@@ -119,7 +119,15 @@ MISTAKES = {
         r"'order_ts' would reach the function twice, as a spine column \(features\.spine\.since or columns: the "
         r"entity's latest row\) and as an event column \(each event in the lookback\); list it on one side only "
         r"\(events columns without it: \[channel, amount\]\)"),
+    "feature function module typo": (
+        "churn", "function: lakeforge.demo.churn.customer_activity", "function: lakeforge.demo.chrun.customer_activity",
+        r"churn\.yaml: key 'features\.function': no module named 'lakeforge\.demo\.chrun'; name a module\.function"),
+    "feature set function name typo": (
+        "delivery_time", "function: lakeforge.demo.delivery.store_load", "function: lakeforge.demo.delivery.store_lod",
+        r"delivery_time\.yaml: key 'features\.sets\.store_load\.function': module 'lakeforge\.demo\.delivery' "
+        r"\(.*delivery\.py\) defines no 'store_lod' \(its functions: .*store_load.*\)"),
 }
+
 
 @pytest.mark.parametrize("pipeline, old, new, message", MISTAKES.values(), ids=MISTAKES.keys())
 def test_each_mistake_is_one_error_before_spark_starts(conf, pipeline, old, new, message):

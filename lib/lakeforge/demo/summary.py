@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from lakeforge import lake, ownership, stages
+from lakeforge import lake, metrics, ownership, stages
 from lakeforge.demo.commands import generate
 from lakeforge.scoring import predictions_table
 
@@ -48,8 +48,9 @@ def _model_line(pipeline, trained: dict) -> str:
     """The model's holdout metric beside the naive answers it must beat (on the same rows)."""
     metric = pipeline.model.metric
     naive = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in trained.get("naive", {}).items())
+    better = "higher" if metrics.higher_is_better(metric) else "lower"
     return (f"  {pipeline.name:<14} version {trained['version']} @{trained['alias']:<10} holdout {metric} "
-            f"{trained[metric]:.3f}" + (f" (naive: {naive})" if naive else ""))
+            f"{trained[metric]:.3f} ({better} is better" + (f"; naive: {naive})" if naive else ")"))
 
 
 def format_summary(ctx: stages.Context, manifest: dict, results: list, seconds: float) -> str:
@@ -62,8 +63,7 @@ def format_summary(ctx: stages.Context, manifest: dict, results: list, seconds: 
     lines += ["", f"Landing: {orders['lines']:,} order lines, of which {orders['malformed_lines']} malformed and "
                   f"{orders['null_customer_id']} without a customer (both quarantined), "
                   f"{orders['duplicate_lines']} duplicates and {orders['late_lines']} late (deduplicated in silver).",
-              "", "Models (holdout metric against the naive answer on the same rows; auc: higher is better, "
-                  "mae: lower):"]
+              "", "Models (holdout metric against the naive answer on the same rows):"]
     lines += [_model_line(pipeline, trained) for pipeline, trained, _ in results]
     lines += ["", "Predictions:"]
     for pipeline, _, scored in results:
