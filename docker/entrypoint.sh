@@ -167,8 +167,12 @@ submit)
     # sys.path), so executors run the driver's exact code; comma-separated, more files may follow.
     [[ -n "${LAKEFORGE_PY_FILES:-}" ]] && args+=(--py-files "$LAKEFORGE_PY_FILES")
     # spark-submit starts the driver JVM: the metastore's JDBC driver must be on its class path from the start.
-    driver_class_path=$(metastore_driver)
-    [[ -n "$driver_class_path" ]] && args+=(--driver-class-path "$driver_class_path")
+    # Only for a shared catalog (LAKEFORGE_SHARED_CATALOG=1): a longer class path than the class archive was
+    # dumped with makes the JVM refuse the archive and load every class itself.
+    if [[ "${LAKEFORGE_SHARED_CATALOG:-0}" == 1 ]]; then
+        driver_class_path=$(metastore_driver)
+        [[ -n "$driver_class_path" ]] && args+=(--driver-class-path "$driver_class_path")
+    fi
     [[ -n "${SPARK_DRIVER_MEMORY:-}" ]] && args+=(--driver-memory "$SPARK_DRIVER_MEMORY")
     [[ -n "${SPARK_EXECUTOR_MEMORY:-}" ]] && args+=(--executor-memory "$SPARK_EXECUTOR_MEMORY")
     export LAKEFORGE_CONF_DIR="$conf_dir"

@@ -266,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         return _access(settings, args.action)
     if args.verb == "demo":  # every pipeline by default; the first one's context runs the shared steps
         args.pipeline = (demo_pipelines or config.available_pipelines())[0]
+    elif args.verb == "status" and not args.pipeline:  # every pipeline's health: any one gives the context
+        args.pipeline = next(iter(config.available_pipelines()), None) or config.chosen_pipeline(None)
     elif args.verb not in ("generate", "doctor"):
         args.pipeline = config.chosen_pipeline(args.pipeline)
     pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)

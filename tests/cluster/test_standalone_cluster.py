@@ -4,6 +4,8 @@ what a failed stage leaves behind (exit code, ops.runs) and how a rerun repairs 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytestmark = pytest.mark.cluster
@@ -24,8 +26,10 @@ def test_stages_run_as_applications_on_both_workers(trained, spark_cluster):
 def test_a_stage_failing_on_the_executors_exits_nonzero_and_is_recorded(night, trained):
     assert night.failed.returncode == 1, night.failed.stdout[-3000:]
     # Raised in an executor's Python worker: the message is the worker's own exception, not the Java wrapper's.
-    assert ("lakeforge run: failed: RuntimeError: injected executor failure (lakeforge cluster test) (rerun with "
-            "--debug") in night.failed.stdout
+    # Then where the model's code raised it (the worker's traceback names the file and line), then the hint.
+    assert re.search(r"lakeforge run: failed: RuntimeError: injected executor failure \(lakeforge cluster test\) "
+                     r"\(raised in predict, \S*lakeforge_chaos\.py, line 13\) \(rerun with --debug",
+                     night.failed.stdout), night.failed.stdout[-3000:]
     assert "recorded in ops.runs" in night.failed.stdout
     runs = trained.runs()
     failed_night = runs.iloc[night.runs_before:night.runs_before + 3]

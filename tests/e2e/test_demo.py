@@ -162,7 +162,8 @@ def test_every_folder_the_demo_made_is_marked_as_this_projects(demo_runs, monkey
 
 
 def test_missing_jars_fail_fast_with_the_fix(tmp_path):
-    result = lakeforge(tmp_path, "ingest", "--env", "test", env={"LAKEFORGE_JAR_CACHE": str(tmp_path / "none")})
+    result = lakeforge(tmp_path, "ingest", "--pipeline", "churn", "--env", "test",
+                       env={"LAKEFORGE_JAR_CACHE": str(tmp_path / "none")})
     assert result.returncode == 2
     assert "Delta Lake jars are not cached" in result.stderr and "make setup" in result.stderr
     assert "Traceback" not in result.stderr
