@@ -274,7 +274,7 @@ def test_a_train_killed_after_moving_the_alias_is_reconciled_and_its_orphan_mlfl
         registry.RUN_TAG: first_run["run_id"], registry.PID_TAG: str(first_pid), registry.HOST_TAG: host}
 
     # ops.audit as lakeforge wrote it before the status column: @challenger -> v1, as the registry has it.
-    old_schema = runs.AUDIT_SCHEMA.removesuffix(", status string")
+    old_schema = runs.AUDIT_SCHEMA.partition(", status string")[0]
     lake.append(spark, spark.createDataFrame([(dt.datetime(2026, 11, 1, 3), "ops", "old-host", "churn", "challenger",
                                                None, 1, "promote: before the status column", "old")], old_schema),
                 lakehouse, runs.AUDIT)
