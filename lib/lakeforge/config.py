@@ -1007,12 +1007,14 @@ def _function_problem(dotted: str) -> str | None:
         return f"cannot find module '{module_name}' ({exc})"
     if spec is None:
         return f"no module named '{module_name}'"
-    if not spec.origin or not spec.origin.endswith(".py"):
-        return None  # a compiled or namespace module: only importing it tells
+    if not spec.origin or not spec.origin.endswith(".py") or not Path(spec.origin).is_file():
+        return None  # compiled, namespace or inside a zip (a spark-submit --py-files wheel): importing it tells
     try:
         tree = ast.parse(Path(spec.origin).read_bytes(), spec.origin)
-    except (OSError, SyntaxError) as exc:
-        return f"cannot read module '{module_name}' at {spec.origin} ({exc})"
+    except SyntaxError as exc:
+        return f"module '{module_name}' ({spec.origin}) is not valid Python ({exc})"
+    except OSError:
+        return None
     defined = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
