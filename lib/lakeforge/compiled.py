@@ -197,8 +197,7 @@ class Scorer:
         self.how = how  # estimator -> compiled | native | linear
         self.feature_names = list(spec["feature_names"])
         self.inputs = list(spec["inputs"])
-        self.codes = {c: {v: float(i) for i, v in enumerate(values)}
-                      for c, values in spec.get("categories", {}).items()}
+        self.categories = {c: pd.Index(values) for c, values in spec.get("categories", {}).items()}
         if spec["kind"] == "routing":
             self.routes = {group: predictors[stem] for group, stem in spec["groups"]}
             self.fallback = predictors[spec["fallback"]]
@@ -208,10 +207,10 @@ class Scorer:
         columns = _columns(rows)
         x = np.empty((len(rows), len(self.inputs)), dtype="float64")
         for j, name in enumerate(self.inputs):
-            if name in self.codes:  # a string input: its category's position, NaN for a null or an unseen value
-                codes = self.codes[name]
-                x[:, j] = [codes.get(v, np.nan) if v is not None else np.nan
-                           for v in columns(name, numeric=False).tolist()]
+            if name in self.categories:  # a string input: its category's position, NaN for a null or an unseen value
+                at = self.categories[name].get_indexer(columns(name, numeric=False)).astype("float64")
+                at[at < 0] = np.nan
+                x[:, j] = at
             else:
                 x[:, j] = columns(name)
         return x

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import cloudpickle
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from mlflow.tracking import MlflowClient
@@ -125,15 +126,13 @@ def predict(features: DataFrame, model_payload, model_key: str, ids: list[str],
     `model_key` is the broadcast model's `Loaded.fingerprint`.
     """
 
-    out_type = pa.list_(pa.float64()) if classes else pa.float64()
-
     @F.arrow_udf(ArrayType(DoubleType()) if classes else DoubleType())
     def score_batches(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         model = _model_on_worker(model_key, model_payload)
         stall = os.environ.get(STALL_AFTER_FIRST_BATCH)
         for batch in batches:
             scores = model(batch)
-            yield pa.array(list(scores) if classes else scores, type=out_type)
+            yield _class_rows(scores) if classes else pa.array(scores, type=pa.float64())
             if stall:
                 Path(stall).touch()
                 time.sleep(3600)
@@ -147,6 +146,14 @@ def predict(features: DataFrame, model_payload, model_key: str, ids: list[str],
     return (features.select(*ids, score_batches(inputs).alias("_probabilities"))
             .select(*ids, F.element_at(names, F.array_position(p, F.array_max(p)).cast("int")).alias("prediction"),
                     F.map_from_arrays(names, p).alias("probabilities")))
+
+
+def _class_rows(probabilities) -> pa.ListArray:
+    """A (rows x classes) matrix as one Arrow list per row, without a Python object per row."""
+    matrix = np.ascontiguousarray(probabilities, dtype="float64")
+    rows, width = matrix.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype="int32"))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
 
 
 def unseen_categories(features: DataFrame, categories: dict[str, list[str]]) -> dict[str, int]:
