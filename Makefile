@@ -9,13 +9,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup setup-browser demo test test-fast clean
 
-setup: $(STAMP) setup-browser
+setup: $(STAMP)
 	@$(BIN)/lakeforge setup-jars
 
-# The report tests open the monitoring pages in headless Chromium (Debian's package).
+# The report tests open the monitoring pages in headless Chromium (Debian's package); the demo does not need it.
+# On a fresh machine the package lists may be empty: one `apt-get update`, then the install again.
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) apt-get
 setup-browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get install -y chromium 2>/dev/null || sudo apt-get install -y chromium; } \
-		|| { echo "make setup: install Debian's chromium package (apt-get install chromium)"; exit 1; }
+	@command -v chromium >/dev/null 2>&1 || $(APT) install -y chromium 2>/dev/null \
+		|| { $(APT) update && $(APT) install -y chromium; } \
+		|| { echo "make setup-browser: install Debian's chromium package (apt-get install chromium)"; exit 1; }
 
 # Reinstall only when the dependency pins change.
 $(STAMP): pyproject.toml
@@ -28,10 +31,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/lakeforge demo
 
-test: setup
+test: setup setup-browser
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup setup-browser
 	$(BIN)/python -m pytest -m "$(FAST)"
 
 clean:
