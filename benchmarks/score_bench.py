@@ -8,7 +8,8 @@ LightGBM regressor per store and a fallback), over the same N feature rows and t
   (b) mlflow.pyfunc.spark_udf(..., env_manager="local") into Spark's no-op sink;
   (c) lakeforge scoring from the model files with LightGBM's own predict (native), no-op sink;
   (d) lakeforge scoring with the compiled model, no-op sink; and the whole `score` stage (Delta read,
-      predict, Delta write of the partition, ops.runs) with the share of its time outside (d).
+      predict, Delta write of the partition, ops.runs) with the share of its time outside (d);
+  (f) the same Arrow UDF with no model in it, no-op sink: the JVM-Python transfer ceiling of any Spark scoring.
 Also: the compile time (empty cache), the maximum |compiled - LightGBM| over all rows, the peak memory
 during the churn stage runs. Each timing is the median of `--repeat` runs. Writes
 benchmarks/results/score_bench.json (with date, cores, load average before and after, command line);
@@ -30,10 +31,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow as pa  # at module level: the Arrow UDF's string annotations are resolved in this module
 
 import record  # benchmarks/record.py, beside this script
 
@@ -124,10 +127,10 @@ def synthetic_demand(n: int, stores: int, seed: int = 0) -> pd.DataFrame:
 def with_threads(python_model, threads: int):
     """A copy of a lakeforge pyfunc model whose LightGBM estimators predict on `threads` threads."""
     model = copy.deepcopy(python_model)
-    for estimator in [getattr(model, "estimator", None), getattr(model, "fallback", None),
-                      *getattr(model, "models", {}).values()]:
-        if estimator is not None:
-            estimator.set_params(n_jobs=threads)
+    for fitted in [getattr(model, "estimator", None), getattr(model, "fallback", None),
+                   *getattr(model, "models", {}).values()]:
+        if fitted is not None:
+            fitted.estimator.set_params(n_jobs=threads)  # estimators.Fitted wraps the LightGBM estimator
     return model
 
 
@@ -151,6 +154,20 @@ def profile_batches(native_payload: dict, compiled_payload: dict, rows: pd.DataF
     return profile
 
 
+def _transfer_only():
+    """(f): scoring's Arrow UDF shape (the feature struct in, one double per row out) with no model in it: the
+    most any Spark scoring of these rows can do on this machine, the ceiling (c) and (d) are measured against."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType
+
+    @F.arrow_udf(DoubleType())
+    def zeros(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        for batch in batches:
+            yield pa.array(np.zeros(len(batch)))
+
+    return zeros
+
+
 def bench_model(ctx, version: int, make_rows, args, log) -> dict:
     """(a), (a1), (e), (b), (c), (d) and the score stage for the @champion of ctx's pipeline."""
     import mlflow
@@ -159,6 +176,7 @@ def bench_model(ctx, version: int, make_rows, args, log) -> dict:
     from lakeforge import compiled, features, lake, registry, scoring, stages
 
     spark, pipeline, name = ctx.spark, ctx.pipeline, ctx.pipeline.name
+    transfer_only = _transfer_only()
     settings = ctx.settings
     chunk = 1_000_000
     for start in range(0, args.rows, chunk):  # written in chunks: no single huge driver frame
@@ -209,6 +227,11 @@ def bench_model(ctx, version: int, make_rows, args, log) -> dict:
         results["b_spark_udf_s"] = statistics.median(t)
         log(f"{name} (b) mlflow spark_udf: {statistics.median(t):.2f}s")
 
+    t = timed(lambda: rows_df.select(entity, transfer_only(F.struct(*columns)).alias("prediction"))
+              .write.format("noop").mode("overwrite").save(), args.repeat)
+    results["f_transfer_only_noop_s"] = statistics.median(t)
+    log(f"{name} (f) the same Arrow UDF with no model (the JVM-Python transfer ceiling): {statistics.median(t):.2f}s")
+
     for key, loaded, what in (("c_lakeforge_native_noop_s", native, "native"),
                               ("d_lakeforge_compiled_noop_s", fast, "compiled")):
         payload = scoring.broadcast_model(spark, loaded)
@@ -237,9 +260,10 @@ def bench_model(ctx, version: int, make_rows, args, log) -> dict:
                 results[slow_key] / results[fast_key], 3)
 
     for fast_key in ("d_lakeforge_compiled_noop_s", "c_lakeforge_native_noop_s"):
-        for slow_key in ("a_in_process_s", "b_spark_udf_s", "e_compiled_in_process_s"):
+        for slow_key in ("a_in_process_s", "b_spark_udf_s", "e_compiled_in_process_s", "f_transfer_only_noop_s"):
             ratio(fast_key, slow_key)
     ratio("e_compiled_in_process_s", "a_in_process_s")
+    ratio("f_transfer_only_noop_s", "e_compiled_in_process_s")  # below 1: no Spark path can reach (e)
     if "b_spark_udf_s" in results:
         results["ratio_stage_vs_b"] = round(results["b_spark_udf_s"] / results["d_lakeforge_score_stage_s"], 3)
     return results
@@ -276,7 +300,7 @@ def main() -> int:
     logged = registry.log_and_register(churn.mlflow, "churn", settings.mlflow.artifact_root, model, train[columns],
                                        {}, {}, {})
     registry.set_alias(churn.mlflow, "churn", registry.CHAMPION, logged.version)
-    log(f"registered churn v{logged.version} ({model.estimator.n_estimators} trees) as @champion")
+    log(f"registered churn v{logged.version} ({model.estimator.estimator.n_estimators} trees) as @champion")
 
     def churn_rows(n, seed):
         part = synthetic_features(n, seed=seed).drop(columns="churned")
