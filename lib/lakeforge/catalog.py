@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lakeforge.config import AS_OF_DATE
 from lakeforge.errors import ConfigError
 
 LAYERS = ("bronze", "silver", "gold", "ops")
@@ -24,9 +23,11 @@ QUALITY = "ops.quality"
 QUARANTINE = "ops.quarantine"
 INGESTED_FILES = "ops.ingested_files"
 
-AS_OF = AS_OF_DATE          # the features tables' partition column (a night's points are one partition)
+AS_OF = "as_of_date"       # the features tables' partition column (a night's points are one partition)
 SCORE_DATE = "score_date"  # the predictions tables' partition column
 LAKEFORGE = "lakeforge"    # owner and source of lakeforge's own ledgers
+# The Delta table properties `lakeforge status` shows (lake.describe).
+DESCRIPTION, OWNER, SOURCE = "lakeforge.description", "lakeforge.owner", "lakeforge.source"
 
 # Pipeline and source names become part of table names (gold.<pipeline>_features) and lakehouse folders: a Spark
 # identifier that needs no quoting and one folder name on every file system (no case-only differences).
@@ -82,12 +83,11 @@ class Table:
 
     def properties(self, owner: str | None = None) -> dict[str, str]:
         """The table's Delta properties; `owner` is the project's `owner` setting where the table has none fixed."""
-        return {"lakeforge.description": self.description,
-                "lakeforge.owner": self.owner if self.owner is not None else owner, "lakeforge.source": self.source,
-                **dict(self.extra)}
+        return {DESCRIPTION: self.description, OWNER: self.owner if self.owner is not None else owner,
+                SOURCE: self.source, **dict(self.extra)}
 
     def options(self, owner: str | None = None) -> dict:
-        """Keyword arguments of lake.append / lake.replace_where / lake.merge_latest that create the table."""
+        """Keyword arguments of lake.append / lake.replace_where that create the table."""
         return {"partition_by": list(self.partition_by) or None, "properties": self.properties(owner)}
 
 

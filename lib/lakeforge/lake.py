@@ -21,7 +21,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakeforge.catalog import LAYERS
+from lakeforge.catalog import DESCRIPTION, LAYERS, OWNER, SOURCE
 from lakeforge.errors import DataError, root_cause
 
 # Jobs that write from several threads (ingest loads its sources concurrently) create a table once:
@@ -104,7 +104,7 @@ def _create(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
         builder = builder.partitionedBy(*partition_by)
     for key, value in (properties or {}).items():
         builder = builder.property(key, value)
-    description = (properties or {}).get("lakeforge.description")
+    description = (properties or {}).get(DESCRIPTION)
     if description:  # the table's comment: what Spark's catalog (spark.catalog.listTables) shows
         builder = builder.comment(description)
     builder.execute()
@@ -309,9 +309,9 @@ def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
         "last_write": last["timestamp"],
         "last_operation": last["operation"],
         # A table made outside lakeforge may have only a comment (which the properties do not list).
-        "description": properties.get("lakeforge.description") or spark.catalog.getTable(name).description or "",
-        "owner": properties.get("lakeforge.owner", ""),
-        "source": properties.get("lakeforge.source", ""),
+        "description": properties.get(DESCRIPTION) or spark.catalog.getTable(name).description or "",
+        "owner": properties.get(OWNER, ""),
+        "source": properties.get(SOURCE, ""),
         "health": "ok",
     }
 
