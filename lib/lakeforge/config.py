@@ -19,11 +19,12 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
+from lakeforge import catalog
 from lakeforge.demo.settings import DemoSettings
 from lakeforge.errors import ConfigError
 
 DEFAULT_ENV = "local"
-AS_OF_DATE = "as_of_date"        # the date a feature row is as of (snapshot) or its instant's date (event)
+AS_OF_DATE = catalog.AS_OF       # the date a feature row is as of (snapshot) or its instant's date (event)
 PREDICTION_AT = "prediction_at"  # event points: the instant each point is predicted at
 
 
@@ -758,6 +759,7 @@ def _named_file(directory: Path, kind: str, name: str) -> tuple[Path, dict[str, 
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
         raise ConfigError(f"unknown {kind} '{name}': no file {path} ({kind}s here: {known})")
+    catalog.checked_name(name, kind)  # it names tables: gold.<pipeline>_features, silver.<source>
     return path, _read_yaml(path, f"{kind} '{name}'")
 
 

@@ -24,14 +24,14 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakeforge import lake
+from lakeforge import catalog, lake, metrics, monitoring
 from lakeforge import points as event_points
 from lakeforge.config import PREDICTION_AT, Pipeline
 from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
                                        buckets_of, import_function, prepare, schema_of)
 
-AS_OF = "as_of_date"
+AS_OF = catalog.AS_OF
 _NOT_FEATURES = (event_points.INGESTED_BY,)  # lakeforge's bookkeeping column of event points' tables
 
 
@@ -39,8 +39,8 @@ def features_table(pipeline: Pipeline, version: str | None = None) -> str:
     """gold.<pipeline>_features: the current feature version's rows; an earlier version's (`version`, see
     `feature_version`) are kept in gold.<pipeline>_features_<version>."""
     if version is None or version == feature_version(pipeline):
-        return f"gold.{pipeline.name}_features"
-    return f"gold.{pipeline.name}_features_{version}"
+        return catalog.features(pipeline.name)
+    return catalog.features(pipeline.name, version)
 
 
 def feature_version(pipeline: Pipeline) -> str:
@@ -255,7 +255,7 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dat
     if pipeline.is_event:
         return event_points.build_features(spark, lakehouse, pipeline, as_dates(dates), features_table(pipeline))
     feat = pipeline.features
-    spine_history = lake.read(spark, lakehouse, f"bronze.{feat.spine.source}")
+    spine_history = lake.read(spark, lakehouse, catalog.bronze(feat.spine.source))
     if feat.sets:  # snapshot points (entities x dates) joined to feature sets, as event points are
         days = as_dates(dates)
         pts = event_points.with_cutoffs(snapshot_points(spine_history, days, pipeline),
@@ -264,7 +264,7 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dat
         return event_points.compute_features(pts, event_points.set_sources(spark, lakehouse, pipeline, days), pipeline,
                                              buckets)
     spec = _events(pipeline)
-    events = lake.read(spark, lakehouse, f"silver.{spec.source}") if spec is not None else None
+    events = lake.read(spark, lakehouse, catalog.silver(spec.source)) if spec is not None else None
     buckets = buckets_of(spark)
     return compute_features(spine_history, events, dates, pipeline, buckets)
 
@@ -274,11 +274,8 @@ def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline
     """Replace exactly these dates in gold.<pipeline>_features (a rerun rewrites them, nothing else)."""
     listed = ", ".join(f"DATE'{d.isoformat()}'" for d in as_dates(dates))
     activate_version(spark, lakehouse, pipeline)
-    lake.replace_where(spark, df, lakehouse, features_table(pipeline), f"{AS_OF} IN ({listed})",
-                       partition_by=[AS_OF],
-                       properties={"lakeforge.description": f"{pipeline.name} features, one row per "
-                                                            f"{' and '.join(pipeline.keys)} per {AS_OF}",
-                                   "lakeforge.owner": owner, "lakeforge.source": _functions(pipeline)})
+    table = catalog.features_table(pipeline.name, pipeline.keys, _functions(pipeline))
+    lake.replace_where(spark, df, lakehouse, table.name, f"{AS_OF} IN ({listed})", **table.options(owner))
 
 
 def _functions(pipeline: Pipeline) -> str:
@@ -290,13 +287,13 @@ def _functions(pipeline: Pipeline) -> str:
 
 def input_tables(pipeline: Pipeline) -> list[str]:
     """The tables features are built from (recorded as a run's inputs)."""
-    sets = [f"bronze.{fs.source}" for fs in pipeline.features.sets.values()]
+    sets = [catalog.bronze(fs.source) for fs in pipeline.features.sets.values()]
     if pipeline.is_event:
-        return list(dict.fromkeys([f"bronze.{pipeline.points.source}", *sets]))
+        return list(dict.fromkeys([catalog.bronze(pipeline.points.source), *sets]))
     if sets:
-        return list(dict.fromkeys([f"bronze.{pipeline.features.spine.source}", *sets]))
+        return list(dict.fromkeys([catalog.bronze(pipeline.features.spine.source), *sets]))
     events = _events(pipeline)
-    return [f"bronze.{pipeline.features.spine.source}", *([f"silver.{events.source}"] if events else [])]
+    return [catalog.bronze(pipeline.features.spine.source), *([catalog.silver(events.source)] if events else [])]
 
 
 def _dated_source(pipeline: Pipeline) -> str:
@@ -312,10 +309,11 @@ def event_date_range(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -
     """First and last event dates of the pipeline's event source (what the data covers)."""
     source = _dated_source(pipeline)
     column = pipeline.point_time if pipeline.is_event else pipeline.sources[source].event_time
-    row = lake.read(spark, lakehouse, f"silver.{source}").agg(
+    table = catalog.silver(source)
+    row = lake.read(spark, lakehouse, table).agg(
         F.min(F.to_date(column)).alias("first"), F.max(F.to_date(column)).alias("last")).first()
     if row["first"] is None:
-        raise DataError(f"silver.{source} is empty: ingest landing files first (`lakeforge ingest`)")
+        raise DataError(f"{table} is empty: ingest landing files first (`lakeforge ingest`)")
     return row["first"], row["last"]
 
 
@@ -332,9 +330,124 @@ def check_date(day: dt.date, last_event: dt.date, pipeline: Pipeline) -> None:
     limit = last_event + dt.timedelta(days=pipeline.features.max_days_ahead)
     if day > limit:
         raise DataError(f"date {day} is {(day - last_event).days} days after the last ingested event of "
-                        f"silver.{_dated_source(pipeline)} ({last_event}): its features would see no events. Ingest newer "
+                        f"{catalog.silver(_dated_source(pipeline))} ({last_event}): its features would see no events. Ingest newer "
                         f"landing files first, or choose a date up to {limit} "
                         f"(features.max_days_ahead: {pipeline.features.max_days_ahead} in the pipeline YAML)")
+
+
+def checked_dates(spark: SparkSession, lakehouse: Path, pipeline: Pipeline,
+                  dates: list[dt.date] | None) -> list[dt.date]:
+    """The given as-of dates, refused beyond the ingested data; by default the next night to score."""
+    last = event_date_range(spark, lakehouse, pipeline)[1]
+    if not dates:
+        return [next_date(last, pipeline)]
+    check_date(max(dates), last, pipeline)
+    return dates
+
+
+def build_and_write(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date],
+                    owner: str) -> None:
+    """Build the dates' features and replace exactly these dates in gold.<pipeline>_features."""
+    write_features(spark, build_features(spark, lakehouse, pipeline, dates), lakehouse, pipeline, dates, owner)
+
+
+def written_counts(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date],
+                   log=print) -> tuple[int, int]:
+    """Rows of the dates in gold.<pipeline>_features and how many are in the population, logged (with a warning
+    when the population filter keeps none)."""
+    table, listed = features_table(pipeline), [d.isoformat() for d in dates]
+    written = lake.read(spark, lakehouse, table).where(F.col(AS_OF).cast("string").isin(listed))
+    rows, population = count_population(written, pipeline)
+    log(f"{table}: {rows:,} rows for {len(dates)} date(s) {listed[0]}..{listed[-1]}, {population:,} in "
+        f"the population")
+    if rows and not population:
+        log(f"WARNING: the population filter `{pipeline.features.population}` keeps none of these "
+            f"rows: nothing will be trained on or scored for these dates")
+    return rows, population
+
+
+def champions_table(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, version: int, trained_on: str | None,
+                    score_date: dt.date) -> str:
+    """The features table of the feature version (`trained_on`) the champion `version` was trained on: the current
+    one, or an earlier version's kept table while it has the date's rows (else an error saying how to move on)."""
+    current = feature_version(pipeline)
+    if trained_on in (None, current):  # None: registered before feature versions were recorded
+        return features_table(pipeline)
+    table = features_table(pipeline, trained_on)
+    if lake.exists(lakehouse, table) and lake.read(spark, lakehouse, table).where(
+            F.col(AS_OF) == F.lit(score_date)).limit(1).count():
+        return table
+    raise DataError(f"{pipeline.name} version {version} (@champion) was trained on feature version {trained_on}, and "
+                    f"{table} has no rows for {score_date}; the pipeline's features are now version {current} "
+                    f"({features_table(pipeline)}). Train on them (`lakeforge train --pipeline "
+                    f"{pipeline.name}`) and promote the new version if the gate kept it @challenger, or restore the "
+                    f"feature columns of version {trained_on}")
+
+
+def explain_nothing_to_score(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, table: str, version: int,
+                             score_date: dt.date) -> None:
+    """Say why a date has no rows to score: beyond the data, not built, or all outside the population."""
+    checked_dates(spark, lakehouse, pipeline, [score_date])
+    built = lake.read(spark, lakehouse, table, version=version).where(F.col(AS_OF) == F.lit(score_date)).count()
+    if built:
+        raise DataError(f"{table} has {built:,} rows for {score_date}, but the population filter "
+                        f"`{pipeline.features.population}` (features.population) keeps none of them: nothing to "
+                        f"score. Check the data of the days before {score_date}, or the filter")
+    raise DataError(f"{table} has no rows for {score_date}: run `lakeforge features --pipeline "
+                    f"{pipeline.name} --date {score_date}` first")
+
+
+def monitored_night(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, day: dt.date,
+                    events_version: int | None, log=print) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
+    """What monitoring judges on `day`, on the driver: the date's feature rows in the population (empty when there
+    are none, logged), the date's scores (None before any), and the predictions of the matured window with their
+    labels and segments (`labelled_predictions`)."""
+    table = features_table(pipeline)
+    current = lake.read_pandas(spark, lakehouse, table, F.col(AS_OF) == F.lit(day))
+    current = in_population_pandas(current, pipeline) if current is not None else pd.DataFrame()
+    if current.empty:
+        log(f"{table} has no rows for {day}: no feature drift today")
+    predictions = catalog.predictions(pipeline.name)
+    scored = lake.read_pandas(spark, lakehouse, predictions, F.col("score_date") == F.lit(day),
+                              [*pipeline.keys, "prediction"])
+    start, end = monitoring.matured_window(day, pipeline.label.horizon_days, pipeline.monitoring.window_days)
+    return current, scored, labelled_predictions(spark, lakehouse, pipeline, start, end, events_version, day)
+
+
+def labelled_predictions(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, start: dt.date, end: dt.date,
+                         events_version: int | None, day: dt.date) -> pd.DataFrame:
+    """The predictions of score dates start..end with their labels as known when `day` began (a rerun of the date
+    gives the same figures) and the pipeline's segment columns, on the driver."""
+    predictions = catalog.predictions(pipeline.name)
+    if not lake.exists(lakehouse, predictions):
+        return pd.DataFrame()
+    extra = [monitoring.PROBABILITIES] if pipeline.label.task == metrics.MULTICLASS else []
+    keys = (lake.read(spark, lakehouse, predictions)
+            .where(F.col("score_date").between(F.lit(start), F.lit(end)))
+            .select(*id_columns(pipeline), F.col("score_date").alias(AS_OF), "prediction", *extra, "model_version"))
+    events = label_events_table(pipeline)
+    keys = labelled(keys, lake.read(spark, lakehouse, events, version=events_version), pipeline,
+                    known_before=F.lit(dt.datetime.combine(day, dt.time())))
+    return with_segments(spark, lakehouse, pipeline, keys, AS_OF).toPandas()
+
+
+def with_segments(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, keys: DataFrame,
+                  as_of_column: str) -> DataFrame:
+    """The pipeline's segment columns for each point: from the features, else from the segment source (keyed like
+    the points)."""
+    point_key, wanted = pipeline.keys, pipeline.monitoring.segments
+    in_features = [c for c in wanted if c in pipeline.feature_table_columns()]
+    if in_features:
+        table = lake.read(spark, lakehouse, features_table(pipeline)).select(
+            *point_key, F.col(AS_OF).alias(as_of_column), *in_features)
+        keys = keys.join(table, on=[*point_key, as_of_column], how="left")
+    source = pipeline.monitoring.segment_source or (None if pipeline.is_event else pipeline.features.spine.source)
+    declared = pipeline.sources[source].columns if source in pipeline.sources else {}
+    from_source = [c for c in wanted if c not in in_features and c in declared]
+    if from_source and lake.exists(lakehouse, catalog.silver(source)):
+        keys = keys.join(lake.read(spark, lakehouse, catalog.silver(source)).select(*point_key, *from_source),
+                         on=point_key, how="left")
+    return keys
 
 
 def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
@@ -365,8 +478,8 @@ def labels(events: DataFrame, keys: DataFrame, pipeline: Pipeline) -> DataFrame:
 def label_events_table(pipeline: Pipeline) -> str:
     """The table the label is computed from: the label's own source (not necessarily the features' events)."""
     if pipeline.is_event:
-        return f"silver.{event_points.label_source(pipeline)}"
-    return f"silver.{pipeline.label.events}"
+        return catalog.silver(event_points.label_source(pipeline))
+    return catalog.silver(pipeline.label.events)
 
 
 def labelled(keys: DataFrame, events: DataFrame, pipeline: Pipeline, known_before=None) -> DataFrame:

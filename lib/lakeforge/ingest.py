@@ -41,14 +41,14 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakeforge import lake, quality
+from lakeforge import catalog, lake, quality
 from lakeforge.config import Source
 from lakeforge.errors import DataError
 from lakeforge.quality import FILE, MALFORMED, NEW_KEYS, OUTCOME, RAW, REASON, sql_string
-from lakeforge.runs import crash_point
+from lakeforge.runs import crash_point, last_succeeded
 
-FILE_LEDGER = "ops.ingested_files"
-QUARANTINE = "ops.quarantine"
+FILE_LEDGER = catalog.INGESTED_FILES
+QUARANTINE = catalog.QUARANTINE
 AUDIT_COLUMNS = ["_ingested_at", "_source_file", "_batch_id"]
 EXTENSIONS = {"csv": (".csv",), "json": (".json", ".jsonl", ".ndjson"), "parquet": (".parquet",)}
 CORRUPT = "_lf_corrupt"
@@ -449,14 +449,15 @@ def _stored_types(spark: SparkSession, lakehouse: Path, table: str) -> dict[str,
 def effective_columns(spark: SparkSession, lakehouse: Path, source_name: str, source: Source) -> dict[str, str]:
     """The declared columns, then those added to bronze earlier; a declared type unlike the stored one fails."""
     declared = declared_types(source)
-    stored = _stored_types(spark, lakehouse, f"bronze.{source_name}")
+    bronze = catalog.bronze(source_name)
+    stored = _stored_types(spark, lakehouse, bronze)
     changed = [(name, kind, stored[name]) for name, kind in declared.items() if name in stored and stored[name] != kind]
     if changed:
         detail = "; ".join(f"{name} is declared {kind} but stored as {old}" for name, kind, old in changed)
-        raise DataError(f"source {source_name}: type change in bronze.{source_name}: {detail}. lakeforge does not "
+        raise DataError(f"source {source_name}: type change in {bronze}: {detail}. lakeforge does not "
                         f"change a stored column's type: declare the stored type again in "
-                        f"conf/sources/{source_name}.yaml, or rebuild the source (delete bronze.{source_name}, "
-                        f"silver.{source_name} and its rows in {FILE_LEDGER}, then ingest again).")
+                        f"conf/sources/{source_name}.yaml, or rebuild the source (delete {bronze}, "
+                        f"{catalog.silver(source_name)} and its rows in {FILE_LEDGER}, then ingest again).")
     return {**declared, **{name: kind for name, kind in stored.items() if name not in declared}}
 
 
@@ -515,10 +516,6 @@ def _add_columns(spark: SparkSession, lakehouse: Path, table: str, columns: dict
 
 
 # ---------------------------------------------------------------- the batch
-
-
-def _props(description: str, owner: str, source: str) -> dict[str, str]:
-    return {"lakeforge.description": description, "lakeforge.owner": owner, "lakeforge.source": source}
 
 
 def _stats_columns(source: Source) -> str:
@@ -629,9 +626,7 @@ def ingest_source(spark: SparkSession, source_name: str, source: Source, landing
     ledger_rows = _ledger_rows(spark, source_name, batch_id, now, to_load, duplicates, unreadable, refused, counts,
                                carried)
     with _OPS_WRITES:
-        lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER,
-                    properties=_props("Landing files seen, once each: loaded (with their row accounting), "
-                                      "files delivered twice, unreadable and refused entries", owner, "lakeforge"))
+        lake.append(spark, ledger_rows, lakehouse, FILE_LEDGER, **catalog.INGESTED_FILES_TABLE.options(owner))
     crash_point("ledger")
     if to_load:
         _pending(lakehouse, source_name).unlink(missing_ok=True)
@@ -696,7 +691,9 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
         if added:
             log(f"{source_name}: new column(s) added to bronze/silver: "
                 f"{', '.join(f'{n} {k}' for n, k in added.items())}")
-        bronze, silver = f"bronze.{source_name}", f"silver.{source_name}"
+        bronze_table, silver_table = catalog.source_tables(source_name, source.description,
+                                                           str(landing / source.path), _stats_columns(source))
+        bronze, silver = bronze_table.name, silver_table.name
         resuming = _mark_pending(lakehouse, source_name, batch_id, names)
         if resuming:
             log(f"{source_name}: an earlier load stopped before its ledger commit: this one replaces its rows")
@@ -711,25 +708,23 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
             _write_rows_of_files(spark, quarantined, lakehouse, QUARANTINE,
                                  f"source = {sql_string(source_name)} AND {_in_files('file', names)}",
                                  any(c.quarantined for c in counts.values()), resuming, create=False,
-                                 properties=_props("Rows that broke a data contract, with the raw record and the "
-                                                   "reason", owner, "lakeforge"))
+                                 properties=catalog.QUARANTINE_TABLE.properties(owner))
         crash_point("quarantine")
 
         kept = checked.where(F.col(OUTCOME) == "keep").select(*[F.col(f"`{n}`") for n in columns],
                                                               *_audit_columns(now, batch_id))
         any_kept = any(c.kept for c in counts.values())
-        props = {**_props(source.description or f"{source_name} landing files", owner, str(landing / source.path)),
-                 "delta.dataSkippingStatsColumns": _stats_columns(source)}
         _write_rows_of_files(spark, _aligned(spark, kept, lakehouse, bronze), lakehouse, bronze,
-                             _in_files(FILE, names), any_kept, resuming, create=True, properties=props)
+                             _in_files(FILE, names), any_kept, resuming, create=True,
+                             properties=bronze_table.properties(owner))
         crash_point("bronze")
         order = [source.event_time, "_ingested_at", FILE]
         if not lake.exists(lakehouse, silver):  # the first load: nothing to merge with, a plain insert
             lake.append(spark, lake.latest_per_key(kept, source.primary_key, order), lakehouse, silver,
-                        properties=props)
+                        properties=silver_table.properties(owner))
         elif any_kept:
             lake.merge_latest(spark, _aligned(spark, kept, lakehouse, silver), lakehouse, silver,
-                              source.primary_key, order, properties=props)
+                              source.primary_key, order, properties=silver_table.properties(owner))
         crash_point("silver")
         with _OPS_WRITES:
             quality.record(spark, results, source_name, batch_id, names, lakehouse, owner, now, replace=resuming)
@@ -810,7 +805,7 @@ def _ledger_rows(spark: SparkSession, source_name: str, batch_id: str, now: dt.d
 
 def ingest_tables(sources: dict[str, Source]) -> list[str]:
     """The tables ingest writes for these sources: bronze and silver of each, then its ops tables."""
-    return [f"{layer}.{name}" for name in sources for layer in ("bronze", "silver")] + [
+    return [table(name) for name in sources for table in (catalog.bronze, catalog.silver)] + [
         QUARANTINE, quality.QUALITY, FILE_LEDGER]
 
 
@@ -865,3 +860,31 @@ def _ingest_in_own_pool(spark: SparkSession, source_name: str, *args) -> IngestR
         return ingest_source(spark, source_name, *args)
     finally:
         spark.sparkContext.setLocalProperty("spark.scheduler.pool", None)
+
+
+def row_counts(results: list[IngestResult], log=print) -> dict[str, int]:
+    """What ops.runs records of an ingest: per source, files and rows read, kept, quarantined, dropped, refused."""
+    counts = {}
+    for r in results:
+        counts.update({f"{r.source}.files": r.files, f"{r.source}.read": r.rows_read,
+                       f"{r.source}.kept": r.rows_kept, f"{r.source}.quarantined": r.rows_quarantined,
+                       f"{r.source}.dropped": r.rows_dropped, f"{r.source}.refused": len(r.refused)})
+        if r.files == 0:
+            log(f"{r.source}: no new files")
+    return counts
+
+
+def maintenance_summary(tables: dict[str, dict[str, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """What `maintain` did: per table and count (for ops.runs), and the totals (its summary)."""
+    rows = {f"{table}.{key}": value for table, counts in tables.items() for key, value in counts.items()}
+    totals = {"tables": len(tables), **{key: sum(c[key] for c in tables.values())
+                                        for key in ("files_before", "files_after", "vacuumed")}}
+    return rows, totals
+
+
+def maintenance_due(spark: SparkSession, lakehouse: Path, pipeline: str, every_days: int | None) -> bool:
+    """True when `every_days` have passed (by date) since the pipeline's last successful maintain, or none ran."""
+    if not every_days:
+        return False
+    last = last_succeeded(spark, lakehouse, "maintain", pipeline)
+    return last is None or (dt.datetime.now(dt.timezone.utc).date() - last.date()).days >= every_days

@@ -21,9 +21,9 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from lakeforge.catalog import DESCRIPTION, LAYERS, OWNER, SOURCE
 from lakeforge.errors import DataError, root_cause
 
-LAYERS = ("bronze", "silver", "gold", "ops")
 # Jobs that write from several threads (ingest loads its sources concurrently) create a table once:
 # two creations racing would both find it missing, and the second would fail.
 _CREATING = threading.Lock()
@@ -51,6 +51,26 @@ def read(spark: SparkSession, lakehouse: Path, name: str, version: int | None = 
     if version is not None:
         reader = reader.option("versionAsOf", version)
     return reader.load(str(table_path(lakehouse, name)))
+
+
+def read_pandas(spark: SparkSession, lakehouse: Path, name: str, where=None, columns: list[str] | None = None):
+    """A (small) slice of a table on the driver; None when the table does not exist yet."""
+    if not exists(lakehouse, name):
+        return None
+    df = read(spark, lakehouse, name)
+    df = df.where(where) if where is not None else df
+    return (df.select(*columns) if columns else df).toPandas()
+
+
+def from_pandas(spark: SparkSession, frame, schema: str) -> DataFrame:
+    """A pandas frame as a Spark DataFrame of `schema` (pandas NaN/NaT become SQL nulls)."""
+    return spark.createDataFrame(frame.astype(object).where(frame.notna(), None), schema)
+
+
+def snapshots(spark: SparkSession, lakehouse: Path, versions: dict[str, int]) -> list[tuple[str, str, int, DataFrame]]:
+    """Each table at its version, by name: (name, folder, version, DataFrame), e.g. to log a run's inputs."""
+    return [(name, str(table_path(lakehouse, name)), v, read(spark, lakehouse, name, version=v))
+            for name, v in sorted(versions.items())]
 
 
 def version(spark: SparkSession, lakehouse: Path, name: str) -> int | None:
@@ -84,7 +104,7 @@ def _create(spark: SparkSession, lakehouse: Path, name: str, df: DataFrame,
         builder = builder.partitionedBy(*partition_by)
     for key, value in (properties or {}).items():
         builder = builder.property(key, value)
-    description = (properties or {}).get("lakeforge.description")
+    description = (properties or {}).get(DESCRIPTION)
     if description:  # the table's comment: what Spark's catalog (spark.catalog.listTables) shows
         builder = builder.comment(description)
     builder.execute()
@@ -289,9 +309,9 @@ def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
         "last_write": last["timestamp"],
         "last_operation": last["operation"],
         # A table made outside lakeforge may have only a comment (which the properties do not list).
-        "description": properties.get("lakeforge.description") or spark.catalog.getTable(name).description or "",
-        "owner": properties.get("lakeforge.owner", ""),
-        "source": properties.get("lakeforge.source", ""),
+        "description": properties.get(DESCRIPTION) or spark.catalog.getTable(name).description or "",
+        "owner": properties.get(OWNER, ""),
+        "source": properties.get(SOURCE, ""),
         "health": "ok",
     }
 

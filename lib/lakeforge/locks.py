@@ -26,6 +26,13 @@ from lakeforge.errors import LakeforgeError
 POLL_S = 1.0
 
 
+# One writer per lakehouse and job: ingest per lakehouse (pipelines share their sources), score per pipeline,
+# and train, retrain and promote share one lock per pipeline (each moves the pipeline's aliases). `run nightly`
+# and `demo` take each stage's lock while that stage runs, so one process never waits for itself.
+JOBS = {"ingest": "ingest", "maintain": "ingest", "score": "score-{pipeline}", "train": "train-{pipeline}",
+        "retrain": "train-{pipeline}", "promote": "train-{pipeline}"}
+
+
 class AlreadyRunning(LakeforgeError):
     """Another process holds the lock of this job."""
 

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, DoubleType, LongType, StructField, StructType
 
+from lakeforge import catalog, lake
 from lakeforge.estimators import one_thread
 from lakeforge.training import EstimatorSpec, fit_estimator
 
@@ -98,3 +99,46 @@ def _partition_keys(spark, partitions: int) -> list[int]:
 def unpickle(rows: pd.DataFrame, group_key: str) -> dict:
     """{group: fitted estimator} for the groups that got a model."""
     return {row[group_key]: pickle.loads(row["model"]) for _, row in rows.iterrows() if row["model"] is not None}
+
+
+# ---------------------------------------------------------------- the manifest: how each group fared
+
+
+def group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key: str, label: str) -> pd.DataFrame:
+    """Per group: training rows, whether it has its own model, holdout rows, MAE and MAPE (new groups included)."""
+    actual = holdout[label].astype("float64").to_numpy()
+    errors = pd.DataFrame({key: holdout[key].to_numpy(), "abs_error": abs(predictions - actual),
+                           "pct_error": abs(predictions - actual) / pd.Series(actual).clip(lower=1.0).to_numpy()})
+    per = errors.groupby(key).agg(holdout_rows=("abs_error", "size"), mae=("abs_error", "mean"),
+                                  mape=("pct_error", "mean")).reset_index()
+    out = groups.merge(per, on=key, how="outer")
+    out["train_rows"] = out["train_rows"].fillna(0).astype("int64")
+    out["own_model"] = out["own_model"].fillna(False).astype(bool)
+    out["holdout_rows"] = out["holdout_rows"].fillna(0).astype("int64")
+    out = out.sort_values(key, kind="mergesort").reset_index(drop=True)
+    out.attrs["errors"] = errors
+    return out
+
+
+def group_metric_values(groups: pd.DataFrame, key: str) -> dict[str, float]:
+    """The per-group metrics logged with the model: `<key>.<group>.mae` and `.mape` of groups with holdout rows."""
+    return {f"{key}.{g}.{m}": float(r[m]) for g, r in groups.set_index(key).iterrows() for m in ("mae", "mape")
+            if r["holdout_rows"] > 0}
+
+
+def write_manifest(spark, lakehouse, pipeline, groups: pd.DataFrame, version: int, mlflow_run_id: str, run_id: str,
+                   owner: str) -> None:
+    """gold.<pipeline>_models: one row per group of this model version (rerunnable: replaces the version's rows)."""
+    key = pipeline.model.group_key
+    rows = groups.assign(model_name=pipeline.name, model_version=version,
+                         fallback_used=~groups["own_model"], mlflow_run_id=mlflow_run_id, run_id=run_id)
+    rows = rows.rename(columns={key: "group"})[["model_name", "model_version", "group", "fallback_used", "train_rows",
+                                                "holdout_rows", "mae", "mape", "mlflow_run_id", "run_id"]]
+    schema = ("model_name string, model_version int, group string, fallback_used boolean, train_rows bigint, "
+              "holdout_rows bigint, mae double, mape double, mlflow_run_id string, run_id string")
+    records = [tuple(None if (isinstance(v, float) and v != v) else (v.item() if hasattr(v, "item") else v)
+                     for v in r) for r in rows.itertuples(index=False, name=None)]
+    df = (spark.createDataFrame(records, schema).withColumnRenamed("group", key)
+          .withColumn("trained_at", F.current_timestamp()))
+    table = catalog.models_table(pipeline.name, key)
+    lake.replace_where(spark, df, lakehouse, table.name, f"model_version = {version}", **table.options(owner))

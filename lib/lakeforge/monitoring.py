@@ -1,6 +1,6 @@
 """Monitoring: drift against the champion's training baseline, performance on matured labels, quality trends,
 and the retraining policy. Pure functions on pandas/numpy (no Spark, no I/O): `stages.monitor` reads the
-tables, calls these, and writes `ops.monitoring`.
+tables, calls `night` (which applies the rest), and writes `ops.monitoring`.
 
 Drift: the population stability index (PSI) of each feature, numeric features binned at the baseline's
 deciles, categorical features by value; the two-sample Kolmogorov-Smirnov statistic of numeric features;
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lakeforge import metrics
+from lakeforge import catalog, metrics
 
-MONITORING = "ops.monitoring"
+MONITORING = catalog.MONITORING
 SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "
           "window_start date, window_end date, metric string, value double, threshold double, breached boolean, "
           "rows bigint, detail string, run_id string")
@@ -452,3 +452,162 @@ def verdict(today: pd.DataFrame) -> tuple[str, list[str]]:
     if watch:
         return "WATCH", watch + notes
     return "OK", ["no drift test flagged, performance within the margin, data quality within its limits"] + notes
+
+
+# ---------------------------------------------------------------- one night: rows, thresholds, breaches, decision
+
+
+def training_baseline(model, data, task: str, holdout_scores) -> dict | None:
+    """What monitoring compares each night with: the training rows' (`data`, a training.TrainingSet) and fitted
+    predictions' distributions (a multiclass model's as its predicted classes), and for a classifier the holdout
+    calibration CBPE estimates performance from before labels arrive; None for a distributed fit (no training
+    rows on the driver)."""
+    if data.train_rows is None:
+        return None
+    fitted = model.predict(None, data.train_rows)
+    if data.classes:
+        fitted = [data.classes[i] for i in fitted.argmax(axis=1)]
+    baseline = build_baseline(data.train_rows, data.columns, fitted, data.categorical, bool(data.classes))
+    if task == metrics.CLASSIFICATION:
+        baseline["calibration"] = calibrate(holdout_scores, data.holdout[data.label].to_numpy())
+    return baseline
+
+
+@dataclass
+class Night:
+    """One monitored night: its ops.monitoring rows (`today`), those with the champion's earlier nights
+    (`history`), the retrain decision, the verdict, the performance floor and the stage's summary."""
+
+    today: pd.DataFrame
+    history: pd.DataFrame
+    decision: RetrainDecision
+    level: str
+    reasons: list[str]
+    floor: float | None
+    summary: dict
+    tonight: np.ndarray | None  # tonight's scores, None when there are none
+
+    def headline(self, metric: str) -> str:
+        """The night in one line, for the run's log."""
+        s = self.summary
+        return (f"{s['date']}: champion v{s['champion']}, drifted {s['drifted'] or 'none'}, matured {metric} "
+                f"{s[f'matured_{metric}']}, retrain {'FIRES' if self.decision.fire else 'no'} ({self.decision.reason})")
+
+
+def night(pipeline, day: dt.date, version: int, run_id: str, baseline: dict | None, validation: float | None,
+          trained_as_of: str | None, current: pd.DataFrame, scored: pd.DataFrame | None, labelled: pd.DataFrame,
+          quality: pd.DataFrame | None, quality_limits: dict[str, float], earlier: pd.DataFrame | None) -> Night:
+    """Drift of tonight's population (`current`) and scores (`scored`) against the champion's baseline, CBPE,
+    matured performance of `labelled` predictions, the quality trend against `quality_limits` (check name ->
+    largest share), the retrain decision over the champion's history (`earlier` nights' rows) and the verdict."""
+    policy, metric = pipeline.retrain, pipeline.model.metric
+    watched = set(policy.psi_features) if policy else set()
+    rows: list[dict] = []
+
+    def add(**row):
+        rows.append({"monitor_date": day, "pipeline": pipeline.name, "model_version": version, "segment": "",
+                     "window_start": None, "window_end": None, "threshold": None, "breached": None,
+                     "rows": None, "detail": "", "run_id": run_id, **row})
+
+    # Drift of today's population and of today's predictions against the champion's training baseline.
+    tonight = scored.prediction.to_numpy() if scored is not None and len(scored) else None
+    if not current.empty and baseline is not None:
+        leave_out = set(pipeline.monitoring.calendar_features)
+        tests = drift_tests(baseline, current, tonight, leave_out, pipeline.monitoring.drift_min_rows)
+        for r in tests.itertuples(index=False):
+            add(kind=r.kind, name=r.name, metric=r.metric, value=None if r.value is None else float(r.value),
+                rows=int(r.rows), threshold=r.threshold, breached=r.breached, detail=r.detail)
+        tested = set(tests[~tests.metric.isin(["too_few_rows", "left_out"])].name)
+        # PSI and KS of what was tested too: the retrain policy's drift trigger reads PSI.
+        drift = drift_rows(baseline, current, tonight)
+        for r in drift[drift.name.isin(tested)].itertuples(index=False):
+            threshold = policy.psi_threshold if policy and r.metric == "psi" and r.name in watched else None
+            add(kind=r.kind, name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
+                threshold=threshold, breached=None if threshold is None else bool(r.value >= threshold))
+
+    # Performance estimated from tonight's scores (CBPE), before any label: a drop below the floor is a WATCH.
+    floor = None
+    if validation is not None:
+        margin = policy.performance_margin if policy else 0.0
+        floor = metrics.worse_than(metric, validation, margin)
+    if baseline is not None and baseline.get("calibration") and scored is not None and len(scored):
+        estimate = estimate_performance(baseline["calibration"], scored.prediction.to_numpy())
+        for name, value in estimate.items():
+            threshold = floor if name == metric else None
+            add(kind="estimated_performance", name="overall", metric=name, value=value, rows=len(scored),
+                window_start=day, window_end=day, threshold=threshold,
+                breached=None if threshold is None or value is None else metrics.breaches(name, value, threshold),
+                detail="CBPE: expected from the holdout-calibrated probabilities of tonight's scores")
+
+    # Performance on the newest matured window only (score date + horizon <= today), per model version.
+    start, end = matured_window(day, pipeline.label.horizon_days, pipeline.monitoring.window_days)
+    if not labelled.empty:
+        labelled = matured(labelled, day, pipeline.label.horizon_days, pipeline.monitoring.window_days, catalog.AS_OF)
+        perf = performance_rows(labelled, pipeline.label.name, metric, pipeline.monitoring.segments,
+                                pipeline.label.task)
+        for r in perf.itertuples(index=False):
+            value = None if r.value is None or pd.isna(r.value) else float(r.value)
+            # A segment is judged against the floor only with enough rows to tell (drift_min_rows).
+            judged = r.kind == "performance" or r.rows >= pipeline.monitoring.drift_min_rows
+            threshold = floor if r.model_version == version and judged else None
+            breached = None if threshold is None or value is None else metrics.breaches(metric, value, threshold)
+            add(model_version=r.model_version, kind=r.kind, name=r.name, segment=r.segment, metric=r.metric,
+                value=value, rows=int(r.rows), window_start=start, window_end=end, threshold=threshold,
+                breached=breached)
+
+    if quality is not None:
+        for r in quality_trend(quality).itertuples(index=False):
+            limit = quality_limits.get(r.name)
+            add(kind="quality", name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
+                detail=r.detail, threshold=limit, breached=None if limit is None else bool(r.value > limit))
+
+    # The policy looks at this champion's history: earlier dates from ops.monitoring, plus today.
+    today = pd.DataFrame(rows, columns=COLUMNS)
+    history = pd.concat([earlier, today], ignore_index=True) if earlier is not None and len(earlier) else today
+    decision = retrain_decision(pipeline, day, history, version, validation, trained_as_of)
+    add(kind="decision", name="retrain", metric="fire", value=float(decision.fire),
+        detail=f"{decision.trigger or 'none'}: {decision.reason}")
+    level, reasons = verdict(pd.DataFrame(rows, columns=COLUMNS))
+    add(kind="verdict", name=level, metric="level", value=float(VERDICTS.index(level)), detail="; ".join(reasons))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    overall = frame[(frame.kind == "performance") & (frame.model_version == version)].value.dropna()
+    watched_psi = frame[(frame.kind == "drift") & (frame.breached == True)]  # noqa: E712 (None is not a breach)
+    summary = {"stage": "monitor", "date": day.isoformat(), "champion": version, "drifted": sorted(watched_psi.name),
+               f"matured_{metric}": float(overall.iloc[0]) if len(overall) else None,
+               "retrain": decision.fire, "trigger": decision.trigger, "reason": decision.reason,
+               "verdict": level, "reasons": reasons}
+    full = pd.concat([earlier, frame], ignore_index=True) if earlier is not None and len(earlier) else frame
+    return Night(frame, full, decision, level, reasons, floor, summary, tonight)
+
+
+def retrain_decision(pipeline, day: dt.date, history: pd.DataFrame, version: int, validation: float | None,
+                     trained_as_of: str | None) -> RetrainDecision:
+    """The pipeline's policy over the champion's own monitoring history."""
+    if pipeline.retrain is None:
+        return RetrainDecision(False, "", "no retrain policy in the pipeline YAML")
+    mine = history[history.model_version == version]
+    drift = mine[(mine.kind == "drift") & (mine.metric == "psi")][["monitor_date", "name", "value"]]
+    perf = mine[(mine.kind == "performance") & (mine.name == "overall")][["window_end", "value"]]
+    since = dt.date.fromisoformat(trained_as_of) if trained_as_of else None
+    # A retrain that did not replace the champion (gate or error) also starts the cooldown: no retrain every night.
+    attempts = [d for d in history[history.kind == "retrain"].monitor_date if d < day]
+    if attempts:
+        since = max([d for d in (since, max(attempts)) if d is not None])
+    return decide_retrain(pipeline.retrain, day, pipeline.label.horizon_days, drift, perf, validation,
+                          pipeline.model.metric, since)
+
+
+def retrain_rows(pipeline: str, day: dt.date, result: dict, champion: int | None, reason: str,
+                 promoted: bool) -> pd.DataFrame:
+    """The ops.monitoring row of a retrain: the new version and whether the gate made it @champion (`promoted`),
+    or the error (`result["error"]`, the champion unchanged), with what fired it."""
+    if "error" in result:
+        outcome = {"name": "error", "value": 0.0, "model_version": champion,
+                   "detail": f"{result['error']}; fired by: {reason}"}
+    else:
+        outcome = {"name": "gate", "value": float(promoted), "model_version": result["version"],
+                   "detail": f"v{result['version']} -> @{result['alias']}: {result['gate']}; trained on "
+                             f"{result['train_dates']}, holdout {result['holdout_dates']}; fired by: {reason}"}
+    row = {c: None for c in COLUMNS} | {"monitor_date": day, "pipeline": pipeline, "kind": "retrain", "segment": "",
+                                        "metric": "promoted", "run_id": None, **outcome}
+    return pd.DataFrame([row], columns=COLUMNS)

@@ -33,7 +33,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakeforge import lake
+from lakeforge import catalog, lake
 from lakeforge.config import AS_OF_DATE, PREDICTION_AT, FeatureSet, Pipeline
 from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, buckets_of, import_function, prepare,
@@ -221,7 +221,7 @@ def set_sources(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: 
     for name in dict.fromkeys(fs.source for fs in pipeline.features.sets.values()):
         event_time = F.col(f"`{pipeline.sources[name].event_time}`")
         longest = max(fs.window for fs in pipeline.features.sets.values() if fs.source == name)
-        sources[name] = lake.read(spark, lakehouse, f"bronze.{name}").where(
+        sources[name] = lake.read(spark, lakehouse, catalog.bronze(name)).where(
             (event_time >= _before(start, longest)) & (event_time < end))
     return sources
 
@@ -229,7 +229,7 @@ def set_sources(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: 
 def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, days: list[dt.date],
                    table: str) -> DataFrame:
     """Feature rows of every point of the days: points from silver, set rows from bronze (every version)."""
-    pts = points(lake.read(spark, lakehouse, f"bronze.{pipeline.points.source}"), pipeline, days,
+    pts = points(lake.read(spark, lakehouse, catalog.bronze(pipeline.points.source)), pipeline, days,
                  built_cutoffs(spark, lakehouse, table, days))
     buckets = buckets_of(spark)
     return compute_features(pts, set_sources(spark, lakehouse, pipeline, days), pipeline, buckets)
@@ -396,6 +396,6 @@ def data_labels_pandas(keys: pd.DataFrame, label_rows: pd.DataFrame, pipeline: P
 def check_day(day: dt.date, last_event: dt.date, source: str) -> None:
     """An event pipeline's date is a day of ingested points: never after the last ingested event's day."""
     if day > last_event:
-        raise DataError(f"date {day} is after the last ingested event of silver.{source} ({last_event}): its "
+        raise DataError(f"date {day} is after the last ingested event of {catalog.silver(source)} ({last_event}): its "
                         f"prediction points have not arrived. Ingest newer landing files first, or choose a date up "
                         f"to {last_event}")

@@ -21,11 +21,11 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakeforge import lake
+from lakeforge import catalog, lake
 from lakeforge.config import Expectation, Source
 from lakeforge.errors import DataError
 
-QUALITY = "ops.quality"
+QUALITY = catalog.QUALITY
 FILE_RULES = ("freshness", "min_rows")
 QUALITY_SCHEMA = ("batch_id string, source string, file string, `check` string, action string, "
                   "rows_checked bigint, rows_failing bigint, passed boolean, detail string, checked_at timestamp")
@@ -222,6 +222,12 @@ def quarantine_share_check(file: str, counts: FileCounts, limit: float, action: 
                        f"(max_quarantine_share)")
 
 
+def quarantine_limits(sources: dict[str, Source]) -> dict[str, float]:
+    """The quarantined share each source may reach (`max_quarantine_share`), by its ops.quality check name."""
+    return {f"{name}: {QUARANTINE_SHARE}": source.max_quarantine_share
+            for name, source in sources.items() if source.max_quarantine_share is not None}
+
+
 def broken(results: list[CheckResult], action: str) -> dict[str, list[CheckResult]]:
     """Failed checks with this action, by check name (in declaration order)."""
     by_check: dict[str, list[CheckResult]] = {}
@@ -267,13 +273,12 @@ def record(spark: SparkSession, results: list[CheckResult], source_name: str, ba
            lakehouse: Path, owner: str, now: dt.datetime, replace: bool = True) -> None:
     """Store the results in ops.quality: appended, or replacing the rows of these files (a rerun of them)."""
     df = quality_rows(spark, results, source_name, batch_id, now)
-    props = {"lakeforge.description": "Data-contract results per landing file and check", "lakeforge.owner": owner,
-             "lakeforge.source": "lakeforge"}
+    options = catalog.QUALITY_TABLE.options(owner)
     if not replace:
-        lake.append(spark, df, lakehouse, QUALITY, properties=props)
+        lake.append(spark, df, lakehouse, QUALITY, **options)
         return
     where = f"source = {sql_string(source_name)} AND file IN ({', '.join(sql_string(f) for f in files)})"
-    lake.replace_where(spark, df, lakehouse, QUALITY, where, properties=props)
+    lake.replace_where(spark, df, lakehouse, QUALITY, where, **options)
 
 
 def sql_string(text: str) -> str:

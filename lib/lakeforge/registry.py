@@ -7,6 +7,7 @@ create ./mlflow.db wherever it runs).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from lakeforge import __version__, metrics, model_files, runs
+from lakeforge import __version__, metrics, model_files, plots, runs
+from lakeforge.access import AccessDenied
 from lakeforge.config import Gate, MlflowSettings
 from lakeforge.errors import DataError
 
@@ -41,6 +43,8 @@ OUTSIDE_LAKEFORGE = "changed outside lakeforge (no intent recorded)"
 UNKNOWN_USER = "unknown (set outside lakeforge; MLflow does not record who)"
 TRAINER_TAG = "lakeforge.user"  # who trained: the authenticated MLflow user, or the OS account
 START_TAG = "lakeforge.process_start"  # tells the training process apart from a later one given its pid
+FEATURE_VERSION_TAG = "lakeforge.feature_version"  # on each model's training run: see features.feature_version
+TRAINED_AS_OF_TAG = "lakeforge.trained_as_of"
 
 
 class ProbabilityModel(mlflow.pyfunc.PythonModel):
@@ -375,12 +379,128 @@ def version_run(client: MlflowClient, name: str, version: int):
     return client.get_run(client.get_model_version(name, str(version)).run_id)
 
 
-def load_baseline(client: MlflowClient, name: str, version: int) -> dict:
-    """The training baseline logged with a version, or an error that says how to get one."""
+def load_baseline(client: MlflowClient, name: str, version: int,
+                  missing_ok: Callable[[str], None] | None = None) -> dict | None:
+    """The training baseline logged with a version, or an error that says how to get one; with `missing_ok`, a
+    version without one (trained before monitoring existed: its performance still counts) gets None, and the
+    error's text goes to `missing_ok` instead."""
     run = version_run(client, name, version)
     try:
         return mlflow.artifacts.load_dict(f"{run.info.artifact_uri.rstrip('/')}/{BASELINE_ARTIFACT}")
     except (MlflowException, OSError):
-        raise DataError(f"{name} version {version} has no training baseline ({BASELINE_ARTIFACT} in MLflow run "
-                        f"{run.info.run_id}); it predates monitoring: retrain with `lakeforge train --pipeline "
-                        f"{name}`") from None
+        if missing_ok is not None:
+            missing_ok(f"no drift today: {_no_baseline(name, version, run)}")
+            return None
+        raise DataError(_no_baseline(name, version, run)) from None
+
+
+def _no_baseline(name: str, version: int, run) -> str:
+    return (f"{name} version {version} has no training baseline ({BASELINE_ARTIFACT} in MLflow run "
+            f"{run.info.run_id}); it predates monitoring: retrain with `lakeforge train --pipeline {name}`")
+
+
+# ---------------------------------------------------------------- what a training and a monitoring night log
+
+
+def training_tags(pipeline, run_id: str, trigger: str, trained_as_of: dt.date, feature_version: str,
+                  train_dates: list[dt.date], holdout_dates: list[dt.date], inputs: dict[str, int]) -> dict[str, str]:
+    """The tags of a training run: what code and config trained it, as of when, why, on which dates and which
+    input table versions."""
+    return {"lakeforge.git_commit": runs.git_commit(), "lakeforge.config_hash": pipeline.config_hash(),
+            "lakeforge.version": runs.__version__, "lakeforge.run_id": run_id,
+            TRAINED_AS_OF_TAG: trained_as_of.isoformat(), "lakeforge.trigger": trigger,
+            FEATURE_VERSION_TAG: feature_version,
+            "lakeforge.train_dates": f"{train_dates[0]}..{train_dates[-1]}",
+            "lakeforge.holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}",
+            **{f"lakeforge.input.{name}": str(v) for name, v in inputs.items()}}
+
+
+def log_training(client: MlflowClient, pipeline, artifact_root: str, trained, data, evaluation, tags: dict[str, str],
+                 baseline: dict | None, datasets: list[tuple[str, str, int, object]]) -> LoggedModel:
+    """Into the active training run: plots, the input Delta tables (mlflow.data), the per-group metrics table,
+    the estimator's inputs; then params, metrics, tags, baseline and the model, registered as a new version
+    (training.Trained, training.TrainingSet and training.Evaluation give what was fitted and found)."""
+    figures = {}
+    if pipeline.label.task == metrics.CLASSIFICATION and len(data.holdout):
+        figures.update(plots.classification_plots(evaluation.predictions,
+                                                  data.holdout[data.label].astype("int64").to_numpy()))
+    if trained.figures_from is not None:
+        figures.update(plots.importance_plot(trained.figures_from, data.columns))
+    if evaluation.groups is not None:
+        figures.update(plots.group_error_plot(evaluation.groups.attrs["errors"], pipeline.model.group_key))
+        mlflow.log_dict({"groups": evaluation.groups.to_dict(orient="records")}, "per_group_metrics.json")
+    log_figures(figures)
+    plots.close(figures)
+    log_inputs(datasets)
+    params = {"estimator": pipeline.model.estimator, "pattern": pipeline.model.pattern,
+              "distributed": pipeline.model.distributed, "seed": pipeline.training.seed, **trained.params}
+    if data.train_rows is not None:
+        mlflow.log_dict({"categories": data.spec.categories, "classes": list(data.classes)}, "estimator_inputs.json")
+    example = data.holdout if len(data.holdout) else data.train_rows
+    return log_and_register(client, pipeline.name, artifact_root, trained.model, example, params,
+                            evaluation.metrics, tags, baseline=baseline)
+
+
+def champion_model(client: MlflowClient, name: str):
+    """The current champion's Python model, None when there is none."""
+    version = alias_version(client, name, CHAMPION)
+    return None if version is None else load_python_model(name, version)
+
+
+def gate(client: MlflowClient, spark: SparkSession, lakehouse: Path, name: str, version: int, gate_config: Gate,
+         metric: str, found: dict[str, float], champion_value: float | None, naive: dict[str, float],
+         may_promote: Callable[[], bool], job: str, run_id: str, user: str | None) -> tuple[Decision, int | None]:
+    """Send a new version through the gate (`decide`) and move the alias it earns: @champion only where
+    `may_promote()` (the team set-up's four eyes), else @challenger awaiting an approver. Returns the decision
+    and the version the alias pointed at before."""
+    decision = decide(found[metric], champion_value, gate_config, metric, naive)
+    if decision.alias == CHAMPION and not may_promote():
+        decision = Decision(CHALLENGER, f"{decision.reason}; @champion awaits an approver "
+                                        f"(`lakeforge promote --alias champion`)")
+    seen = {metric: found[metric], f"champion_{metric}": champion_value}
+    previous = move_alias(client, spark, lakehouse, name, decision.alias, version, job, decision.reason, run_id,
+                          user, runs.GATE, metrics=seen)
+    return decision, previous
+
+
+def feature_version(client: MlflowClient, name: str, version: int) -> str | None:
+    """The feature version a registered version was trained on (None: registered before they were recorded)."""
+    return version_run(client, name, version).data.tags.get(FEATURE_VERSION_TAG)
+
+
+def check_four_eyes(client: MlflowClient, spark: SparkSession, lakehouse: Path, name: str, alias: str, version: int,
+                    reason: str, run_id: str, user: str) -> None:
+    """Four eyes: a user may not promote a version they trained (or one with no record of who did). A refusal is
+    recorded (ops.audit row, tags on the version) and raised as AccessDenied (exit 2)."""
+    trained_by = trainer(client, name, version)
+    if trained_by is not None and trained_by != user:
+        return
+    why = (f"user '{user}' trained version {version}" if trained_by else
+           f"version {version} has no training run that says who trained it ({TRAINER_TAG})")
+    message = (f"refused: @{alias} of {name} -> v{version} needs an approver other than the version's trainer; "
+               f"{why}. Another user with the role approver runs `lakeforge promote --alias {alias} --version "
+               f"{version} --reason ...`")
+    current = alias_version(client, name, alias)
+    runs.record_alias_change(spark, lakehouse, name, alias, current, version, f"promote: {reason}; {message}",
+                             run_id, runs.REFUSED, user=user, action=runs.REFUSAL)
+    tag_decision(client, name, version, f"{alias}.refused", runs.REFUSAL, user, current, f"{reason}; {message}", None)
+    raise AccessDenied(message)
+
+
+def log_monitoring(client: MlflowClient, pipeline: str, artifact_root: str, day: dt.date, version: int,
+                   summary: dict, today: pd.DataFrame, report: Path) -> None:
+    """A monitoring run in the pipeline's experiment: the night's decision as tags, PSI and matured and estimated
+    performance as metrics, the HTML report as an artifact."""
+    mlflow.set_experiment(experiment_id=experiment_id(client, pipeline, artifact_root))
+    with mlflow.start_run(run_name=f"monitor-{pipeline}-{day}"):
+        mlflow.set_tags({"lakeforge.kind": "monitoring", "lakeforge.monitor_date": day.isoformat(),
+                         "lakeforge.champion_version": str(version), "lakeforge.retrain": str(summary["retrain"]),
+                         "lakeforge.reason": summary["reason"][:5000]})
+        values = {f"psi.{r.name}": r.value for r in today.itertuples()
+                  if r.kind in ("drift", "prediction_drift") and r.metric == "psi"}
+        values.update({f"matured.{r.metric}": r.value for r in today.itertuples()
+                       if r.kind == "performance" and r.model_version == version and r.value == r.value})
+        values.update({f"estimated.{r.metric}": r.value for r in today.itertuples()
+                       if r.kind == "estimated_performance" and r.value == r.value})
+        mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})
+        mlflow.log_artifact(str(report), "reports")

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import io
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -283,3 +284,39 @@ def render_index(nights: pd.DataFrame) -> str:
         latest = rows.iloc[0]
         pipelines.append({"name": name, "latest": latest, "nights": rows.to_dict("records")})
     return _environment().get_template("index.html.j2").render(pipelines=pipelines)
+
+
+def publish(root: Path, pipeline, day: dt.date, night: monitoring.Night, champion: int, holdout: float | None,
+            baseline: dict | None, current: pd.DataFrame, verdicts: pd.DataFrame | None) -> Path:
+    """Render a monitored night and write it to <root>/<pipeline>/<date>.html, then the index over every
+    pipeline's nights (`write_index`)."""
+    policy = pipeline.retrain
+    text = render(pipeline.name, day, night.history, champion, pipeline.model.metric, holdout, night.floor,
+                  policy.psi_threshold if policy else None, list(policy.psi_features) if policy else [],
+                  baseline, current, night.tonight, pipeline.monitoring.history_nights)
+    path = write_night(root, pipeline.name, day, text)
+    write_index(root, verdicts)
+    return path
+
+
+def write_night(root: Path, pipeline: str, day: dt.date, text: str) -> Path:
+    """Write a night's report to <root>/<pipeline>/<date>.html."""
+    path = root / pipeline / f"{day}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+INDEX_COLUMNS = ["pipeline", "monitor_date", "name", "detail"]  # of ops.monitoring's verdict rows
+
+
+def write_index(root: Path, verdicts: pd.DataFrame | None) -> Path:
+    """<root>/index.html: every pipeline's latest verdict and a link to each night with a report (`verdicts`:
+    the verdict rows of ops.monitoring, pipeline, monitor_date, name, detail)."""
+    nights = pd.DataFrame(columns=["pipeline", "monitor_date", "verdict", "reasons"])
+    if verdicts is not None and len(verdicts):
+        nights = verdicts.rename(columns={"name": "verdict", "detail": "reasons"})
+        nights = nights[[(root / p / f"{d}.html").exists() for p, d in zip(nights.pipeline, nights.monitor_date)]]
+    path = root / "index.html"
+    path.write_text(render_index(nights), encoding="utf-8")
+    return path

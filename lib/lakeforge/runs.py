@@ -27,9 +27,9 @@ from typing import Iterator
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakeforge import __version__, interrupts, lake, logs
+from lakeforge import __version__, catalog, interrupts, lake, logs
 
-RUNS = "ops.runs"
+RUNS = catalog.RUNS
 CRASH_AFTER = "LAKEFORGE_TEST_CRASH_AFTER"
 STALL_AT, STALL_MARKER = "LAKEFORGE_TEST_STALL_AT", "LAKEFORGE_TEST_STALL_MARKER"
 SCHEMA = ("run_id string, job string, pipeline string, env string, run_date date, status string, "
@@ -109,10 +109,8 @@ def _write(spark: SparkSession, lakehouse: Path, rows: list[dict]) -> None:
     append's time, and every stage run writes twice. mergeSchema: an ops.runs made before ADDED_COLUMNS
     gets them on this append.
     """
-    props = {"lakeforge.description": "Every lakeforge job run, appended when it starts (running) and when it "
-                                      "ends: inputs and outputs with Delta versions, rows, duration, status, error",
-             "lakeforge.owner": "lakeforge", "lakeforge.source": "lakeforge"}
-    lake.append(spark, spark.createDataFrame(rows, SCHEMA), lakehouse, RUNS, properties=props, merge_schema=True)
+    lake.append(spark, spark.createDataFrame(rows, SCHEMA), lakehouse, RUNS, merge_schema=True,
+                **catalog.RUNS_TABLE.options())
 
 
 def latest(ledger: DataFrame) -> DataFrame:
@@ -341,6 +339,22 @@ def pipeline_health(rows: list[dict]) -> dict[str, dict]:
     return health
 
 
+def ledger(spark: SparkSession, lakehouse: Path, tables: list[dict]) -> list[dict]:
+    """Every ops.runs row `status` shows, abandoned runs marked (`tables`: lake.describe of each table); none when
+    the ledger is missing or damaged (its health says so)."""
+    if not any(t["table"] == RUNS and t["health"] == "ok" for t in tables):
+        return []
+    return mark_abandoned([r.asDict() for r in read_runs(spark, lakehouse).select(
+        "run_id", "started_at", "job", "pipeline", "status", "run_date", "duration_s", "error", "host", "pid",
+        "process_start").collect()], lakehouse)
+
+
+def health_of(health: dict[str, dict], pipeline: str) -> dict:
+    """A pipeline's entry of `pipeline_health`, `never run` for one with no run yet."""
+    return health.get(pipeline, {"health": "never run", "failed_jobs": [], "interrupted_jobs": [],
+                                 "abandoned_jobs": [], "running_jobs": [], "last_run": None})
+
+
 def os_user() -> str:
     """The operating-system account of this process (its uid's name: $LOGNAME and $USER can say anything)."""
     import pwd
@@ -348,7 +362,7 @@ def os_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-AUDIT = "ops.audit"
+AUDIT = catalog.AUDIT
 AUDIT_SCHEMA = ("changed_at timestamp, user string, host string, model string, alias string, "
                 "from_version int, to_version int, reason string, run_id string, status string, "
                 "action string, metrics string")
@@ -387,10 +401,7 @@ def record_permission_changes(spark: SparkSession, lakehouse: Path, user: str, c
 def _append_audit(spark: SparkSession, lakehouse: Path, rows: list[tuple]) -> None:
     # mergeSchema: an ops.audit written before the status, action or metrics column takes them on this append.
     lake.append(spark, spark.createDataFrame(rows, AUDIT_SCHEMA), lakehouse, AUDIT, merge_schema=True,
-                properties={"lakeforge.description": "Every model alias change, approval, refusal and permission "
-                                                     "change: who, when, from, to, why, the metrics seen, and "
-                                                     "whether intended, done or reconciled with the registry",
-                            "lakeforge.owner": "lakeforge", "lakeforge.source": "lakeforge"})
+                **catalog.AUDIT_TABLE.options())
 
 
 def read_audit(spark: SparkSession, lakehouse: Path, model: str) -> list[dict]:

@@ -30,7 +30,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType
 
-from lakeforge import compiled, model_files, registry
+from lakeforge import catalog, compiled, lake, model_files, registry
+from lakeforge.errors import DataError
 
 # Test hook: with this set to a file path, a scoring task creates the file after its first batch and
 # then hangs, so a test can kill the job while its write is in progress.
@@ -44,7 +45,7 @@ PICKLE = "pickle"  # the payload key of a model broadcast as its cloudpickled py
 
 
 def predictions_table(pipeline_name: str) -> str:
-    return f"gold.{pipeline_name}_predictions"
+    return catalog.predictions(pipeline_name)
 
 
 def _model_on_worker(key: str, payload) -> Callable[[pa.StructArray], object]:
@@ -181,3 +182,30 @@ def stamp(predictions: DataFrame, score_date: dt.date, model_name: str, model_ve
 def broadcast_model(spark: SparkSession, loaded: Loaded) -> object:
     """Broadcast a loaded model's payload (a dict of bytes) to the executors, once."""
     return spark.sparkContext.broadcast(loaded.payload)
+
+
+def score_date(spark: SparkSession, lakehouse: Path, pipeline, table: str, table_version: int, model: Loaded,
+               version: int, day: dt.date, run_id: str, owner: str, log: Callable[[str], None] = print) -> tuple[int, dict]:
+    """Score the date's feature rows in the population (`table` at `table_version`) with the loaded model into
+    gold.<pipeline>_predictions, replacing the date's partition; returns the rows written and, per string input,
+    the rows holding a category unseen in training."""
+    from lakeforge import features as feats  # features' own tests need no scoring
+
+    rows = feats.in_population(lake.read(spark, lakehouse, table, version=table_version).where(
+        F.col(feats.AS_OF) == F.lit(day)), pipeline)
+    missing = [c for c in model.feature_names if c not in rows.columns]
+    if missing:
+        raise DataError(f"{pipeline.name} version {version} expects column(s) {', '.join(missing)} that "
+                        f"{table} does not have; rebuild the features or retrain the model")
+    if rows.limit(1).count() == 0:
+        feats.explain_nothing_to_score(spark, lakehouse, pipeline, table, table_version, day)
+    unseen = unseen_categories(rows, model.categories)
+    for column, count in unseen.items():
+        if count:
+            log(f"{column}: {count:,} row(s) hold a value not seen in training; the model takes it as missing")
+    payload = broadcast_model(spark, model)
+    predictions = stamp(predict(rows, payload, model.fingerprint, feats.id_columns(pipeline), model.feature_names,
+                                model.classes), day, pipeline.name, version, run_id)
+    out = catalog.predictions_table(pipeline.name)
+    lake.replace_where(spark, predictions, lakehouse, out.name, f"score_date = DATE'{day}'", **out.options(owner))
+    return lake.read(spark, lakehouse, out.name).where(F.col("score_date") == F.lit(day)).count(), unseen

@@ -1,4 +1,9 @@
-"""Point-in-time training sets, a time-based split, fitting and evaluation (pure functions, no I/O)."""
+"""Point-in-time training sets, a time-based split, fitting and evaluation.
+
+The functions above `# --- a pipeline's training` are pure (no I/O); those below fit a pipeline's model as its
+model section says (a search, one global model, one per group, or distributed on Spark) and evaluate it on the
+holdout, for the train stage.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import functions as F
 
-from lakeforge import estimators, metrics
+from lakeforge import catalog, distributed, estimators, metrics, models, registry
+from lakeforge import features as feats
 from lakeforge.config import Pipeline
 from lakeforge.errors import DataError
 
@@ -193,3 +200,158 @@ def naive_metrics(task: str, metric: str, train: pd.DataFrame, holdout: pd.DataF
         if value is not None:
             out[name] = value
     return out
+
+
+# ---------------------------------------------------------------- a pipeline's training
+
+
+def window(first_event: dt.date, last_event: dt.date, pipeline: Pipeline, as_of: dt.date | None = None,
+           window_days: int | None = None) -> tuple[list[dt.date], list[dt.date], dt.date]:
+    """Training dates, holdout dates and the as-of date of a training: `as_of` trains as the night of that date
+    would (only events before it); `window_days` keeps only as-of dates of the last N days whose labels have
+    matured, snapshotted every retrain.snapshot_every_days."""
+    last = last_event if as_of is None else min(last_event, as_of - dt.timedelta(days=1))
+    since = every = None
+    if window_days is not None:
+        since = last + dt.timedelta(days=1 - pipeline.label.horizon_days - window_days)
+        every = pipeline.retrain.snapshot_every_days if pipeline.retrain else None
+    train_dates, holdout_dates = snapshot_dates(first_event, last, pipeline, since=since, every_days=every)
+    return train_dates, holdout_dates, last + dt.timedelta(days=1)
+
+
+@dataclass
+class TrainingSet:
+    """A training's rows split by date: the training rows on Spark and (unless the fit is distributed) on the
+    driver, the holdout on the driver, sorted, with what every fit of them needs."""
+
+    train_df: object               # Spark DataFrame of the training dates
+    train_rows: pd.DataFrame | None
+    holdout: pd.DataFrame
+    columns: list[str]
+    label: str
+    order: list[str]
+    spec: EstimatorSpec | None
+
+    categorical: set[str] = field(default_factory=set)  # the string and boolean model inputs
+
+    @property
+    def classes(self) -> tuple:
+        return self.spec.classes if self.spec is not None and self.spec.classes else ()
+
+
+def _sorted(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+
+
+def split(labelled_df, pipeline: Pipeline, holdout_dates: list[dt.date]) -> TrainingSet:
+    """The labelled rows as training rows (every date but the holdout's) and holdout rows."""
+    columns, label = feats.feature_columns(pipeline), pipeline.label.name
+    is_train = ~F.col(catalog.AS_OF).isin(holdout_dates)
+    # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
+    # sorting makes the same data, config and seed give the same model and metrics.
+    order = [catalog.AS_OF, *pipeline.keys]
+    holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
+    train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
+    spec = None if train_rows is None else estimator_spec(pipeline, train_rows, columns, label)
+    types = pipeline.feature_table_columns()
+    categorical = {c for c in columns if types[c] in ("string", "boolean")}
+    return TrainingSet(labelled_df.where(is_train), train_rows, holdout, columns, label, order, spec, categorical)
+
+
+@dataclass
+class Trained:
+    """What fitting produced: the model to register, its parameters, and what to log and record with it."""
+
+    model: object
+    params: dict
+    train_rows: int
+    figures_from: object = None   # the estimator whose feature importance is plotted
+    groups: object = None         # per_group: one row per group (train rows, model or fallback)
+
+
+def fit_model(spark, pipeline: Pipeline, data: TrainingSet, train_dates: list[dt.date], log=print) -> Trained:
+    """Fit as the pipeline's model section says: distributed, or a search then global / per-group models."""
+    from lakeforge import many_models, tuning  # both build on this module's fits
+
+    model, task = pipeline.model, pipeline.label.task
+    columns, label, spec, train_rows = data.columns, data.label, data.spec, data.train_rows
+    if model.distributed:
+        estimator = distributed.fit_logistic(data.train_df, columns, label, model.mllib_params)
+        log("fitted Spark MLlib LogisticRegression on the executors (no training rows on the driver)")
+        return Trained(registry.ProbabilityModel(estimator, columns), {"learner": "spark.ml.LogisticRegression",
+                                                                        **distributed.DEFAULTS, **model.mllib_params},
+                       data.train_df.count(), estimator)
+    best: dict = {}
+    if model.search_space:
+        fit_dates, valid_dates = validation_split(train_dates, pipeline, model.tuning.validation_snapshots)
+        in_fit = train_rows[catalog.AS_OF].isin(fit_dates)
+        in_valid = train_rows[catalog.AS_OF].isin(valid_dates)
+        result = tuning.search(train_rows[in_fit], train_rows[in_valid], columns, label, spec,
+                               estimator_params(pipeline), model.search_space, model.tuning.max_evals,
+                               model.tuning.parallelism, pipeline.training.seed, spark=spark,
+                               timeout_s=model.tuning.timeout_s, metric=model.tuning.metric)
+        tuning.log_trials(result)
+        best = result.best_params
+        log(f"search: {len(result.trials)} trials (parallelism {result.parallelism}) in {result.seconds:.1f}s, "
+            f"best validation loss {result.best_loss:.4f} with {best}")
+    fallback = fit(train_rows, columns, label, pipeline, best, spec)
+    if model.pattern == "global":
+        if task == metrics.MULTICLASS:
+            wrapped = models.MulticlassModel(fallback, columns, list(spec.classes))
+        else:
+            wrapped = (registry.ProbabilityModel if task == metrics.CLASSIFICATION else models.RegressionModel)(
+                fallback, columns)
+        return Trained(wrapped, {**model.params, **best}, len(train_rows), fallback)
+    key = model.group_key
+    fitted = many_models.fit_per_group(data.train_df, key, columns, label, task, estimator_params(pipeline, best),
+                                       model.min_group_rows, data.order, spec).toPandas()
+    per_group = many_models.unpickle(fitted, key)
+    log(f"{len(per_group)} of {len(fitted)} {key} groups got their own model; the others use the fallback")
+    groups = fitted[[key, "train_rows"]].assign(own_model=fitted[key].isin(list(per_group)))
+    return Trained(models.RoutingModel(per_group, fallback, key, columns, task), {**model.params, **best},
+                   len(train_rows), fallback, groups)
+
+
+@dataclass
+class Evaluation:
+    """The model on the holdout: its predictions, metrics (naive and per-group ones included), the naive
+    baselines' metrics, and per group (per_group models) the holdout errors."""
+
+    predictions: np.ndarray
+    metrics: dict[str, float]
+    naive: dict[str, float]
+    groups: pd.DataFrame | None = None
+
+
+def evaluate_holdout(pipeline: Pipeline, trained: Trained, data: TrainingSet, log=print) -> Evaluation:
+    """The trained model's metrics on the later holdout, beside the naive predictions' and per group's."""
+    from lakeforge import many_models
+
+    task, model, holdout, label = pipeline.label.task, pipeline.model, data.holdout, data.label
+    log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
+    predictions = trained.model.predict(None, holdout)
+    found = metrics_for(task, predictions, holdout[label], model.top_k, data.classes)
+    log("holdout " + ", ".join(f"{k} {v:.3f}" for k, v in found.items() if k != "rows"))
+    naive = {} if data.train_rows is None else naive_metrics(
+        task, model.metric, data.train_rows, holdout, label, pipeline.keys, catalog.AS_OF, model.top_k, data.classes)
+    if naive:
+        log(f"naive {model.metric} on the same holdout: " + ", ".join(f"{k} {v:.3f}" for k, v in naive.items()))
+    found.update({f"naive.{k}": v for k, v in naive.items()})
+    groups = None
+    if trained.groups is not None:
+        groups = many_models.group_metrics(trained.groups, holdout, predictions, model.group_key, label)
+        found.update(many_models.group_metric_values(groups, model.group_key))
+    return Evaluation(predictions, found, naive, groups)
+
+
+def champion_metric(champion, data: TrainingSet, pipeline: Pipeline) -> float | None:
+    """The current champion's (a loaded model, or None) gate metric on this holdout; None if it cannot read these
+    features."""
+    holdout, label = data.holdout, data.label
+    if champion is None or any(c not in holdout.columns for c in champion.feature_names):
+        return None
+    classes = getattr(champion, "classes", None) or ()
+    if classes and set(map(str, holdout[label])) - set(classes):
+        return None  # a class the champion never saw: it cannot be compared on these rows
+    return metrics_for(pipeline.label.task, champion.predict(None, holdout), holdout[label],
+                       pipeline.model.top_k, classes).get(pipeline.model.metric)
