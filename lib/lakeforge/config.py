@@ -421,7 +421,8 @@ class Monitoring(Frozen):
 
 
 class Retrain(Frozen):
-    """When `run nightly` retrains: drift on watched features for some days, or matured performance breaches."""
+    """When `run nightly` retrains: drift on watched features for some days, matured performance breaches, or (if
+    `on_estimated_drop`) tonight's estimated performance beyond the margin; otherwise an estimated drop is a WATCH."""
 
     psi_threshold: float = Field(0.2, gt=0)
     psi_features: list[str] = Field(default_factory=list)
@@ -432,6 +433,7 @@ class Retrain(Frozen):
     window_days: int = Field(42, ge=1)           # retrain on as-of dates of the last N days with matured labels
     snapshot_every_days: int | None = Field(None, ge=1)  # default: training.snapshot_every_days
     cooldown_days: int = Field(14, ge=0)         # no retrain while the champion's training is this recent
+    on_estimated_drop: bool = False              # an estimated drop (before labels) retrains too, not only warns
 
 
 class Pipeline(Frozen):

@@ -222,7 +222,8 @@ class RetrainDecision:
 
 
 def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.DataFrame, performance: pd.DataFrame,
-                   champion_metric: float | None, metric: str, champion_trained_as_of: dt.date | None) -> RetrainDecision:
+                   champion_metric: float | None, metric: str, champion_trained_as_of: dt.date | None,
+                   estimated: pd.DataFrame | None = None) -> RetrainDecision:
     """Apply the pipeline's `retrain` policy to the champion's monitoring history up to `monitor_date`.
 
     `drift`: monitor_date, name, value (PSI of features) under this champion. `performance`: window_end, value
@@ -231,6 +232,10 @@ def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.D
     labels of the first drifted day have matured (a retrain can only learn the new world from labels after
     it). Performance fires when `breaches` of the last `windows` matured windows are worse than the
     champion's validation metric by more than `performance_margin`.
+    `estimated`: monitor_date, value, threshold (the pipeline metric estimated from each night's scores, before
+    labels). Tonight's estimate beyond its threshold fires only with `on_estimated_drop: true`; otherwise it is
+    noted and the verdict makes it a WATCH. (A retrain then learns from the newest matured labels, which may still
+    be from before the change.) When nothing fires, the reason names what each trigger saw.
     """
     if champion_trained_as_of is not None and (monitor_date - champion_trained_as_of).days < policy.cooldown_days:
         return RetrainDecision(False, "", f"champion trained as of {champion_trained_as_of}, within the "
@@ -265,7 +270,45 @@ def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.D
                              f"the retrain waits for labels after it to mature ({ripe})")
             elif run:
                 notes.append(f"PSI of {feature} >= {policy.psi_threshold} for {run} of {policy.psi_days} days")
-    return RetrainDecision(False, "", "; ".join(notes) or "no drift or performance breach")
+    drop = estimated_drop(estimated, monitor_date, metric)
+    if drop and policy.on_estimated_drop:
+        return RetrainDecision(True, "estimated", f"{drop} (retrain.on_estimated_drop: true)")
+    if drop:
+        notes.append(f"{drop}: a warning, no retrain (retrain.on_estimated_drop: false)")
+    return RetrainDecision(False, "", "; ".join(notes + _quiet_triggers(policy, notes, perf, metric, champion_metric)))
+
+
+def estimated_drop(estimated: pd.DataFrame | None, monitor_date: dt.date, metric: str) -> str:
+    """'estimated auc 0.7800 below 0.8100 tonight' when the monitor date's estimate is beyond its threshold, else ''."""
+    if estimated is None or estimated.empty:
+        return ""
+    tonight = estimated[(estimated.monitor_date == monitor_date) & estimated.threshold.notna() & estimated.value.notna()]
+    for r in tonight.itertuples(index=False):
+        if metrics.breaches(metric, r.value, r.threshold):
+            side = "below" if metrics.higher_is_better(metric) else "above"
+            return f"estimated {metric} {r.value:.4f} {side} {r.threshold:.4f} tonight (before labels)"
+    return ""
+
+
+def _quiet_triggers(policy, notes: list[str], perf: pd.DataFrame, metric: str, champion_metric: float | None
+                    ) -> list[str]:
+    """What the triggers without a note saw, so a 'no retrain' never reads as 'nothing moved' beside drifted
+    features the policy does not watch."""
+    said = " ".join(notes)
+    out = []
+    if policy.psi_days <= 0:
+        out.append("drift trigger off (retrain.psi_days: 0)")
+    elif not policy.psi_features:
+        out.append("no watched feature (retrain.psi_features)")
+    elif "PSI of" not in said:
+        out.append(f"PSI of the watched features ({', '.join(policy.psi_features)}) below {policy.psi_threshold}")
+    if policy.breaches <= 0:
+        out.append("performance trigger off (retrain.breaches: 0)")
+    elif champion_metric is None:
+        out.append(f"no validation {metric} to compare with")
+    elif perf.empty:
+        out.append(f"no matured {metric} window yet")
+    return out
 
 
 def _drifted_run(history: pd.Series, dates: list, monitor_date: dt.date, threshold: float) -> int:

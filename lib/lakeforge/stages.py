@@ -21,8 +21,8 @@ from lakeforge import features as feats
 from lakeforge import quality as quality_checks
 from lakeforge import ingest as ingestion
 from lakeforge import metrics as lf_metrics
-from lakeforge import (access, distributed, interrupts, lake, locks, logs, many_models, models, monitoring,
-                       ownership, plots, registry, runs, scoring, training, tuning)
+from lakeforge import (access, distributed, estimation, interrupts, lake, locks, logs, many_models, models,
+                       monitoring, ownership, plots, registry, runs, scoring, training, tuning)
 from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
@@ -249,8 +249,9 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
                 if classes:  # a multiclass model's predictions drift as its predicted classes
                     fitted = [classes[i] for i in fitted.argmax(axis=1)]
                 baseline = monitoring.build_baseline(train_rows, columns, fitted, categorical, bool(classes))
-                if task == lf_metrics.CLASSIFICATION:  # CBPE estimates performance from this before labels arrive
-                    baseline["calibration"] = monitoring.calibrate(predictions, holdout[label].to_numpy())
+                # What estimates performance before labels arrive (CBPE calibration, DLE error model).
+                baseline.update(estimation.fit_references(task, holdout, predictions, holdout[label].to_numpy(),
+                                                          [c for c in columns if c not in categorical]))
                 mlflow.log_dict({"categories": spec.categories, "classes": list(classes)}, "estimator_inputs.json")
             logged = registry.log_and_register(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root,
                                                trained.model, example, params, metrics, tags, baseline=baseline)
@@ -561,19 +562,18 @@ def monitor(ctx: Context, monitor_date: dt.date | None = None) -> dict:
                 add(kind=r.kind, name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
                     threshold=threshold, breached=None if threshold is None else bool(r.value >= threshold))
 
-        # Performance estimated from tonight's scores (CBPE), before any label: a drop below the floor is a WATCH.
+        # Performance estimated from tonight's scores before any label (CBPE, DLE): a drop beyond the margin is a
+        # WATCH, a retrain only if the policy says so (retrain.on_estimated_drop).
         floor = None
+        margin = policy.performance_margin if policy else 0.0
         if validation is not None:
-            margin = policy.performance_margin if policy else 0.0
             floor = lf_metrics.worse_than(metric, validation, margin)
-        if baseline is not None and baseline.get("calibration") and scored is not None and len(scored):
-            estimate = monitoring.estimate_performance(baseline["calibration"], scored.prediction.to_numpy())
-            for name, value in estimate.items():
-                threshold = floor if name == metric else None
-                add(kind="estimated_performance", name="overall", metric=name, value=value, rows=len(scored),
-                    window_start=day, window_end=day, threshold=threshold,
-                    breached=None if threshold is None or value is None else lf_metrics.breaches(name, value, threshold),
-                    detail="CBPE: expected from the holdout-calibrated probabilities of tonight's scores")
+        if baseline is not None and scored is not None and len(scored):
+            with_features = "error_model" in baseline and not current.empty  # DLE reads the inputs too
+            tonight_rows = scored.merge(current, on=pipeline.keys, how="inner") if with_features else scored
+            for r in estimation.estimates(baseline, metric, margin, tonight_rows, floor).itertuples(index=False):
+                add(kind="estimated_performance", name="overall", metric=r.metric, value=r.value, rows=int(r.rows),
+                    window_start=day, window_end=day, threshold=r.threshold, breached=r.breached, detail=r.detail)
 
         # Performance on the newest matured window only (score date + horizon <= today), per model version.
         start, end = monitoring.matured_window(day, horizon, pipeline.monitoring.window_days)
@@ -655,13 +655,14 @@ def _retrain_decision(pipeline: Pipeline, day: dt.date, history, version: int, v
     mine = history[history.model_version == version]
     drift = mine[(mine.kind == "drift") & (mine.metric == "psi")][["monitor_date", "name", "value"]]
     perf = mine[(mine.kind == "performance") & (mine.name == "overall")][["window_end", "value"]]
+    estimated = mine[(mine.kind == "estimated_performance") & (mine.metric == pipeline.model.metric)]
     since = dt.date.fromisoformat(trained_as_of) if trained_as_of else None
     # A retrain that did not replace the champion (gate or error) also starts the cooldown: no retrain every night.
     attempts = [d for d in history[history.kind == "retrain"].monitor_date if d < day]
     if attempts:
         since = max([d for d in (since, max(attempts)) if d is not None])
     return monitoring.decide_retrain(pipeline.retrain, day, pipeline.label.horizon_days, drift, perf, validation,
-                                     pipeline.model.metric, since)
+                                     pipeline.model.metric, since, estimated[["monitor_date", "value", "threshold"]])
 
 
 def _write_report(ctx: Context, day: dt.date, history, version: int, today, summary: dict,
