@@ -110,21 +110,61 @@ def summarize_column(values: pd.Series, categorical: bool, seed: int = 0) -> dic
 
 
 def build_baseline(train: pd.DataFrame, feature_cols: list[str], predictions,
-                   categorical: set[str] | frozenset[str] = frozenset(), predicted_classes: bool = False) -> dict:
+                   categorical: set[str] | frozenset[str] = frozenset(), predicted_classes: bool = False,
+                   seasonal: dict[str, str] | None = None) -> dict:
     """The training set's feature and prediction distributions (predicted classes: by value), stored with the model
-    as `monitoring/baseline.json`."""
-    return {"rows": int(len(train)),
-            "features": {c: summarize_column(train[c], c in categorical) for c in feature_cols},
-            "prediction": summarize_column(pd.Series(predictions), predicted_classes)}
+    as `monitoring/baseline.json`. A seasonal feature (`{feature: period column}`) is also summarized per value of
+    its period column, so a night is compared with the same period of the training set."""
+    baseline = {"rows": int(len(train)),
+                "features": {c: summarize_column(train[c], c in categorical) for c in feature_cols},
+                "prediction": summarize_column(pd.Series(predictions), predicted_classes)}
+    if seasonal:
+        baseline["seasonal"] = {
+            name: {"period": period,
+                   "by": {period_key(value): {**summarize_column(part[name], name in categorical), "rows": len(part)}
+                          for value, part in train.groupby(period, sort=True)}}
+            for name, period in seasonal.items() if name in feature_cols}
+    return baseline
+
+
+def period_key(value) -> str:
+    """A period value as a JSON key: 3, 3.0 and '3' are the same weekday."""
+    if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+        return str(int(value))
+    return str(value)
+
+
+def same_period_summary(baseline: dict, name: str, current: pd.DataFrame) -> tuple[dict | None, str]:
+    """What a seasonal feature is compared with tonight: the baseline's rows of tonight's periods pooled (None when
+    the training set has none of them), and the sentence that says so; a non-seasonal feature: the whole baseline."""
+    seasonal = baseline.get("seasonal", {}).get(name)
+    if seasonal is None:
+        return baseline["features"][name], ""
+    period = seasonal["period"]
+    tonight = sorted({period_key(v) for v in current[period].dropna()}) if period in current.columns else []
+    parts = [seasonal["by"][p] for p in tonight if p in seasonal["by"]]
+    where = f"{period} = {', '.join(tonight) or 'none'}"
+    if not parts:
+        return None, f"no training rows with {where} (monitoring.seasonal_features): not tested"
+    note = f"against the baseline's rows with {where} (monitoring.seasonal_features)"
+    if parts[0]["kind"] == "categorical":
+        total = sum(p["rows"] for p in parts)
+        keys = sorted({k for p in parts for k in p["shares"]})
+        shares = {k: sum(p["shares"].get(k, 0.0) * p["rows"] for p in parts) / total for k in keys}
+        return {"kind": "categorical", "shares": shares}, note
+    pooled = pd.Series(np.concatenate([np.asarray(p["sample"], dtype="float64") for p in parts]))
+    return summarize_column(pooled, False), note
 
 
 def drift_rows(baseline: dict, current: pd.DataFrame, predictions: np.ndarray | None) -> pd.DataFrame:
     """PSI (every feature) and KS (numeric features) of the current rows, and PSI/KS of the predictions."""
     out = []
-    for name, summary in baseline["features"].items():
+    for name in baseline["features"]:
         if name not in current.columns:
             continue
-        out += _drift_of(name, "drift", summary, current[name])
+        summary, _ = same_period_summary(baseline, name, current)
+        if summary is not None:
+            out += _drift_of(name, "drift", summary, current[name])
     if predictions is not None and baseline.get("prediction"):
         out += _drift_of("prediction", "prediction_drift", baseline["prediction"], pd.Series(predictions))
     return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "rows"])
@@ -384,19 +424,20 @@ def drift_tests(baseline: dict, current: pd.DataFrame, predictions: np.ndarray |
                 leave_out: set[str] | frozenset[str] = frozenset(), min_rows: int = DRIFT_MIN_ROWS) -> pd.DataFrame:
     """One test row per feature (and the predictions): metric, value, threshold, breached, rows, detail.
     Fewer than `min_rows` rows: metric 'too_few_rows', nothing flagged; features in `leave_out` (calendar or
-    seasonal, declared in the YAML) get metric 'left_out'."""
+    seasonal, declared in the YAML) get metric 'left_out'; seasonal features in the baseline are tested against
+    the baseline's rows of tonight's period (the detail says which), or left out when it has none."""
     out = []
-    columns = [(name, "drift", summary, current[name] if name in current.columns else None)
-               for name, summary in baseline["features"].items()]
+    columns = [(name, "drift", *same_period_summary(baseline, name, current), current[name])
+               for name in baseline["features"] if name in current.columns]
     if predictions is not None and baseline.get("prediction"):
-        columns.append(("prediction", "prediction_drift", baseline["prediction"], pd.Series(predictions)))
-    for name, kind, summary, values in columns:
-        if values is None:
-            continue
+        columns.append(("prediction", "prediction_drift", baseline["prediction"], "", pd.Series(predictions)))
+    for name, kind, summary, against, values in columns:
         rows = int(len(values))
         if name in leave_out:
             out.append((kind, name, "left_out", None, None, None, rows,
                         "calendar/seasonal feature (monitoring.calendar_features): not tested against the baseline"))
+        elif summary is None:
+            out.append((kind, name, "left_out", None, None, None, rows, against))
         elif rows < min_rows:
             out.append((kind, name, "too_few_rows", None, None, None, rows,
                         f"too few rows: {rows} < {min_rows} (monitoring.drift_min_rows), not tested"))
@@ -404,7 +445,8 @@ def drift_tests(baseline: dict, current: pd.DataFrame, predictions: np.ndarray |
             test = drift_test(summary["kind"] == "categorical", rows)
             value = test_statistic(test, summary, values)
             flagged = None if math.isnan(value) else test.breached(value)
-            out.append((kind, name, test.metric, value, test.threshold, flagged, rows, f"drift if {test.describe()}"))
+            out.append((kind, name, test.metric, value, test.threshold, flagged, rows,
+                        f"drift if {test.describe()}" + (f"; {against}" if against else "")))
     return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "threshold", "breached", "rows", "detail"])
 
 

@@ -248,7 +248,8 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
                 fitted = trained.model.predict(None, train_rows)
                 if classes:  # a multiclass model's predictions drift as its predicted classes
                     fitted = [classes[i] for i in fitted.argmax(axis=1)]
-                baseline = monitoring.build_baseline(train_rows, columns, fitted, categorical, bool(classes))
+                baseline = monitoring.build_baseline(train_rows, columns, fitted, categorical, bool(classes),
+                                                     pipeline.monitoring.seasonal_features)
                 # What estimates performance before labels arrive (CBPE calibration, DLE error model).
                 baseline.update(estimation.fit_references(task, holdout, predictions, holdout[label].to_numpy(),
                                                           [c for c in columns if c not in categorical]))

@@ -218,3 +218,47 @@ def test_a_quiet_decision_names_what_each_trigger_saw():
     off = policy.model_copy(update={"psi_days": 0})
     assert mon.decide_retrain(off, day, 30, drift, perf.head(0), 0.85, "auc", dt.date(2026, 8, 1)).reason == (
         "drift trigger off (retrain.psi_days: 0); no matured auc window yet")
+
+
+# ---------------------------------------------------------------- seasonal features: the same period of the baseline
+
+
+def _weekly_train():
+    # Weekends (day_of_week 5, 6) sell ten times more: 100..139 against 10..13.9 on weekdays.
+    day = np.arange(700) % 7
+    amount = np.where(day >= 5, 100.0 + (np.arange(700) % 40), 10.0 + (np.arange(700) % 40) / 10)
+    channel = np.where(day >= 5, np.where(np.arange(700) % 2 == 0, "delivery", "takeaway"), "dine_in")
+    return pd.DataFrame({"amount": amount, "day_of_week": day, "channel": channel})
+
+
+def test_a_seasonal_feature_is_compared_with_the_same_weekday_of_the_baseline():
+    train = _weekly_train()
+    saturday = train[train.day_of_week == 5].reset_index(drop=True)   # every Saturday of the training set
+    whole = mon.build_baseline(train, ["amount", "channel"], np.zeros(700), {"channel"})
+    seasonal = mon.build_baseline(train, ["amount", "channel"], np.zeros(700), {"channel"},
+                                  seasonal={"amount": "day_of_week", "channel": "day_of_week"})
+    assert sorted(seasonal["seasonal"]["amount"]["by"]) == ["0", "1", "2", "3", "4", "5", "6"]
+    against_all = mon.drift_tests(whole, saturday, None).set_index("name")
+    assert against_all.breached.to_dict() == {"amount": True, "channel": True}
+    same_day = mon.drift_tests(seasonal, saturday, None).set_index("name")
+    # Saturday's rows are Saturday's training rows: nothing moved (KS and chi-square p-value 1).
+    assert same_day.breached.to_dict() == {"amount": False, "channel": False}
+    assert same_day.value.to_dict() == {"amount": pytest.approx(1.0), "channel": pytest.approx(1.0)}
+    assert same_day.loc["amount", "detail"] == ("drift if ks_pvalue < 0.05; against the baseline's rows with "
+                                                "day_of_week = 5 (monitoring.seasonal_features)")
+    # PSI (what the retrain policy reads) compares the same period too.
+    psi = mon.drift_rows(seasonal, saturday, None).set_index(["name", "metric"]).value
+    assert psi[("amount", "psi")] == pytest.approx(0.0, abs=1e-12) and psi[("channel", "psi")] == pytest.approx(0.0)
+    assert mon.drift_rows(whole, saturday, None).set_index(["name", "metric"]).value[("amount", "psi")] > 5
+
+
+def test_a_seasonal_feature_without_training_rows_of_tonights_period_is_left_out_saying_so():
+    train = _weekly_train()
+    seasonal = mon.build_baseline(train[train.day_of_week < 5], ["amount"], np.zeros(500),
+                                  seasonal={"amount": "day_of_week"})
+    sunday = train[train.day_of_week == 6].head(40)
+    rows = mon.drift_tests(seasonal, sunday, None)
+    assert rows[["name", "metric", "breached", "rows", "detail"]].values.tolist() == [
+        ["amount", "left_out", None, 40,
+         "no training rows with day_of_week = 6 (monitoring.seasonal_features): not tested"]]
+    assert mon.drift_rows(seasonal, sunday, None).empty
