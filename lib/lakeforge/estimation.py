@@ -67,7 +67,7 @@ def estimate_mae(model: dict, features: pd.DataFrame, predictions) -> float | No
     return float(expected_errors(model, features, predictions).mean())
 
 
-# ---------------------------------------------------------------- what training stores, what monitoring reads
+# ---------------------------------------------------------------- what training keeps, what monitoring reads
 
 
 def fit_references(task: str, holdout: pd.DataFrame, predictions, labels, numeric_columns: list[str]) -> dict:
