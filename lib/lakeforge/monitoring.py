@@ -322,7 +322,8 @@ def estimated_drop(estimated: pd.DataFrame | None, monitor_date: dt.date, metric
     """'estimated auc 0.7800 below 0.8100 tonight' when the monitor date's estimate is beyond its threshold, else ''."""
     if estimated is None or estimated.empty:
         return ""
-    tonight = estimated[(estimated.monitor_date == monitor_date) & estimated.threshold.notna() & estimated.value.notna()]
+    tonight = estimated[(estimated.monitor_date == monitor_date) & estimated.threshold.notna()
+                        & estimated.value.notna()]
     for r in tonight.itertuples(index=False):
         if metrics.breaches(metric, r.value, r.threshold):
             side = "below" if metrics.higher_is_better(metric) else "above"
