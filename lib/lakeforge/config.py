@@ -418,11 +418,14 @@ class Monitoring(Frozen):
     report: bool = True                          # write the HTML report (and log it to MLflow)
     drift_min_rows: int = Field(30, ge=1)        # fewer rows a night: "too few rows", no drift test
     calendar_features: list[str] = Field(default_factory=list)  # calendar/seasonal features left out of drift
+    # seasonal features compared with the baseline's rows of the same period: {feature: period column}
+    seasonal_features: dict[str, str] = Field(default_factory=dict)
     history_nights: int = Field(30, ge=1)        # nights drawn in the report's drift and performance charts
 
 
 class Retrain(Frozen):
-    """When `run nightly` retrains: drift on watched features for some days, or matured performance breaches."""
+    """When `run nightly` retrains: drift on watched features for some days, matured performance breaches, or (if
+    `on_estimated_drop`) tonight's estimated performance beyond the margin; otherwise an estimated drop is a WATCH."""
 
     psi_threshold: float = Field(0.2, gt=0)
     psi_features: list[str] = Field(default_factory=list)
@@ -433,6 +436,7 @@ class Retrain(Frozen):
     window_days: int = Field(42, ge=1)           # retrain on as-of dates of the last N days with matured labels
     snapshot_every_days: int | None = Field(None, ge=1)  # default: training.snapshot_every_days
     cooldown_days: int = Field(14, ge=0)         # no retrain while the champion's training is this recent
+    on_estimated_drop: bool = False              # an estimated drop (before labels) retrains too, not only warns
 
 
 class Pipeline(Frozen):
@@ -1067,10 +1071,17 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
                 "global binary classifier with its own mllib_params (model.params are not used), no search; unset "
                 "model.estimator and model.search_space and use pattern global (or set distributed: false to use "
                 "the estimator)")
-    stray = [c for c in pipeline.monitoring.calendar_features if c not in pipeline.feature_table_columns()]
-    if stray:
-        raise ConfigError(f"{path}: key 'monitoring.calendar_features': '{stray[0]}' is not a feature column "
-                          f"({', '.join(pipeline.feature_table_columns())})")
+    seasonal = pipeline.monitoring.seasonal_features
+    for key, names in (("calendar_features", pipeline.monitoring.calendar_features),
+                       ("seasonal_features", [*seasonal, *seasonal.values()])):
+        stray = [c for c in names if c not in pipeline.feature_table_columns()]
+        if stray:
+            raise ConfigError(f"{path}: key 'monitoring.{key}': '{stray[0]}' is not a feature column "
+                              f"({', '.join(pipeline.feature_table_columns())})")
+    both = sorted(set(seasonal) & set(pipeline.monitoring.calendar_features))
+    if both:
+        raise ConfigError(f"{path}: key 'monitoring.seasonal_features': '{both[0]}' is also in "
+                          f"monitoring.calendar_features (left out of drift); keep it in one of them")
     for key, param in model.search_space.items():
         ok = param.values if param.type == "choice" else (param.low is not None and param.high is not None
                                                           and param.low < param.high)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lakeforge import catalog, metrics
+from lakeforge import catalog, estimation, metrics
 
 MONITORING = catalog.MONITORING
 SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "
@@ -110,21 +110,61 @@ def summarize_column(values: pd.Series, categorical: bool, seed: int = 0) -> dic
 
 
 def build_baseline(train: pd.DataFrame, feature_cols: list[str], predictions,
-                   categorical: set[str] | frozenset[str] = frozenset(), predicted_classes: bool = False) -> dict:
+                   categorical: set[str] | frozenset[str] = frozenset(), predicted_classes: bool = False,
+                   seasonal: dict[str, str] | None = None) -> dict:
     """The training set's feature and prediction distributions (predicted classes: by value), stored with the model
-    as `monitoring/baseline.json`."""
-    return {"rows": int(len(train)),
-            "features": {c: summarize_column(train[c], c in categorical) for c in feature_cols},
-            "prediction": summarize_column(pd.Series(predictions), predicted_classes)}
+    as `monitoring/baseline.json`. A seasonal feature (`{feature: period column}`) is also summarized per value of
+    its period column, so a night is compared with the same period of the training set."""
+    baseline = {"rows": int(len(train)),
+                "features": {c: summarize_column(train[c], c in categorical) for c in feature_cols},
+                "prediction": summarize_column(pd.Series(predictions), predicted_classes)}
+    if seasonal:
+        baseline["seasonal"] = {
+            name: {"period": period,
+                   "by": {period_key(value): {**summarize_column(part[name], name in categorical), "rows": len(part)}
+                          for value, part in train.groupby(period, sort=True)}}
+            for name, period in seasonal.items() if name in feature_cols}
+    return baseline
+
+
+def period_key(value) -> str:
+    """A period value as a JSON key: 3, 3.0 and '3' are the same weekday."""
+    if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+        return str(int(value))
+    return str(value)
+
+
+def same_period_summary(baseline: dict, name: str, current: pd.DataFrame) -> tuple[dict | None, str]:
+    """What a seasonal feature is compared with tonight: the baseline's rows of tonight's periods pooled (None when
+    the training set has none of them), and the sentence that says so; a non-seasonal feature: the whole baseline."""
+    seasonal = baseline.get("seasonal", {}).get(name)
+    if seasonal is None:
+        return baseline["features"][name], ""
+    period = seasonal["period"]
+    tonight = sorted({period_key(v) for v in current[period].dropna()}) if period in current.columns else []
+    parts = [seasonal["by"][p] for p in tonight if p in seasonal["by"]]
+    where = f"{period} = {', '.join(tonight) or 'none'}"
+    if not parts:
+        return None, f"no training rows with {where} (monitoring.seasonal_features): not tested"
+    note = f"against the baseline's rows with {where} (monitoring.seasonal_features)"
+    if parts[0]["kind"] == "categorical":
+        total = sum(p["rows"] for p in parts)
+        keys = sorted({k for p in parts for k in p["shares"]})
+        shares = {k: sum(p["shares"].get(k, 0.0) * p["rows"] for p in parts) / total for k in keys}
+        return {"kind": "categorical", "shares": shares}, note
+    pooled = pd.Series(np.concatenate([np.asarray(p["sample"], dtype="float64") for p in parts]))
+    return summarize_column(pooled, False), note
 
 
 def drift_rows(baseline: dict, current: pd.DataFrame, predictions: np.ndarray | None) -> pd.DataFrame:
     """PSI (every feature) and KS (numeric features) of the current rows, and PSI/KS of the predictions."""
     out = []
-    for name, summary in baseline["features"].items():
+    for name in baseline["features"]:
         if name not in current.columns:
             continue
-        out += _drift_of(name, "drift", summary, current[name])
+        summary, _ = same_period_summary(baseline, name, current)
+        if summary is not None:
+            out += _drift_of(name, "drift", summary, current[name])
     if predictions is not None and baseline.get("prediction"):
         out += _drift_of("prediction", "prediction_drift", baseline["prediction"], pd.Series(predictions))
     return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "rows"])
@@ -222,7 +262,8 @@ class RetrainDecision:
 
 
 def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.DataFrame, performance: pd.DataFrame,
-                   champion_metric: float | None, metric: str, champion_trained_as_of: dt.date | None) -> RetrainDecision:
+                   champion_metric: float | None, metric: str, champion_trained_as_of: dt.date | None,
+                   estimated: pd.DataFrame | None = None) -> RetrainDecision:
     """Apply the pipeline's `retrain` policy to the champion's monitoring history up to `monitor_date`.
 
     `drift`: monitor_date, name, value (PSI of features) under this champion. `performance`: window_end, value
@@ -231,6 +272,10 @@ def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.D
     labels of the first drifted day have matured (a retrain can only learn the new world from labels after
     it). Performance fires when `breaches` of the last `windows` matured windows are worse than the
     champion's validation metric by more than `performance_margin`.
+    `estimated`: monitor_date, value, threshold (the pipeline metric estimated from each night's scores, before
+    labels). Tonight's estimate beyond its threshold fires only with `on_estimated_drop: true`; otherwise it is
+    noted and the verdict makes it a WATCH. (A retrain then learns from the newest matured labels, which may still
+    be from before the change.) When nothing fires, the reason names what each trigger saw.
     """
     if champion_trained_as_of is not None and (monitor_date - champion_trained_as_of).days < policy.cooldown_days:
         return RetrainDecision(False, "", f"champion trained as of {champion_trained_as_of}, within the "
@@ -265,7 +310,46 @@ def decide_retrain(policy, monitor_date: dt.date, horizon_days: int, drift: pd.D
                              f"the retrain waits for labels after it to mature ({ripe})")
             elif run:
                 notes.append(f"PSI of {feature} >= {policy.psi_threshold} for {run} of {policy.psi_days} days")
-    return RetrainDecision(False, "", "; ".join(notes) or "no drift or performance breach")
+    drop = estimated_drop(estimated, monitor_date, metric)
+    if drop and policy.on_estimated_drop:
+        return RetrainDecision(True, "estimated", f"{drop} (retrain.on_estimated_drop: true)")
+    if drop:
+        notes.append(f"{drop}: a warning, no retrain (retrain.on_estimated_drop: false)")
+    return RetrainDecision(False, "", "; ".join(notes + _quiet_triggers(policy, notes, perf, metric, champion_metric)))
+
+
+def estimated_drop(estimated: pd.DataFrame | None, monitor_date: dt.date, metric: str) -> str:
+    """'estimated auc 0.7800 below 0.8100 tonight' when the monitor date's estimate is beyond its threshold, else ''."""
+    if estimated is None or estimated.empty:
+        return ""
+    tonight = estimated[(estimated.monitor_date == monitor_date) & estimated.threshold.notna()
+                        & estimated.value.notna()]
+    for r in tonight.itertuples(index=False):
+        if metrics.breaches(metric, r.value, r.threshold):
+            side = "below" if metrics.higher_is_better(metric) else "above"
+            return f"estimated {metric} {r.value:.4f} {side} {r.threshold:.4f} tonight (before labels)"
+    return ""
+
+
+def _quiet_triggers(policy, notes: list[str], perf: pd.DataFrame, metric: str, champion_metric: float | None
+                    ) -> list[str]:
+    """What the triggers without a note saw, so a 'no retrain' never reads as 'nothing moved' beside drifted
+    features the policy does not watch."""
+    said = " ".join(notes)
+    out = []
+    if policy.psi_days <= 0:
+        out.append("drift trigger off (retrain.psi_days: 0)")
+    elif not policy.psi_features:
+        out.append("no watched feature (retrain.psi_features)")
+    elif "PSI of" not in said:
+        out.append(f"PSI of the watched features ({', '.join(policy.psi_features)}) below {policy.psi_threshold}")
+    if policy.breaches <= 0:
+        out.append("performance trigger off (retrain.breaches: 0)")
+    elif champion_metric is None:
+        out.append(f"no validation {metric} to compare with")
+    elif perf.empty:
+        out.append(f"no matured {metric} window yet")
+    return out
 
 
 def _drifted_run(history: pd.Series, dates: list, monitor_date: dt.date, threshold: float) -> int:
@@ -341,19 +425,20 @@ def drift_tests(baseline: dict, current: pd.DataFrame, predictions: np.ndarray |
                 leave_out: set[str] | frozenset[str] = frozenset(), min_rows: int = DRIFT_MIN_ROWS) -> pd.DataFrame:
     """One test row per feature (and the predictions): metric, value, threshold, breached, rows, detail.
     Fewer than `min_rows` rows: metric 'too_few_rows', nothing flagged; features in `leave_out` (calendar or
-    seasonal, declared in the YAML) get metric 'left_out'."""
+    seasonal, declared in the YAML) get metric 'left_out'; seasonal features in the baseline are tested against
+    the baseline's rows of tonight's period (the detail says which), or left out when it has none."""
     out = []
-    columns = [(name, "drift", summary, current[name] if name in current.columns else None)
-               for name, summary in baseline["features"].items()]
+    columns = [(name, "drift", *same_period_summary(baseline, name, current), current[name])
+               for name in baseline["features"] if name in current.columns]
     if predictions is not None and baseline.get("prediction"):
-        columns.append(("prediction", "prediction_drift", baseline["prediction"], pd.Series(predictions)))
-    for name, kind, summary, values in columns:
-        if values is None:
-            continue
+        columns.append(("prediction", "prediction_drift", baseline["prediction"], "", pd.Series(predictions)))
+    for name, kind, summary, against, values in columns:
         rows = int(len(values))
         if name in leave_out:
             out.append((kind, name, "left_out", None, None, None, rows,
                         "calendar/seasonal feature (monitoring.calendar_features): not tested against the baseline"))
+        elif summary is None:
+            out.append((kind, name, "left_out", None, None, None, rows, against))
         elif rows < min_rows:
             out.append((kind, name, "too_few_rows", None, None, None, rows,
                         f"too few rows: {rows} < {min_rows} (monitoring.drift_min_rows), not tested"))
@@ -361,7 +446,8 @@ def drift_tests(baseline: dict, current: pd.DataFrame, predictions: np.ndarray |
             test = drift_test(summary["kind"] == "categorical", rows)
             value = test_statistic(test, summary, values)
             flagged = None if math.isnan(value) else test.breached(value)
-            out.append((kind, name, test.metric, value, test.threshold, flagged, rows, f"drift if {test.describe()}"))
+            out.append((kind, name, test.metric, value, test.threshold, flagged, rows,
+                        f"drift if {test.describe()}" + (f"; {against}" if against else "")))
     return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "threshold", "breached", "rows", "detail"])
 
 
@@ -457,7 +543,7 @@ def verdict(today: pd.DataFrame) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- one night: rows, thresholds, breaches, decision
 
 
-def training_baseline(model, data, task: str, holdout_scores) -> dict | None:
+def training_baseline(model, data, task: str, holdout_scores, seasonal_features: dict | None = None) -> dict | None:
     """What monitoring compares each night with: the training rows' (`data`, a training.TrainingSet) and fitted
     predictions' distributions (a multiclass model's as its predicted classes), and for a classifier the holdout
     calibration CBPE estimates performance from before labels arrive; None for a distributed fit (no training
@@ -467,9 +553,11 @@ def training_baseline(model, data, task: str, holdout_scores) -> dict | None:
     fitted = model.predict(None, data.train_rows)
     if data.classes:
         fitted = [data.classes[i] for i in fitted.argmax(axis=1)]
-    baseline = build_baseline(data.train_rows, data.columns, fitted, data.categorical, bool(data.classes))
-    if task == metrics.CLASSIFICATION:
-        baseline["calibration"] = calibrate(holdout_scores, data.holdout[data.label].to_numpy())
+    baseline = build_baseline(data.train_rows, data.columns, fitted, data.categorical, bool(data.classes),
+                              seasonal_features)
+    # What estimates performance before labels arrive (CBPE calibration, DLE error model).
+    baseline.update(estimation.fit_references(task, data.holdout, holdout_scores, data.holdout[data.label].to_numpy(),
+                                              [c for c in data.columns if c not in data.categorical]))
     return baseline
 
 
@@ -525,19 +613,18 @@ def night(pipeline, day: dt.date, version: int, run_id: str, baseline: dict | No
             add(kind=r.kind, name=r.name, metric=r.metric, value=float(r.value), rows=int(r.rows),
                 threshold=threshold, breached=None if threshold is None else bool(r.value >= threshold))
 
-    # Performance estimated from tonight's scores (CBPE), before any label: a drop below the floor is a WATCH.
+    # Performance estimated from tonight's scores before any label (CBPE, DLE): a drop beyond the margin is a
+    # WATCH, a retrain only if the policy says so (retrain.on_estimated_drop).
     floor = None
+    margin = policy.performance_margin if policy else 0.0
     if validation is not None:
-        margin = policy.performance_margin if policy else 0.0
         floor = metrics.worse_than(metric, validation, margin)
-    if baseline is not None and baseline.get("calibration") and scored is not None and len(scored):
-        estimate = estimate_performance(baseline["calibration"], scored.prediction.to_numpy())
-        for name, value in estimate.items():
-            threshold = floor if name == metric else None
-            add(kind="estimated_performance", name="overall", metric=name, value=value, rows=len(scored),
-                window_start=day, window_end=day, threshold=threshold,
-                breached=None if threshold is None or value is None else metrics.breaches(name, value, threshold),
-                detail="CBPE: expected from the holdout-calibrated probabilities of tonight's scores")
+    if baseline is not None and scored is not None and len(scored):
+        with_features = "error_model" in baseline and not current.empty  # DLE reads the inputs too
+        tonight_rows = scored.merge(current, on=pipeline.keys, how="inner") if with_features else scored
+        for r in estimation.estimates(baseline, metric, margin, tonight_rows, floor).itertuples(index=False):
+            add(kind="estimated_performance", name="overall", metric=r.metric, value=r.value, rows=int(r.rows),
+                window_start=day, window_end=day, threshold=r.threshold, breached=r.breached, detail=r.detail)
 
     # Performance on the newest matured window only (score date + horizon <= today), per model version.
     start, end = matured_window(day, pipeline.label.horizon_days, pipeline.monitoring.window_days)
@@ -588,13 +675,14 @@ def retrain_decision(pipeline, day: dt.date, history: pd.DataFrame, version: int
     mine = history[history.model_version == version]
     drift = mine[(mine.kind == "drift") & (mine.metric == "psi")][["monitor_date", "name", "value"]]
     perf = mine[(mine.kind == "performance") & (mine.name == "overall")][["window_end", "value"]]
+    estimated = mine[(mine.kind == "estimated_performance") & (mine.metric == pipeline.model.metric)]
     since = dt.date.fromisoformat(trained_as_of) if trained_as_of else None
     # A retrain that did not replace the champion (gate or error) also starts the cooldown: no retrain every night.
     attempts = [d for d in history[history.kind == "retrain"].monitor_date if d < day]
     if attempts:
         since = max([d for d in (since, max(attempts)) if d is not None])
     return decide_retrain(pipeline.retrain, day, pipeline.label.horizon_days, drift, perf, validation,
-                          pipeline.model.metric, since)
+                          pipeline.model.metric, since, estimated[["monitor_date", "value", "threshold"]])
 
 
 def retrain_rows(pipeline: str, day: dt.date, result: dict, champion: int | None, reason: str,

@@ -145,7 +145,7 @@ def performance_plot(history: pd.DataFrame, champion: int, holdout: float | None
     fig, ax = _figure(6.0, 3.0)
     if len(estimated):
         ax.plot(pd.to_datetime(estimated.monitor_date), estimated.value, marker=".", linewidth=1,
-                label=f"estimated {metric} (CBPE, that night's rows)")
+                label=f"estimated {metric} ({_estimated_by(estimated.detail.iloc[-1])[11:-1]}, that night's rows)")
     if len(realized):
         ax.plot(pd.to_datetime(realized.window_end), realized.value, marker="o", markersize=3, linewidth=1.5,
                 label=f"realized {metric} (matured labels, window ending that date)")
@@ -157,6 +157,12 @@ def performance_plot(history: pd.DataFrame, champion: int, holdout: float | None
     if floor is not None:
         ax.axhline(floor, color="red", linestyle=":", linewidth=1, label=f"floor {floor:.3f}")
         values.append(floor)
+    # The estimate is judged against the holdout's own estimate minus the margin (its bias cancels).
+    thresholds = estimated.threshold.dropna()
+    if len(thresholds) and (floor is None or abs(float(thresholds.iloc[-1]) - floor) > 1e-9):
+        ax.axhline(float(thresholds.iloc[-1]), color="#1f77b4", linestyle=":", linewidth=1,
+                   label=f"estimate's floor {float(thresholds.iloc[-1]):.3f} (holdout estimate - margin)")
+        values.append(float(thresholds.iloc[-1]))
     low, high = min(values), max(values)
     pad = max((high - low) * 0.1, 0.01)
     ax.set_ylim(low - pad, high + pad)
@@ -227,7 +233,22 @@ def _test_rows(today: pd.DataFrame) -> list[dict]:
     tests["flag"] = [monitoring.is_breached(b) for b in tests.breached]
     tests = tests.sort_values(["flag", "kind", "name"], ascending=[False, False, True], kind="mergesort")
     return [{"name": r.name, "test": r.metric, "value": r.value, "threshold": r.threshold, "rows": r.rows,
-             "flag": r.flag, "detail": r.detail} for r in tests.itertuples(index=False)]
+             "flag": r.flag, "detail": r.detail, "against": _against(r.metric, r.detail)}
+            for r in tests.itertuples(index=False)]
+
+
+def _estimated_by(detail) -> str:
+    """'estimated (CBPE)' or 'estimated (DLE)': the method an estimate's detail starts with."""
+    method = "" if _missing(detail) else str(detail).split(":", 1)[0]
+    return f"estimated ({method})" if method in ("CBPE", "DLE") else "estimated (before labels)"
+
+
+def _against(test: str, detail) -> str:
+    """What a feature was compared with: the training baseline, the same period of it, or nothing (and why)."""
+    text = "" if _missing(detail) else str(detail)
+    if test in ("too_few_rows", "left_out"):
+        return f"not compared: {text}"
+    return text.split("; ", 1)[1] if "; against " in text else "the training baseline"
 
 
 def render(pipeline: str, monitor_date: dt.date, history: pd.DataFrame, champion: int, metric: str,
@@ -263,7 +284,7 @@ def render(pipeline: str, monitor_date: dt.date, history: pd.DataFrame, champion
               Picture("Segments tonight, worst first (matured labels)", segment_plot(segments, floor, higher),
                       "segments")]
     perf = today[today.kind.isin(["estimated_performance", "performance"]) & today.value.notna()]
-    performance = [{"what": "estimated (CBPE)" if r.kind == "estimated_performance" else "realized (matured)",
+    performance = [{"what": _estimated_by(r.detail) if r.kind == "estimated_performance" else "realized (matured)",
                     "version": r.model_version, "metric": r.metric, "value": r.value, "threshold": r.threshold,
                     "flag": monitoring.is_breached(r.breached), "rows": r.rows,
                     "window": _dates(r.window_start, r.window_end)} for r in perf.itertuples(index=False)]

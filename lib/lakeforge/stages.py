@@ -147,7 +147,8 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root, run.run_id, ctx.user):
             trained = training.fit_model(ctx.spark, pipeline, data, train_dates, run.log)
             found = training.evaluate_holdout(pipeline, trained, data, run.log)
-            baseline = monitoring.training_baseline(trained.model, data, pipeline.label.task, found.predictions)
+            baseline = monitoring.training_baseline(trained.model, data, pipeline.label.task, found.predictions,
+                                                    pipeline.monitoring.seasonal_features)
             tags = registry.training_tags(pipeline, run.run_id, why, trained_as_of, feats.feature_version(pipeline),
                                           train_dates, holdout_dates, run.inputs)
             logged = registry.log_training(ctx.mlflow, pipeline, ctx.settings.mlflow.artifact_root, trained, data,

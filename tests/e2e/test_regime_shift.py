@@ -110,8 +110,22 @@ def test_every_night_has_one_decision_with_its_reason(story):
 def test_estimated_auc_tracks_the_realized_before_the_shift(story):
     """CBPE: before the shift the champion's AUC estimated from each night's scores (no label) is within 0.03 of the
     realized AUC of the same score dates, known a horizon later. After it the estimate moves far less than the
-    realized AUC (the demo's shift is mostly concept drift, which CBPE cannot see): the figures are printed, and
-    the README states them; no estimated drop below the floor is claimed."""
+    realized AUC: the figures are printed, and the README states them; no estimated drop is claimed.
+
+    Why (`benchmarks/estimate_story.py`, this story on pandas in seconds, same spec and overrides; figures in
+    benchmarks/results/estimate_story*.json): the shift does move the inputs (the 4-day dine-in share falls from
+    0.12 to 0.01 within four nights, orders and amounts change), but the model's scores barely move: its weight is
+    on recency, 90/180-day aggregates, tenure and the 180-day average amount, which follow a change over weeks,
+    while the 4-day shares carry almost no weight (they predicted nothing before the shift). The mean score goes
+    0.440 -> 0.433 by +7 (0.418 at +20) and the calibrated probabilities' histogram keeps its shape, so the expected
+    AUC stays 0.833-0.841 up to +16 (0.826 at +20) against a floor of 0.805 (the holdout's estimate 0.830 - 0.025),
+    while the realized AUC of single score dates falls from 0.833-0.840 before the shift to 0.777-0.789 on +7 to
+    +11. What drops it is the dine-in customers' churn hazard tripling: a concept shift. Other lockdowns were tried
+    (the script's --rate-mult and --surge): order rates cut for every channel (dine-in x0.15 to x0.4, takeaway x0.3
+    to x0.7) never took the estimate below its floor in 20 nights; 30% of the period's signups arriving in the ten
+    days after the shift, delivery-first, did so only at +10. So the generator was left as it is rather than tuned
+    until the estimate moves, and the goal (an estimated drop within 7 nights) is not asserted: it is not met on
+    this data."""
     _, _, _, m = story
     m = m.assign(monitor_date=pd.to_datetime(m.monitor_date).dt.date)
     v1 = m[m.model_version == 1]

@@ -4,6 +4,7 @@ parity pandas vs Spark, late data, a composite key end to end, and a night's cos
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from lakeforge import config, features, lake, points, registry, stages
+from lakeforge import config, estimation, features, lake, points, registry, stages
 from lakeforge.config import AS_OF_DATE, PREDICTION_AT
 from lakeforge.ingest import ingest_all
 
@@ -353,3 +354,45 @@ def test_snapshot_points_with_a_composite_key_and_feature_sets_train_and_score(s
     assert scored["rows"] == len(predictions) == 6 and trained["version"] == 1
     assert sorted(zip(predictions.store_id, predictions.carrier_id)) == sorted(
         (s, c) for s in ("S1", "S2") for c in shipments.CARRIERS)
+
+
+def test_delivery_time_estimates_mae_before_labels_beside_the_realized(spark, delivery_lake):
+    """DLE: the error model fitted on the holdout is stored with the baseline (LightGBM text and its SHA-256); a
+    night's estimated MAE is its mean over that night's predictions, recorded beside the realized MAE once the
+    labels are known (the next day)."""
+    settings, pipeline = delivery_lake
+    where = settings.paths.lakehouse
+    ctx = stages.Context(settings, pipeline, spark_factory=lambda _: spark)
+    version = stages.train(ctx)["version"]
+    model = registry.load_baseline(ctx.mlflow, "delivery_time", version)["error_model"]
+    assert (model["method"], model["format"]) == ("dle", "lightgbm-text")
+    assert model["sha256"] == hashlib.sha256(model["model"].encode()).hexdigest()
+    assert "day_of_week" in model["columns"] and "store_id" not in model["columns"]   # numeric model inputs only
+    last = features.event_date_range(spark, where, pipeline)[1]
+    stages.build_features(ctx, [last - dt.timedelta(days=n) for n in range(10)])
+    built = lake.read(spark, where, features.features_table(pipeline)).groupBy(AS_OF_DATE).count().collect()
+    night = max(r[AS_OF_DATE] for r in built if r[AS_OF_DATE] < last and r["count"] >= 2)  # the tiny demo: few a day
+    next_night = night + dt.timedelta(days=1)
+    stages.score(ctx, night)
+    for day in (night, next_night):
+        stages.monitor(ctx, day)
+
+    m = lake.read(spark, where, "ops.monitoring").where(F.col("pipeline") == "delivery_time").toPandas()
+    estimated = m[(m.kind == "estimated_performance") & (m.monitor_date == night)]
+    scored = lake.read(spark, where, "gold.delivery_time_predictions").where(F.col("score_date") == night).toPandas()
+    rows = lake.read(spark, where, features.features_table(pipeline)).where(F.col(AS_OF_DATE) == night).toPandas()
+    tonight = scored[[*pipeline.keys, "prediction"]].merge(rows, on=pipeline.keys, how="inner")
+    assert len(tonight) == len(scored) > 0
+    expected = estimation.estimate_mae(model, tonight, tonight["prediction"])
+    assert estimated[["metric", "rows"]].values.tolist() == [["mae", len(scored)]]
+    assert estimated.value.iloc[0] == pytest.approx(expected, rel=1e-12)
+    # No retrain policy: no margin, the threshold is the holdout's own estimate.
+    assert estimated.threshold.iloc[0] == pytest.approx(model["holdout_estimate"]["mae"], rel=1e-12)
+    assert estimated.detail.iloc[0].startswith("DLE: mean expected absolute error of tonight's predictions")
+    # The next night, the realized MAE of the same score date (its labels are known a day later).
+    realized = m[(m.kind == "performance") & (m.monitor_date == next_night) & (m.name == "overall")]
+    assert realized[["metric", "window_end", "rows"]].values.tolist() == [["mae", night, len(scored)]]
+    assert realized.value.iloc[0] > 0
+    print(f"delivery_time {night}: estimated MAE {estimated.value.iloc[0]:.3f} (holdout's "
+          f"{model['holdout_estimate']['mae']:.3f}), realized {realized.value.iloc[0]:.3f}")
+

@@ -20,7 +20,7 @@ import deltalake
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, many_models, registry, runs, stages, training, tuning
+from lakeforge import config, lake, many_models, monitoring, registry, runs, stages, training, tuning
 from lakeforge.config import SearchParam
 from lakeforge.errors import DataError
 
@@ -98,6 +98,20 @@ def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by
         expected = float(estimator.predict(row[model.inputs].to_frame().T.astype(features[model.inputs].dtypes))[0])
         assert predictions.loc[row["store_id"], "prediction"] == pytest.approx(expected, rel=1e-12)
     assert model.models["S001"] is not model.fallback
+
+    # Monitoring's baseline: the seasonal features per weekday, the error model that estimates MAE before labels.
+    baseline = registry.load_baseline(ctx.mlflow, "demand", 1)
+    assert sorted(baseline["seasonal"]) == ["orders_1d", "same_weekday_last_week"]
+    assert sorted(baseline["seasonal"]["orders_1d"]["by"]) == [str(d) for d in range(7)]
+    weekday = int(features.day_of_week.iloc[0])
+    tests = monitoring.drift_tests(baseline, features, None, {"day_of_week"}, min_rows=1).set_index("name")
+    assert tests.loc["orders_1d", "detail"] == (f"drift if ks_pvalue < 0.05; against the baseline's rows with "
+                                                f"day_of_week = {weekday} (monitoring.seasonal_features)")
+    assert tests.loc["orders_7d", "detail"] == "drift if ks_pvalue < 0.05"
+    stages.monitor(ctx, dt.date.fromisoformat(scored["score_date"]))
+    night = lake.read(spark, lakehouse, "ops.monitoring").where("kind = 'estimated_performance'").toPandas()
+    assert night[["metric", "rows"]].values.tolist() == [["mae", 4]] and night.value.iloc[0] > 0
+    assert night.threshold.iloc[0] == pytest.approx(baseline["error_model"]["holdout_estimate"]["mae"])
 
 
 def test_per_group_training_gives_each_task_an_even_share_of_the_rows(spark):

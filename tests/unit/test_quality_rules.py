@@ -103,3 +103,18 @@ def test_calendar_features_must_be_feature_columns(tmp_path):
     with pytest.raises(ConfigError, match=r"demand.yaml: key 'monitoring.calendar_features': 'weekday' is not a "
                                           r"feature column \(store_id, as_of_date, orders_1d"):
         config.load_pipeline("demand", directory=tmp_path / "conf")
+
+
+@pytest.mark.parametrize("seasonal, message", [
+    ("{orders_1d: weekday}", r"key 'monitoring.seasonal_features': 'weekday' is not a feature column"),
+    ("{day_of_week: orders_1d}", r"key 'monitoring.seasonal_features': 'day_of_week' is also in "
+                                 r"monitoring.calendar_features \(left out of drift\); keep it in one of them")])
+def test_seasonal_features_and_their_periods_must_be_feature_columns(tmp_path, seasonal, message):
+    shutil.copytree(REPO_CONF, tmp_path / "conf")
+    path = tmp_path / "conf" / "pipelines" / "demand.yaml"
+    text = path.read_text()
+    assert "seasonal_features: {orders_1d: day_of_week, same_weekday_last_week: day_of_week}" in text
+    path.write_text(text.replace("seasonal_features: {orders_1d: day_of_week, same_weekday_last_week: day_of_week}",
+                                 f"seasonal_features: {seasonal}"))
+    with pytest.raises(ConfigError, match=f"demand.yaml: {message}"):
+        config.load_pipeline("demand", directory=tmp_path / "conf")

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lakeforge import estimation as est
 from lakeforge import monitoring as mon
 from lakeforge import report
+from lakeforge.config import Retrain
 
 FIRST = dt.date(2026, 7, 1)
 NIGHTS = 20
@@ -32,8 +34,14 @@ def test_numbers_are_formatted_for_people():
 
 
 def _train(rng) -> pd.DataFrame:
+    day_of_week = rng.integers(0, 7, 2000)
     return pd.DataFrame({"amount": rng.normal(20, 5, 2000), "channel": rng.choice(["dine_in", "delivery"], 2000),
-                         "orders_7d": rng.poisson(3, 2000).astype(float)})
+                         # weekends busier: a seasonal feature, compared with the same weekday of the baseline
+                         "orders_7d": rng.poisson(np.where(day_of_week >= 5, 6, 3)).astype(float),
+                         "day_of_week": day_of_week})
+
+
+POLICY = Retrain(psi_threshold=0.2, psi_features=["amount"], psi_days=3, cooldown_days=7)
 
 
 def _night(day: dt.date, baseline: dict, current: pd.DataFrame, scores: np.ndarray, realized: float | None,
@@ -46,16 +54,16 @@ def _night(day: dt.date, baseline: dict, current: pd.DataFrame, scores: np.ndarr
         rows.append({c: None for c in mon.COLUMNS} | {"monitor_date": day, "pipeline": "churn", "model_version": 1,
                                                        "segment": ""} | row)
 
-    for r in mon.drift_tests(baseline, current, scores, min_rows=30).itertuples(index=False):
+    for r in mon.drift_tests(baseline, current, scores, {"day_of_week"}, min_rows=30).itertuples(index=False):
         add(kind=r.kind, name=r.name, metric=r.metric, value=r.value, threshold=r.threshold, breached=r.breached,
             rows=r.rows, detail=r.detail)
     for r in mon.drift_rows(baseline, current, scores).itertuples(index=False):
         add(kind=r.kind, name=r.name, metric=r.metric, value=r.value, rows=r.rows,
             threshold=0.2 if r.metric == "psi" and r.name == "amount" else None,
             breached=bool(r.value >= 0.2) if r.metric == "psi" and r.name == "amount" else None)
-    estimate = mon.estimate_performance(baseline["calibration"], scores)["auc"]
-    add(kind="estimated_performance", name="overall", metric="auc", value=estimate, threshold=floor,
-        breached=bool(estimate < floor), rows=len(scores), window_start=day, window_end=day)
+    for r in est.estimates(baseline, "auc", 0.05, pd.DataFrame({"prediction": scores}), floor).itertuples():
+        add(kind="estimated_performance", name="overall", metric=r.metric, value=r.value, threshold=r.threshold,
+            breached=r.breached, rows=r.rows, window_start=day, window_end=day, detail=r.detail)
     if realized is not None:
         end = day - dt.timedelta(days=7)
         add(kind="performance", name="overall", metric="auc", value=realized, threshold=floor,
@@ -65,7 +73,13 @@ def _night(day: dt.date, baseline: dict, current: pd.DataFrame, scores: np.ndarr
                 breached=bool(value < floor), rows=230, window_start=end - dt.timedelta(days=6), window_end=end)
     add(kind="quality", name="orders: record parses", metric="fail_share", value=0.0021, rows=1096,
         detail="before: 0.19% over 30 batches")
-    add(kind="decision", name="retrain", metric="fire", value=0.0, detail="none: no drift or performance breach")
+    drift = pd.DataFrame([(day, r["name"], r["value"]) for r in rows if r["kind"] == "drift" and r["metric"] == "psi"],
+                         columns=["monitor_date", "name", "value"])
+    perf = pd.DataFrame([(r["window_end"], r["value"]) for r in rows if r["kind"] == "performance"],
+                        columns=["window_end", "value"])
+    decision = mon.decide_retrain(POLICY, day, 7, drift, perf, holdout, "auc", FIRST - dt.timedelta(days=30))
+    add(kind="decision", name="retrain", metric="fire", value=float(decision.fire),
+        detail=f"{decision.trigger or 'none'}: {decision.reason}")
     return rows
 
 
@@ -75,13 +89,15 @@ def pages(tmp_path_factory):
     rng = np.random.default_rng(7)
     train = _train(rng)
     train_scores = 1 / (1 + np.exp(-(train.amount - 20) / 5))
-    baseline = mon.build_baseline(train, list(train.columns), train_scores.to_numpy(), {"channel"})
+    baseline = mon.build_baseline(train, list(train.columns), train_scores.to_numpy(), {"channel"},
+                                  seasonal={"orders_7d": "day_of_week"})
     labels = rng.random(2000) < train_scores
-    baseline["calibration"] = mon.calibrate(train_scores.to_numpy(), labels.astype(int))
+    baseline.update(est.fit_references("classification", train, train_scores.to_numpy(), labels.astype(int), []))
     history, tonight = [], {}
     for i in range(NIGHTS):
         day = FIRST + dt.timedelta(days=i)
         current = _train(rng).head(400)
+        current = current.assign(day_of_week=day.weekday(), orders_7d=rng.poisson(6 if day.weekday() >= 5 else 3, 400))
         if i == NIGHTS - 1:
             current = current.assign(amount=current.amount + 6, channel=rng.choice(["dine_in", "delivery"], 400,
                                                                                   p=[0.2, 0.8]))
@@ -136,7 +152,7 @@ def test_a_drifted_night_says_watch_and_shows_what_moved(pages):
     day = FIRST + dt.timedelta(days=NIGHTS - 1)
     assert re.search(r'id="verdict-line">WATCH · churn · ' + str(day) + "<", dom)
     reasons = re.findall(r"<li>(.*?)</li>", dom)
-    assert reasons[0] == "drift: feature amount moved (ks_pvalue 7.22e-70 &lt; 0.05, 400 rows)"
+    assert reasons[0] == "drift: feature amount moved (ks_pvalue 6.85e-57 &lt; 0.05, 400 rows)"
     assert any(r.startswith("drift: feature channel moved (chi2_pvalue") for r in reasons)
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom, section
@@ -145,6 +161,20 @@ def test_a_drifted_night_says_watch_and_shows_what_moved(pages):
                                 "performance-trend", "segments"]
     text = re.sub(r"base64,[^\"]+", "", dom)
     assert not re.search(r"\bnan\b", text, re.IGNORECASE) and "1096" not in text and ">1,096<" in text
+    # Each feature says what it was compared with: the baseline, the same weekday of it, or nothing and why.
+    against = dict(re.findall(r"<tr[^>]*><td>(\w+)</td>.*?<td class=\"against\">([^<]*)</td>", text, re.S))
+    assert against == {"amount": "the training baseline", "channel": "the training baseline",
+                       "orders_7d": f"against the baseline's rows with day_of_week = {day.weekday()} "
+                                    "(monitoring.seasonal_features)",
+                       "day_of_week": "not compared: calendar/seasonal feature (monitoring.calendar_features): not "
+                                      "tested against the baseline",
+                       "prediction": "the training baseline"}
+    assert re.search(r"<td>estimated \(CBPE\)</td><td>v1</td><td>auc</td>\s*<td class=\"num\">0\.\d{3}</td>"
+                     r"<td class=\"num\">0\.\d{3}</td>", text), "the estimate with its own floor"
+    # The decision agrees with the details: the watched feature moved tonight, one night of the three it takes.
+    decision = re.search(r'<section id="decision">.*?<p>(.*?)</p>', text, re.S).group(1)
+    assert decision.startswith("none: auc breaches 0 of last 1 windows (need 2); PSI of amount &gt;= 0.2 for 1 of 3 "
+                               "days"), decision
 
 
 def test_a_quiet_night_says_ok_and_still_shows_the_predictions_and_trends(pages):
@@ -157,6 +187,8 @@ def test_a_quiet_night_says_ok_and_still_shows_the_predictions_and_trends(pages)
     pictures = re.findall(r'<figure id="([^"]+)">\s*<img alt="[^"]+" src="data:image/png;base64,', dom)
     assert sorted(pictures) == ["dist-prediction", "drift-trend", "performance-trend", "segments"]
     assert 'class="breach"' not in dom
+    decision = re.search(r'<section id="decision">.*?<p>(.*?)</p>', dom, re.S).group(1)
+    assert decision == "none: auc breaches 0 of last 1 windows (need 2); PSI of the watched features (amount) below 0.2"
 
 
 def test_the_index_lists_each_pipeline_with_its_latest_verdict_and_every_night(pages):
