@@ -60,7 +60,7 @@ def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_and_the_st
     assert left_out == {f"tests/cluster/{name}" for name in
                         ("test_access.py", "test_mlflow_postgres.py", "test_operations.py", "test_shared_catalog.py",
                          "test_standalone_cluster.py")} | {
-        "tests/e2e/test_regime_shift.py"}, left_out
+        "tests/e2e/test_regime_shift.py", "tests/e2e/test_demo.py"}, left_out
 
 
 def test_test_fast_selects_no_test_marked_cluster_or_story_and_every_other_test(fast):
