@@ -1,7 +1,8 @@
 # The two commands: `make demo` and `make test`. Both run `make setup` first when needed.
 # `make test-fast` is the edit-test loop (FAST below); `make test` stays the whole suite, which CI runs.
 PYTHON ?= python3.11
-# Everything that needs no cluster (Spark standalone, PostgreSQL, an MLflow server) and no multi-night story.
+# Everything that needs no cluster (Spark standalone, PostgreSQL, an MLflow server), no multi-night story and no whole
+# demo run (the `story` marker).
 FAST := not cluster and not story
 VENV := .venv
 BIN := $(VENV)/bin

@@ -1,4 +1,7 @@
-"""The whole demo through the `lakeforge` command, twice, checked with an independent Delta reader."""
+"""The whole demo through the `lakeforge` command, twice, checked with an independent Delta reader.
+
+The tests of the two whole-demo runs are marked `story` (they run in `make test`, not in `make test-fast`); the
+command's quick refusals are not."""
 
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ def _tables(lakehouse: Path):
     return [(f"{p.parent.parent.name}.{p.parent.name}", p.parent) for p in sorted(lakehouse.glob("*/*/_delta_log"))]
 
 
+@pytest.mark.story
 def test_demo_accounts_for_every_landing_row(demo_runs):
     cwd, first, _, _ = demo_runs
     lakehouse = cwd / "var" / "lakehouse"
@@ -80,6 +84,7 @@ def test_demo_accounts_for_every_landing_row(demo_runs):
                      r"naive: mean \d+\.\d{3}\)$", first.stdout, re.M), first.stdout
 
 
+@pytest.mark.story
 def test_every_table_reads_the_same_in_delta_rs_as_in_spark(demo_runs):
     cwd, first, _, after_first = demo_runs
     spark_counts = summary_counts(first.stdout)
@@ -89,6 +94,7 @@ def test_every_table_reads_the_same_in_delta_rs_as_in_spark(demo_runs):
         assert delta_rows(lakehouse, name, version=after_first[name]) == rows, name
 
 
+@pytest.mark.story
 def test_predictions_cover_the_population_with_their_stamps(demo_runs):
     cwd, *_ = demo_runs
     lakehouse = cwd / "var" / "lakehouse"
@@ -106,6 +112,7 @@ def test_predictions_cover_the_population_with_their_stamps(demo_runs):
     assert set(predictions.run_id) <= set(runs[runs.job == "score"].run_id)
 
 
+@pytest.mark.story
 def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
     cwd, first, second, snapshot = demo_runs
     # The ledgers grow with every run, by design, as does the per-group manifest (one row per store and version).
@@ -135,6 +142,7 @@ def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
                                                        ("train", 6)]
 
 
+@pytest.mark.story
 def test_status_queries_tables_by_name_from_another_process(demo_runs):
     cwd, first, *_ = demo_runs
     status = lakeforge(cwd, "status", "--env", "test")
@@ -145,6 +153,7 @@ def test_status_queries_tables_by_name_from_another_process(demo_runs):
     assert "champion: version 2" in status.stdout
 
 
+@pytest.mark.story
 def test_every_folder_the_demo_made_is_marked_as_this_projects(demo_runs, monkeypatch):
     """What `demo --fresh` may delete: each place the demo wrote carries this project's marker, nothing refuses."""
     from lakeforge import config, ownership

@@ -3,12 +3,34 @@ multi-night story."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+SLOW = {"cluster", "story"}  # the markers `make test-fast` leaves out
+# pytest collects the suite with -m <expression> and prints, per test id, whether it was selected and its markers.
+COLLECT = """
+import json, sys
+import pytest
+
+class Record:
+    tests = {}
+
+    def pytest_deselected(self, items):
+        self.tests.update({i.nodeid: [False, sorted({m.name for m in i.iter_markers()})] for i in items})
+
+    def pytest_collection_finish(self, session):
+        self.tests.update({i.nodeid: [True, sorted({m.name for m in i.iter_markers()})] for i in session.items})
+
+record = Record()
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-m", sys.argv[1]], plugins=[record])
+print(json.dumps({"exit": int(code), "tests": record.tests}))
+"""
 
 
 def planned(target: str) -> list[str]:
@@ -19,20 +41,39 @@ def planned(target: str) -> list[str]:
     return shlex.split(next(line for line in done.stdout.splitlines() if "-m pytest" in line))
 
 
-def collected(marker: str) -> set[str]:
-    """The test files pytest selects with `-m marker`."""
-    args = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", marker]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def fast() -> dict[str, tuple[bool, set[str]]]:
+    """Every test of the suite: (selected by `make test-fast`'s marker expression, its markers)."""
+    command = planned("test-fast")
+    assert command[1:4] == ["-m", "pytest", "-m"], command
+    done = subprocess.run([sys.executable, "-c", COLLECT, command[4]], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+    collected = json.loads(done.stdout.strip().splitlines()[-1])
+    assert collected["exit"] == 0, done.stdout[-3000:]
+    return {test: (selected, set(markers)) for test, (selected, markers) in collected["tests"].items()}
 
 
-def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_and_the_story():
+def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_and_the_story(fast):
     assert planned("test")[1:] == ["-m", "pytest"]
-    fast = planned("test-fast")
-    assert fast[1:4] == ["-m", "pytest", "-m"]
-    left_out = collected(f"not ({fast[4]})")
+    left_out = {test.split("::")[0] for test, (selected, _) in fast.items() if not selected}
     assert left_out == {f"tests/cluster/{name}" for name in
                         ("test_access.py", "test_mlflow_postgres.py", "test_operations.py", "test_shared_catalog.py",
                          "test_standalone_cluster.py")} | {
-        "tests/e2e/test_regime_shift.py"}, left_out
+        "tests/e2e/test_regime_shift.py", "tests/e2e/test_demo.py"}, left_out
+
+
+def test_test_fast_selects_no_test_marked_cluster_or_story_and_every_other_test(fast):
+    selected_slow = sorted(test for test, (selected, markers) in fast.items() if selected and markers & SLOW)
+    assert selected_slow == [], f"`make test-fast` runs tests marked {' or '.join(sorted(SLOW))}: {selected_slow}"
+    left_out_quick = sorted(test for test, (selected, markers) in fast.items() if not selected and not markers & SLOW)
+    assert left_out_quick == [], f"`make test-fast` leaves out tests marked neither cluster nor story: {left_out_quick}"
+    assert sum(selected for selected, _ in fast.values()) > 0
+
+
+def test_every_test_under_tests_cluster_is_marked_cluster(fast):
+    in_cluster = {test: markers for test, (_, markers) in fast.items() if test.startswith("tests/cluster/")}
+    assert in_cluster, "no test collected under tests/cluster"
+    unmarked = sorted(test for test, markers in in_cluster.items() if "cluster" not in markers)
+    assert unmarked == [], (f"tests under tests/cluster without the cluster marker (add pytest.mark.cluster to the "
+                            f"module's pytestmark): {unmarked}")
