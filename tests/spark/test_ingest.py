@@ -589,3 +589,30 @@ def test_fail_expectation_exits_non_zero_with_the_source_rule_and_count(spark, c
         "'value range [-inf, 8]' failed on 1 of 2 rows in 1 of 1 file(s) (e1.jsonl: 1 row). Fix or remove the "
         "landing files, or change the expectation's action in conf/sources/events.yaml.")
     assert lake.list_tables(command["lakehouse"]) == ["ops.runs"]  # only the failed run was recorded
+
+
+def test_every_line_with_a_key_the_schema_does_not_know_is_found_without_parsing_every_line_twice(spark, tmp_path):
+    """The new-key check lists a line's keys only where a cheap count of `"…":` pairs exceeds the declared fields
+    the line filled; each way a new key could hide behind that count is here, with lines that hold none."""
+    lines = {
+        "plain": order("K1", "2026-05-01T10:00:00"),
+        "new key beside every declared one": order("K2", "2026-05-01T10:00:00", tip=1.5),
+        "new key in place of a missing declared one": json.dumps(
+            {"order_id": "K3", "customer_id": "C1", "order_ts": "2026-05-01T10:00:00", "channel": "dine_in",
+             "items": 1, "coupon": "X"}),
+        "new key beside a JSON null": order("K4", "2026-05-01T10:00:00", customer=None, note="n"),
+        "new key spelled as a declared one in other case": order("K5", "2026-05-01T10:00:00", Amount=3.0),
+        "colon in a string, no new key": order("K6", "2026-05-01T10:00:00", channel='a":b'),
+        "nested object under a new key": order("K7", "2026-05-01T10:00:00", extra={"x": 1}),
+        "spaces around the colon": '{"order_id" : "K8", "customer_id" :"C1", "order_ts": "2026-05-01T10:00:00", '
+                                   '"channel":"dine_in", "items" : 1, "amount":5.0, "gift"  :  true}',
+    }
+    path = write(tmp_path / "landing" / "orders" / "keys.jsonl", "\n".join(lines.values()) + "\n")
+    files = [ingest.inspect_file(f, ORDERS, {n.lower(): n for n in ORDERS.columns})
+             for f in ingest.landing_entries(tmp_path / "landing", ORDERS, "orders")]
+    assert [f.path for f in files] == [path]
+    rows = (ingest.read_batch(spark, files, ORDERS, ingest.declared_types(ORDERS))
+            .select("order_id", ingest.NEW_KEYS).collect())
+    found = {r["order_id"]: sorted(r[ingest.NEW_KEYS] or []) for r in rows}
+    assert found == {"K1": [], "K2": ["tip"], "K3": ["coupon"], "K4": ["note"], "K5": [], "K6": [],
+                     "K7": ["extra"], "K8": ["gift"]}
