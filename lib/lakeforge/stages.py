@@ -786,7 +786,10 @@ def status(ctx: Context) -> dict:
     """Tables (version, rows, last write, health), the last runs, and each pipeline's health and champion."""
     from lakeforge.config import available_pipelines
 
-    tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
+    # A shared catalog is read (it names what every session of the team sees); else the lakehouse folder.
+    names = (lake.catalog_tables(ctx.spark) if ctx.settings.spark.metastore_url
+             else lake.list_tables(ctx.lakehouse))
+    tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in names]
     all_runs = []
     if any(t["table"] == runs.RUNS and t["health"] == "ok" for t in tables):  # a damaged ledger is flagged above
         all_runs = runs.mark_abandoned([r.asDict() for r in runs.read_runs(ctx.spark, ctx.lakehouse).select(
