@@ -210,9 +210,11 @@ def build_session(settings: Settings, app_name: str | None = None) -> SparkSessi
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # this process starts the driver JVM: it can map the archive
         conf[DRIVER_JAVA_OPTIONS] = with_class_archive(conf.get(DRIVER_JAVA_OPTIONS, ""), jars.class_archive())
         # Read by Spark's launcher when it starts the JVM (spark-submit: docker/entrypoint.sh sets it).
-        class_path = metastore_class_path(settings.spark.metastore_url)
-        if class_path:
-            os.environ["SPARK_DIST_CLASSPATH"] = class_path
+        known = [jar for jar in os.environ.get("SPARK_DIST_CLASSPATH", "").split(os.pathsep) if jar]
+        added = [jar for jar in metastore_class_path(settings.spark.metastore_url).split(os.pathsep)
+                 if jar and jar not in known]
+        if added:
+            os.environ["SPARK_DIST_CLASSPATH"] = os.pathsep.join(known + added)
     for key, value in conf.items():
         builder = builder.config(key, value)
     if not _delta_already_supplied(submitted):
