@@ -167,7 +167,8 @@ def test_a_viewer_is_held_back_before_anything_is_written(team, args, needs):
             f"(MLflow refused EDIT on lakeforge/_access/") in done.stderr
     assert f"roles are granted by {GRANTOR}" in done.stderr
     # The refusal is the one thing written: a row in ops.audit (test_ops_audit_holds_one_row_per_...).
-    assert (team.delta_commits(), versions(team), aliases(team)) == (sorted(commits + audit_commit(team, commits)), known, held)
+    written = sorted(commits + audit_commit(team, commits))
+    assert (team.delta_commits(), versions(team), aliases(team)) == (written, known, held)
 
 
 def test_a_data_scientist_trains_to_challenger_and_may_not_set_champion(team):
@@ -183,7 +184,8 @@ def test_a_data_scientist_trains_to_challenger_and_may_not_set_champion(team):
     assert done.returncode == 2
     assert "user 'dana' may not run `lakeforge promote --alias champion`: it needs the role approver or service" \
            in done.stderr
-    assert (team.delta_commits(), aliases(team)) == (sorted(commits + audit_commit(team, commits)), {"challenger": "1"})
+    written = sorted(commits + audit_commit(team, commits))
+    assert (team.delta_commits(), aliases(team)) == (written, {"challenger": "1"})
     # The same user calling MLflow directly on a model it may not edit is refused by the server too.
     from mlflow.exceptions import MlflowException
 
