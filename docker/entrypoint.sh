@@ -166,13 +166,12 @@ submit)
     # The lakeforge wheel (as a .zip: PySpark puts only .zip/.egg/.jar --py-files on the executors'
     # sys.path), so executors run the driver's exact code; comma-separated, more files may follow.
     [[ -n "${LAKEFORGE_PY_FILES:-}" ]] && args+=(--py-files "$LAKEFORGE_PY_FILES")
-    # spark-submit starts the driver JVM: the metastore's JDBC driver must be on its class path from the start.
-    # Only for a shared catalog (LAKEFORGE_SHARED_CATALOG=1): a longer class path than the class archive was
-    # dumped with makes the JVM refuse the archive and load every class itself.
-    if [[ "${LAKEFORGE_SHARED_CATALOG:-0}" == 1 ]]; then
-        driver_class_path=$(metastore_driver)
-        [[ -n "$driver_class_path" ]] && args+=(--driver-class-path "$driver_class_path")
-    fi
+    # spark-submit starts the driver JVM: the metastore's JDBC driver must be on its class path from the start
+    # (used when the settings name a shared catalog, spark.metastore_url). Appended (SPARK_DIST_CLASSPATH), not
+    # put first (--driver-class-path): the JVM maps the class archive only while its class path starts with
+    # the one the archive was built with.
+    driver_class_path=$(metastore_driver)
+    [[ -n "$driver_class_path" ]] && export SPARK_DIST_CLASSPATH="${SPARK_DIST_CLASSPATH:+$SPARK_DIST_CLASSPATH:}$driver_class_path"
     [[ -n "${SPARK_DRIVER_MEMORY:-}" ]] && args+=(--driver-memory "$SPARK_DRIVER_MEMORY")
     [[ -n "${SPARK_EXECUTOR_MEMORY:-}" ]] && args+=(--executor-memory "$SPARK_EXECUTOR_MEMORY")
     export LAKEFORGE_CONF_DIR="$conf_dir"

@@ -45,6 +45,14 @@ class AccessDenied(LakeforgeError):
     exit_code = 2
 
 
+class Refused(AccessDenied):
+    """The server answered 403 to a capability a verb needs: who asked for what (recorded in ops.audit)."""
+
+    def __init__(self, message: str, user: str, verb: str, alias: str | None):
+        super().__init__(message)
+        self.user, self.verb, self.alias = user, verb, alias
+
+
 def authenticated(settings: Settings) -> bool:
     """True in the team set-up: MLflow over HTTP with basic authentication."""
     return settings.mlflow.authentication == "basic"
@@ -138,10 +146,30 @@ def check(settings: Settings, verb: str, alias: str | None = None, client=None) 
         if not holds(client, capability):
             what = f"promote --alias {alias}" if verb == "promote" else verb
             grantor = _grantor(settings)
-            raise AccessDenied(f"user '{user}' may not run `lakeforge {what}`: it needs the role "
-                               f"{' or '.join(roles_with(capability))} (MLflow refused EDIT on "
-                               f"{capability_experiment(capability)}); roles are granted by {grantor}")
+            raise Refused(f"user '{user}' may not run `lakeforge {what}`: it needs the role "
+                          f"{' or '.join(roles_with(capability))} (MLflow refused EDIT on "
+                          f"{capability_experiment(capability)}); roles are granted by {grantor}",
+                          user, verb, alias if verb == "promote" else None)
     return user
+
+
+def record_refusal(settings: Settings, refused: Refused, model: str | None, version: int | None = None) -> None:
+    """The server's refusal as one ops.audit row (action `refusal`, status `refused`): who asked to run which verb
+    on which model, and for a promotion the alias's version then and the version asked for. Nothing else is
+    written: the verb never ran."""
+    from lakeforge import registry, runs
+    from lakeforge.spark import build_session
+
+    current = None
+    if refused.alias is not None and model is not None:
+        current = registry.alias_version(connect(settings), model, refused.alias)
+    spark = build_session(settings, app_name=f"lakeforge-{refused.verb}-refused")
+    try:
+        runs.record_alias_change(spark, settings.paths.lakehouse, model or "", refused.alias, current, version,
+                                 f"{refused.verb}: refused: {refused}", None, runs.REFUSED, user=refused.user,
+                                 action=runs.REFUSAL)
+    finally:
+        spark.stop()
 
 
 def _grantor(settings: Settings) -> str:

@@ -273,8 +273,16 @@ def run(args: argparse.Namespace) -> int:
     pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)
     from lakeforge import access
 
-    # The server's answer before any Spark job or write: a user without the right stops here (exit 2).
-    access.check(settings, args.verb, getattr(args, "alias", None))
+    # The server's answer before any Spark job or write: a user without the right stops here (exit 2), the
+    # refusal recorded in ops.audit.
+    try:
+        access.check(settings, args.verb, getattr(args, "alias", None))
+    except access.Refused as refused:
+        try:
+            access.record_refusal(settings, refused, args.pipeline, getattr(args, "version", None))
+        except Exception as exc:  # e.g. a lakehouse this user may not write: the refusal still stands
+            raise access.AccessDenied(f"{refused} (not recorded in ops.audit: {root_cause(exc)})") from None
+        raise
     from lakeforge import stages
 
     if args.verb == "generate":

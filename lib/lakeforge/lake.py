@@ -284,24 +284,42 @@ def list_tables(lakehouse: Path) -> list[str]:
             for p in sorted((lakehouse / layer).glob("*/_delta_log"))]
 
 
+def catalog_tables(spark: SparkSession) -> list[str]:
+    """Names of every table the session's catalog holds in the lakehouse layers, by layer: with a shared catalog,
+    what every session of the team finds by name, including tables registered by others."""
+    databases = {database.name for database in spark.catalog.listDatabases()}
+    return [f"{layer}.{table}" for layer in LAYERS if layer in databases
+            for table in sorted(t.name for t in spark.catalog.listTables(layer) if not t.isTemporary)]
+
+
 def describe(spark: SparkSession, lakehouse: Path, name: str) -> dict:
     """Version, row count, last write time and catalog properties of one table, and its health.
 
     A damaged table (see `check`) gets its problems under `health` and no row count: Delta counts rows
-    from the log's statistics, so a table missing a data file would still show the file's rows.
+    from the log's statistics, so a table missing a data file would still show the file's rows. A table only
+    the catalog knows (a shared catalog's entry another session made elsewhere) is read by name, unchecked.
 
     The count comes first: a table's first read loads its snapshot, which the property and history
     lookups then reuse. SHOW TBLPROPERTIES rather than DESCRIBE DETAIL for the properties: it needs no
     second pass over the snapshot (measured with cProfile on `lakeforge status`).
     """
-    health = check(spark, lakehouse, name)
-    if not health.healthy:
-        return {"table": name, "version": health.version, "rows": None, "last_write": None, "last_operation": None,
-                "description": "", "owner": "", "source": "", "health": "; ".join(health.problems)}
-    rows = spark.table(name).count()  # by name: proves the catalog sees the table
+    unread = {"table": name, "rows": None, "last_write": None, "last_operation": None, "description": "",
+              "owner": "", "source": ""}
+    in_lakehouse = exists(lakehouse, name)
+    if in_lakehouse:
+        health = check(spark, lakehouse, name)
+        if not health.healthy:
+            return unread | {"version": health.version, "health": "; ".join(health.problems)}
+    try:
+        rows = spark.table(name).count()  # by name: proves the catalog sees the table
+        table = (DeltaTable.forPath(spark, str(table_path(lakehouse, name))) if in_lakehouse
+                 else DeltaTable.forName(spark, name))
+    except Exception as exc:
+        if in_lakehouse:
+            raise
+        return unread | {"version": None, "health": f"in the catalog, but it does not load: {root_cause(exc)}"}
     properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
-    last = (DeltaTable.forPath(spark, str(table_path(lakehouse, name))).history(1)
-            .select("version", "timestamp", "operation").first())
+    last = table.history(1).select("version", "timestamp", "operation").first()
     return {
         "table": name,
         "version": int(last["version"]),

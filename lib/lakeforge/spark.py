@@ -8,9 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 from pyspark import SparkConf
+from pyspark.find_spark_home import _find_spark_home
 from pyspark.sql import SparkSession
 
 from lakeforge import jars
@@ -122,28 +125,59 @@ def session_conf(settings: Settings) -> dict[str, str]:
 METASTORE_PASSWORD = "LAKEFORGE_METASTORE_PASSWORD"
 
 
+@functools.lru_cache(maxsize=None)
+def hive_model_classes() -> tuple[str, ...]:
+    """Every class Spark's Hive metastore client stores, from the mapping (package.jdo) in the hive-metastore jar
+    PySpark ships: DataNucleus makes one or more tables of the metastore's schema for each."""
+    found = sorted((Path(_find_spark_home()) / "jars").glob("hive-metastore-*.jar"))
+    if not found:
+        raise EnvironmentProblem(f"no hive-metastore jar in {Path(_find_spark_home()) / 'jars'}: the shared catalog "
+                                 "(spark.metastore_url) needs PySpark's Hive support; reinstall pyspark")
+    with zipfile.ZipFile(found[-1]) as jar:
+        mapping = ElementTree.fromstring(jar.read("package.jdo"))
+    return tuple(f"{package.get('name')}.{cls.get('name')}"
+                 for package in mapping.iter("package") for cls in package.iter("class"))
+
+
 def metastore_conf(url: str | None, user: str, lakehouse: Path) -> dict[str, str]:
     """Spark's Hive metastore in PostgreSQL (the shared catalog), or nothing when no metastore is configured.
 
-    Any Spark session given these settings (and Delta's) finds the lakehouse tables by name. The JDBC driver
-    is on the driver's class path (DataNucleus loads it from there, not from spark.jars); the schema is
-    created on first use. The password comes from the environment: Spark redacts it (spark.redaction.regex
-    matches `password`) in its UI and event logs."""
+    Any Spark session given these connection settings (and Delta's) finds the lakehouse tables by name. The
+    password comes from the environment: Spark redacts it (spark.redaction.regex matches `password`) in its UI
+    and event logs. The JDBC driver goes on the driver's class path (`metastore_class_path`), not in spark.jars:
+    the metastore client loads it from there."""
     if url is None:
         return {}
-    driver = jars.cached_jars(jars.POSTGRES_JDBC_PACKAGE)
     conf = {"spark.sql.catalogImplementation": "hive",
-            "spark.driver.extraClassPath": os.pathsep.join(str(jar) for jar in driver),
             "spark.hadoop.javax.jdo.option.ConnectionURL": url,
             "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
             "spark.hadoop.javax.jdo.option.ConnectionUserName": user,
+            # An empty database gets the schema from Hive's own mapping, all of it when the session starts.
+            # Created lazily instead (a table when a transaction first needs its class), DataNucleus adds a
+            # table's foreign keys on a second connection while the first holds the locks they wait for:
+            # the first session against an empty PostgreSQL hung there.
             "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+            "spark.hadoop.datanucleus.autoStartMechanism": "Classes",
+            "spark.hadoop.datanucleus.autoStartClassNames": ",".join(hive_model_classes()),
+            # The schema version goes into the VERSION table, so a plain Spark session (which verifies it,
+            # Hive's default) accepts the schema lakeforge created.
             "spark.hadoop.hive.metastore.schema.verification": "false",
+            "spark.hadoop.hive.metastore.schema.verification.record.version": "true",
             "spark.sql.warehouse.dir": str(lakehouse / "_warehouse")}
     password = os.environ.get(METASTORE_PASSWORD)
     if password:
         conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] = password
     return conf
+
+
+def metastore_class_path(url: str | None) -> str:
+    """The JDBC driver's jars for the driver JVM's class path when a metastore is configured, else "".
+
+    Appended to the class path (SPARK_DIST_CLASSPATH), not put first (spark.driver.extraClassPath): the JVM maps
+    the class archive only while its class path starts with the one the archive was built with."""
+    if url is None:
+        return ""
+    return os.pathsep.join(str(jar) for jar in jars.cached_jars(jars.POSTGRES_JDBC_PACKAGE))
 
 
 def with_class_archive(java_options: str, archive: Path) -> str:
@@ -175,6 +209,12 @@ def build_session(settings: Settings, app_name: str | None = None) -> SparkSessi
     conf = session_conf(settings)
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # this process starts the driver JVM: it can map the archive
         conf[DRIVER_JAVA_OPTIONS] = with_class_archive(conf.get(DRIVER_JAVA_OPTIONS, ""), jars.class_archive())
+        # Read by Spark's launcher when it starts the JVM (spark-submit: docker/entrypoint.sh sets it).
+        known = [jar for jar in os.environ.get("SPARK_DIST_CLASSPATH", "").split(os.pathsep) if jar]
+        added = [jar for jar in metastore_class_path(settings.spark.metastore_url).split(os.pathsep)
+                 if jar and jar not in known]
+        if added:
+            os.environ["SPARK_DIST_CLASSPATH"] = os.pathsep.join(known + added)
     for key, value in conf.items():
         builder = builder.config(key, value)
     if not _delta_already_supplied(submitted):

@@ -284,7 +284,10 @@ def retrain(ctx: Context, day: dt.date, reason: str) -> dict:
 
 def status(ctx: Context) -> dict:
     """Tables (version, rows, last write, health), the last runs, and each pipeline's health and champion."""
-    tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in lake.list_tables(ctx.lakehouse)]
+    # A shared catalog is read (it names what every session of the team sees); else the lakehouse folder.
+    table_names = (lake.catalog_tables(ctx.spark) if ctx.settings.spark.metastore_url
+                   else lake.list_tables(ctx.lakehouse))
+    tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in table_names]
     all_runs = runs.ledger(ctx.spark, ctx.lakehouse, tables)  # a damaged ledger is flagged in `tables`
     health = runs.pipeline_health(all_runs)
     names = sorted({ctx.pipeline.name, *available_pipelines(), *health})

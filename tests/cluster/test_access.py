@@ -132,6 +132,12 @@ def versions(team: Team) -> list[str]:
     return sorted(v.version for v in team.client("admin").search_model_versions(f"name = '{MODEL}'"))
 
 
+def audit_commit(team: Team, before: list[str]) -> list[str]:
+    """The one ops.audit commit a refusal adds to the lakehouse's commits `before`."""
+    last = max(int(Path(c).stem) for c in before if c.startswith("ops/audit/"))
+    return [f"ops/audit/_delta_log/{last + 1:020d}.json"]
+
+
 def test_access_show_prints_who_may_do_what(team):
     shown = team.ok("vera", "access", "show")
     assert "dana: data_scientist -> read, features, train, challenger" in shown
@@ -160,7 +166,9 @@ def test_a_viewer_is_held_back_before_anything_is_written(team, args, needs):
     assert (f"lakeforge {args[0]}: error: user 'vera' may not run `lakeforge {what}`: it needs the role {needs} "
             f"(MLflow refused EDIT on lakeforge/_access/") in done.stderr
     assert f"roles are granted by {GRANTOR}" in done.stderr
-    assert (team.delta_commits(), versions(team), aliases(team)) == (commits, known, held)
+    # The refusal is the one thing written: a row in ops.audit (test_ops_audit_holds_one_row_per_...).
+    written = sorted(commits + audit_commit(team, commits))
+    assert (team.delta_commits(), versions(team), aliases(team)) == (written, known, held)
 
 
 def test_a_data_scientist_trains_to_challenger_and_may_not_set_champion(team):
@@ -176,7 +184,8 @@ def test_a_data_scientist_trains_to_challenger_and_may_not_set_champion(team):
     assert done.returncode == 2
     assert "user 'dana' may not run `lakeforge promote --alias champion`: it needs the role approver or service" \
            in done.stderr
-    assert (team.delta_commits(), aliases(team)) == (commits, {"challenger": "1"})
+    written = sorted(commits + audit_commit(team, commits))
+    assert (team.delta_commits(), aliases(team)) == (written, {"challenger": "1"})
     # The same user calling MLflow directly on a model it may not edit is refused by the server too.
     from mlflow.exceptions import MlflowException
 
@@ -250,17 +259,29 @@ def test_ops_audit_holds_one_row_per_change_approval_and_refusal_with_the_users(
     moves = audit[(audit["model"] == MODEL) & (audit["status"] != "intended")]
     import pandas as pd
 
-    got = [(r.action, r.user, r.alias, None if pd.isna(r.from_version) else int(r.from_version),
-            int(r.to_version), r.status) for r in moves.itertuples()]
+    def number(value):
+        return None if pd.isna(value) else int(value)
+
+    got = [(r.action, r.user, r.alias, number(r.from_version), number(r.to_version), r.status)
+           for r in moves.itertuples()]
     assert got == [
+        # The server's 403s: the viewer's four verbs, then a data scientist's @champion.
+        ("refusal", "vera", None, None, None, "refused"),
+        ("refusal", "vera", None, None, None, "refused"),
+        ("refusal", "vera", "champion", None, 1, "refused"),
+        ("refusal", "vera", None, None, None, "refused"),
         ("gate", "dana", "challenger", None, 1, "done"),
         ("alias", "dana", "challenger", 1, 1, "done"),
+        ("refusal", "dana", "champion", None, 1, "refused"),
         ("gate", "nightly", "champion", None, 2, "done"),
         ("approval", "alex", "champion", 2, 1, "done"),
         ("refusal", "sam", "champion", 1, 3, "refused"),
         ("outside", "unknown (set outside lakeforge; MLflow does not record who)", "challenger", 1, 2, "reconciled"),
         ("alias", "dana", "challenger", 2, 1, "done"),
     ]
+    refused = moves[moves["action"] == "refusal"]["reason"].tolist()
+    assert [reason.split(":")[0] for reason in refused] == ["ingest", "train", "promote", "score", "promote", "promote"]
+    assert all("may not run" in reason for reason in refused[:5]), refused  # the server's message
     permissions = audit[audit["action"] == "permission"]
     assert set(permissions["user"]) == {"admin"} and set(permissions["model"]) == set(USERS)
     assert "anyone" not in set(team.read("ops.runs")["user"])

@@ -10,12 +10,7 @@ import sys
 
 import pytest
 
-# Skipped: the writer's session hung (minutes, no CPU) while DataNucleus created the metastore schema in an empty
-# PostgreSQL database (datanucleus.schema.autoCreateAll; its main thread waits in TableImpl.createForeignKeys for
-# PostgreSQL's answer). The schema must be created another way (Hive's schematool / its PostgreSQL script) before
-# this can run; until then the shared catalog is configured nowhere (conf/compose.yaml has no metastore_url).
-pytestmark = [pytest.mark.cluster,
-              pytest.mark.skip(reason="metastore schema creation on PostgreSQL hangs (DataNucleus autoCreateAll)")]
+pytestmark = pytest.mark.cluster
 
 WRITER = """
 import sys
@@ -35,7 +30,7 @@ spark.stop()
 READER = """
 import json, sys
 from pyspark.sql import SparkSession
-delta_jars, driver_jars, url, user, warehouse = sys.argv[1:6]
+delta_jars, driver_jars, url, user, warehouse, notebook_table = sys.argv[1:7]
 spark = (SparkSession.builder.master("local[1]").appName("a notebook")
          .config("spark.jars", delta_jars).config("spark.driver.extraClassPath", driver_jars)
          .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
@@ -46,6 +41,9 @@ spark = (SparkSession.builder.master("local[1]").appName("a notebook")
          .config("spark.hadoop.javax.jdo.option.ConnectionDriverName", "org.postgresql.Driver")
          .config("spark.hadoop.javax.jdo.option.ConnectionUserName", user)
          .enableHiveSupport().getOrCreate())
+# A table of the notebook's own, outside the lakehouse: `lakeforge status` finds it through the catalog only.
+spark.sql(f"CREATE TABLE gold.notebook_scores USING DELTA LOCATION '{notebook_table}' "
+          "COMMENT 'Scores from a notebook' AS SELECT 'c1' AS customer_id, 0.5 AS score")
 properties = {r["key"]: r["value"] for r in spark.sql("SHOW TBLPROPERTIES gold.churn_predictions").collect()}
 rows = sorted(tuple(r) for r in spark.table("gold.churn_predictions").collect())
 print("RESULT=" + json.dumps({"rows": rows, "description": properties.get("lakeforge.description"),
@@ -77,13 +75,29 @@ def test_a_session_without_lakeforge_reads_a_table_by_name_with_its_description(
     reader_dir = tmp_path / "elsewhere"  # no lakeforge settings, no lakehouse registration: only the catalog
     reader_dir.mkdir()
     args = [",".join(map(str, jars.cached_jars())), ":".join(map(str, jars.cached_jars(jars.POSTGRES_JDBC_PACKAGE))),
-            url, postgres.user, str(lakehouse / "_warehouse")]
+            url, postgres.user, str(lakehouse / "_warehouse"), str(reader_dir / "notebook_scores")]
     read = subprocess.run([sys.executable, "-c", READER, *args], capture_output=True, text=True, timeout=600,
                           cwd=reader_dir, env={k: v for k, v in env.items() if k != "LAKEFORGE_CONF_DIR"})
     assert read.returncode == 0, read.stderr[-3000:]
     result = json.loads(next(line for line in read.stdout.splitlines() if line.startswith("RESULT="))[7:])
     assert result == {"rows": [["c1", 0.25], ["c2", 0.75]], "description": "Nightly churn probabilities",
-                      "owner": "data-platform", "source": "lakeforge score", "tables": ["churn_predictions"]}
+                      "owner": "data-platform", "source": "lakeforge score",
+                      "tables": ["churn_predictions", "notebook_scores"]}
     with psycopg.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, dbname="metastore") as conn:
-        stored = conn.execute('SELECT "TBL_NAME" FROM "TBLS"').fetchall()
-    assert stored == [("churn_predictions",)]  # the metastore's own table in PostgreSQL
+        stored = conn.execute('SELECT "TBL_NAME" FROM "TBLS" ORDER BY 1').fetchall()
+        version = conn.execute('SELECT "SCHEMA_VERSION" FROM "VERSION"').fetchall()
+    assert stored == [("churn_predictions",), ("notebook_scores",)]  # the metastore's own table in PostgreSQL
+    assert version == [("2.3.0",)]  # recorded by lakeforge's session: the reader verified it (Hive's default)
+
+    # `lakeforge status` lists the catalog's tables: the notebook's too, which is nowhere under the lakehouse.
+    status = subprocess.run([sys.executable, "-m", "lakeforge", "status", "--env", "test",
+                             *[arg for pair in overrides for arg in ("--set", pair)],
+                             "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr[-3000:]
+    tables = {line.split()[0]: line for line in status.stdout.splitlines() if line.startswith("gold.")}
+    assert sorted(tables) == ["gold.churn_predictions", "gold.notebook_scores"], status.stdout
+    assert tables["gold.churn_predictions"].split()[1:3] == ["1", "2"], tables  # created, then appended: 2 rows
+    assert tables["gold.churn_predictions"].endswith("Nightly churn probabilities"), tables
+    assert tables["gold.notebook_scores"].split()[1:3] == ["0", "1"], tables
+    assert tables["gold.notebook_scores"].endswith("Scores from a notebook"), tables

@@ -153,6 +153,7 @@ def test_secrets_have_no_default_and_other_variables_have_one(compose, settings)
     # The overlay holds no credentials: the database URI (with its password) is the mlflow service's env.
     values = json.dumps(settings.model_dump(mode="json"))
     assert required_value("POSTGRES_PASSWORD") not in values and "@" not in values
+    assert settings.spark.metastore_url == "jdbc:postgresql://postgres:5432/mlflow"  # no credentials in the URL
 
 
 # ---------------------------------------------------------------- agreement with conf/compose.yaml
