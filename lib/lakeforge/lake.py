@@ -284,6 +284,11 @@ def list_tables(lakehouse: Path) -> list[str]:
             for p in sorted((lakehouse / layer).glob("*/_delta_log"))]
 
 
+def table_names(spark: SparkSession, lakehouse: Path, shared: bool) -> list[str]:
+    """The tables to report: a shared catalog's (what every session of the team sees), else the lakehouse folder's."""
+    return catalog_tables(spark) if shared else list_tables(lakehouse)
+
+
 def catalog_tables(spark: SparkSession) -> list[str]:
     """Names of every table the session's catalog holds in the lakehouse layers, by layer: with a shared catalog,
     what every session of the team finds by name, including tables registered by others."""

@@ -543,21 +543,22 @@ def verdict(today: pd.DataFrame) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- one night: rows, thresholds, breaches, decision
 
 
-def training_baseline(model, data, task: str, holdout_scores, seasonal_features: dict | None = None) -> dict | None:
+def training_baseline(model, data, pipeline, holdout_scores) -> dict | None:
     """What monitoring compares each night with: the training rows' (`data`, a training.TrainingSet) and fitted
-    predictions' distributions (a multiclass model's as its predicted classes), and for a classifier the holdout
-    calibration CBPE estimates performance from before labels arrive; None for a distributed fit (no training
-    rows on the driver)."""
+    predictions' distributions (a multiclass model's as its predicted classes, a seasonal feature's per period),
+    and what estimates performance before labels arrive (a classifier's holdout calibration for CBPE, a
+    regressor's error model for DLE); None for a distributed fit (no training rows on the driver)."""
     if data.train_rows is None:
         return None
     fitted = model.predict(None, data.train_rows)
     if data.classes:
         fitted = [data.classes[i] for i in fitted.argmax(axis=1)]
     baseline = build_baseline(data.train_rows, data.columns, fitted, data.categorical, bool(data.classes),
-                              seasonal_features)
+                              pipeline.monitoring.seasonal_features)
     # What estimates performance before labels arrive (CBPE calibration, DLE error model).
-    baseline.update(estimation.fit_references(task, data.holdout, holdout_scores, data.holdout[data.label].to_numpy(),
-                                              [c for c in data.columns if c not in data.categorical]))
+    numeric = [c for c in data.columns if c not in data.categorical]
+    baseline.update(estimation.fit_references(pipeline.label.task, data.holdout, holdout_scores,
+                                              data.holdout[data.label].to_numpy(), numeric))
     return baseline
 
 

@@ -127,7 +127,7 @@ METASTORE_PASSWORD = "LAKEFORGE_METASTORE_PASSWORD"
 
 @functools.lru_cache(maxsize=None)
 def hive_model_classes() -> tuple[str, ...]:
-    """Every class Spark's Hive metastore client stores, from the mapping (package.jdo) in the hive-metastore jar
+    """Every class Spark's Hive metastore client persists, from the mapping (package.jdo) in the hive-metastore jar
     PySpark ships: DataNucleus makes one or more tables of the metastore's schema for each."""
     found = sorted((Path(_find_spark_home()) / "jars").glob("hive-metastore-*.jar"))
     if not found:

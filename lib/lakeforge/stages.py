@@ -16,8 +16,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakeforge import features as feats
-from lakeforge import ingest as ingestion
+from lakeforge import features as feats, ingest as ingestion
 from lakeforge import (access, catalog, interrupts, lake, locks, logs, many_models, monitoring, ownership, quality,
                        registry, runs, scoring, training)
 from lakeforge.config import Pipeline, Settings, available_pipelines
@@ -147,8 +146,7 @@ def train(ctx: Context, as_of: dt.date | None = None, window_days: int | None = 
         with registry.training_run(ctx.mlflow, pipeline.name, ctx.settings.mlflow.artifact_root, run.run_id, ctx.user):
             trained = training.fit_model(ctx.spark, pipeline, data, train_dates, run.log)
             found = training.evaluate_holdout(pipeline, trained, data, run.log)
-            baseline = monitoring.training_baseline(trained.model, data, pipeline.label.task, found.predictions,
-                                                    pipeline.monitoring.seasonal_features)
+            baseline = monitoring.training_baseline(trained.model, data, pipeline, found.predictions)
             tags = registry.training_tags(pipeline, run.run_id, why, trained_as_of, feats.feature_version(pipeline),
                                           train_dates, holdout_dates, run.inputs)
             logged = registry.log_training(ctx.mlflow, pipeline, ctx.settings.mlflow.artifact_root, trained, data,
@@ -284,10 +282,8 @@ def retrain(ctx: Context, day: dt.date, reason: str) -> dict:
 
 def status(ctx: Context) -> dict:
     """Tables (version, rows, last write, health), the last runs, and each pipeline's health and champion."""
-    # A shared catalog is read (it names what every session of the team sees); else the lakehouse folder.
-    table_names = (lake.catalog_tables(ctx.spark) if ctx.settings.spark.metastore_url
-                   else lake.list_tables(ctx.lakehouse))
-    tables = [lake.describe(ctx.spark, ctx.lakehouse, name) for name in table_names]
+    tables = [lake.describe(ctx.spark, ctx.lakehouse, name)
+              for name in lake.table_names(ctx.spark, ctx.lakehouse, shared=bool(ctx.settings.spark.metastore_url))]
     all_runs = runs.ledger(ctx.spark, ctx.lakehouse, tables)  # a damaged ledger is flagged in `tables`
     health = runs.pipeline_health(all_runs)
     names = sorted({ctx.pipeline.name, *available_pipelines(), *health})
