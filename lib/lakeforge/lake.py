@@ -273,7 +273,10 @@ def rename_table(spark: SparkSession, lakehouse: Path, name: str, new_name: str)
 
 
 def forget_tables(spark: SparkSession) -> None:
-    """Drop this session's by-name catalog entries (the tables' data and logs stay where they are)."""
+    """Drop this session's by-name catalog entries (the tables' data and logs stay where they are). Refused on a
+    shared (Hive) catalog: there a layer's database also holds tables other sessions registered."""
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "hive":
+        raise RuntimeError("lake.forget_tables drops whole databases: refused on a shared (Hive) catalog")
     for layer in LAYERS:
         spark.sql(f"DROP DATABASE IF EXISTS {layer} CASCADE")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lakeforge import jars, spark
 
 URL = "jdbc:postgresql://postgres:5432/mlflow"
@@ -49,3 +51,30 @@ def test_the_jdbc_driver_is_appended_to_the_class_path_not_put_first():
     assert spark.metastore_class_path(URL).split(":") == [str(jar) for jar in cached]
     assert any(Path(jar).name.startswith("org.postgresql_postgresql-") for jar in cached)
     assert "spark.driver.extraClassPath" not in spark.metastore_conf(URL, "mlflow", Path("/lake"))
+
+
+def test_forgetting_tables_is_refused_on_a_shared_catalog():
+    """forget_tables drops whole layer databases: harmless in a session's own catalog, a loss in the team's."""
+    from lakeforge import lake
+
+    class Conf:
+        def __init__(self, kind):
+            self.kind = kind
+
+        def get(self, key, default=None):
+            return self.kind if key == "spark.sql.catalogImplementation" else default
+
+    class Session:
+        def __init__(self, kind):
+            self.conf, self.dropped = Conf(kind), []
+
+        def sql(self, statement):
+            self.dropped.append(statement)
+
+    shared = Session("hive")
+    with pytest.raises(RuntimeError, match="refused on a shared"):
+        lake.forget_tables(shared)
+    assert shared.dropped == []
+    own = Session("in-memory")
+    lake.forget_tables(own)
+    assert own.dropped == [f"DROP DATABASE IF EXISTS {layer} CASCADE" for layer in lake.LAYERS]
