@@ -350,11 +350,8 @@ def max_record_bytes(source: Source) -> int:
 def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
     value = F.col("value")
     options = {**_options(source), "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
-    # Each test on a line's text first asks a byte comparison that settles the usual line (a compact object,
-    # starting with `{`, whose only `}` ends it); only the others take the regular expression or a second parse.
-    starts_with_brace = value.startswith("{")
     lines = (spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name(files))
-             .where(starts_with_brace | ~value.rlike(r"^\s*$")))  # blank lines are not records
+             .where(~value.rlike(r"^\s*$")))  # blank lines are not records
     # The JSON parser refuses a string value longer than its limit, and the record would then be blamed on
     # its typed keys. A line within the limit in bytes holds no longer string, so a longer line is not parsed
     # at all: it is quarantined for its size.
@@ -374,27 +371,18 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
     # first item of an array, anything after it (a second object, garbage) makes the array invalid.
     # That second parse costs as much as the first, so only lines where a `}` is followed by more text
     # (a necessary condition for text after the object) take it: a flat record's only `}` ends the line.
-    one_value = ((F.instr(value, "}") == F.length(F.rtrim(value))) | ~value.rlike(r"\}\s*\S")
+    one_value = (~value.rlike(r"\}\s*\S")
                  | (F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) == 2))
     malformed = (F.when(too_large, F.concat(F.lit("record too large: "), size.cast("string"), F.lit(" bytes")))
                  .when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
-                 .when(~(starts_with_brace | value.rlike(r"^\s*\{")), F.lit("malformed JSON line: not a JSON object"))
+                 .when(~value.rlike(r"^\s*\{"), F.lit("malformed JSON line: not a JSON object"))
                  .when(corrupt & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
                  .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    # Keys are listed (a second parse) only on a line that may hold one the schema does not know. Every key's
-    # closing quote is followed by `:`, directly or after white space, so a line with no quote followed by white
-    # space and no more `":` pairs than declared fields it filled holds only declared keys. (Keys are listed from
-    # standard JSON only: a key left unquoted under a loose parser option is not seen, with or without this.)
-    pairs = (F.octet_length(value) - F.octet_length(F.replace(value, F.lit('":'), F.lit("")))) / 2
-    filled = reduce(lambda a, b: a + b, [F.when(record[name].isNotNull(), 1).otherwise(0) for name in columns])
-    spaced = reduce(lambda a, b: a | b, [F.instr(value, '"' + space) > 0 for space in (" ", "\t", "\r")])
-    may_hold_others = spaced | (pairs > filled)
     # Keys spelled as declared are taken out by array_except (compiled); only the rare line with another key
     # takes the case-insensitive test, a lambda Spark interprets row by row.
-    other = F.array_except(F.json_object_keys(F.when(~too_large & may_hold_others, value)),
-                           F.array(*[F.lit(n) for n in columns]))
+    other = F.array_except(F.json_object_keys(F.when(~too_large, value)), F.array(*[F.lit(n) for n in columns]))
     unknown = F.filter(other, lambda key: ~F.lower(key).isin(known))
     new_keys = F.when(F.size(other) > 0, F.when(F.size(unknown) > 0, unknown))  # null on the usual line: less to cache
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
@@ -424,7 +412,7 @@ def _read_csv(spark: SparkSession, files: list[LandingFile], source: Source, col
             F.when(F.col(f"`{name}`").isNull() & tokens[f"_lf_t{j}"].isNotNull(), F.lit(f"{name} (expected {kind})"))
             for j, (name, kind) in enumerate(kinds) if kind != "string"])
         text = [F.col(f"`{name}`") for name, kind in kinds if kind == "string"]
-        replaced = reduce(lambda a, b: a | b, [c.contains("\ufffd") for c in text], F.lit(False))
+        replaced = F.concat_ws("", *text).contains("\ufffd") if text else F.lit(False)
         wrong_count = F.concat(F.lit("malformed CSV record: "), fields.cast("string"), F.lit(f" fields, expected {n}"))
         malformed = (F.when(corrupt.isNotNull() & (fields != n), wrong_count)
                      .when(corrupt.isNotNull() & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
