@@ -157,9 +157,10 @@ def record_refusal(settings: Settings, refused: Refused, model: str | None, vers
     """The server's refusal as one ops.audit row (action `refusal`, status `refused`): who asked to run which verb
     on which model, and for a promotion the alias's version then and the version asked for. Nothing else is
     written: the verb never ran."""
-    from lakeforge import registry, runs
+    from lakeforge import ownership, registry, runs
     from lakeforge.spark import build_session
 
+    ownership.claim(settings, "paths.lakehouse")  # as every recorded run does before its first write
     current = None
     if refused.alias is not None and model is not None:
         current = registry.alias_version(connect(settings), model, refused.alias)
