@@ -406,6 +406,8 @@ def test_statistic(test: DriftTest, summary: dict, values: pd.Series) -> float:
             from scipy.spatial import distance
 
             return float(distance.jensenshannon(expected, observed / max(observed.sum(), 1.0), base=2))
+        if len(keys) < 2:  # one value in the baseline and tonight: nothing can have moved (chi-square has no df)
+            return 1.0
         # A value the baseline never had gets the PSI floor as its expected share (chi-square needs e > 0).
         expected = np.clip(expected, PSI_EPSILON, None)
         expected = expected / expected.sum() * observed.sum()

@@ -86,6 +86,16 @@ def test_categorical_feature_gets_a_chi_square_test_and_numeric_a_ks_test():
     assert rows.loc["prediction", "kind"] == "prediction_drift"
 
 
+def test_a_categorical_feature_with_one_value_in_the_baseline_and_tonight_has_not_drifted():
+    train = pd.DataFrame({"region": ["north"] * 50, "amount": np.arange(50, dtype=float)})
+    baseline = mon.build_baseline(train, ["region", "amount"], np.linspace(0, 1, 50), {"region"})
+    tonight = pd.DataFrame({"region": ["north"] * 40, "amount": np.arange(40, dtype=float)})
+    rows = mon.drift_tests(baseline, tonight, None, min_rows=30).set_index("name")
+    # Chi-square has no degree of freedom with one value: p = 1 (nothing moved), not NaN.
+    assert (rows.loc["region", "metric"], rows.loc["region", "value"], rows.loc["region", "breached"]) == (
+        "chi2_pvalue", 1.0, False)
+
+
 def _night(*rows):
     columns = ["kind", "name", "segment", "metric", "value", "threshold", "breached", "rows", "detail"]
     return pd.DataFrame([dict(zip(columns, r)) for r in rows], columns=columns)
