@@ -24,6 +24,7 @@ def test_notebooks_are_committed_without_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip the outputs"
 
 
+@pytest.mark.spark
 def test_notebooks_run_and_spark_gives_the_prototype_rows(tmp_path, monkeypatch):
     # A kernel spec of our own, so the notebooks run on this interpreter (the venv), whatever else is installed.
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
@@ -37,6 +38,7 @@ def test_notebooks_run_and_spark_gives_the_prototype_rows(tmp_path, monkeypatch)
                         "LAKEFORGE_ENV": "test", "LAKEFORGE_CONF_DIR": REPO / "conf"}.items():
         monkeypatch.setenv(name, str(value))
 
+    before = sorted(p.relative_to(REPO) for p in (REPO / "notebooks").rglob("*"))
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         # Raises CellExecutionError, with the failing cell and its traceback, if any cell fails.
@@ -47,3 +49,5 @@ def test_notebooks_run_and_spark_gives_the_prototype_rows(tmp_path, monkeypatch)
     parity = json.loads((work / "parity.json").read_text())
     assert parity == {"rows": prototype["rows"], "identical": True}
     assert prototype["rows"] > 0
+    # Everything the notebooks write goes under LAKEFORGE_NOTEBOOK_DIR: nothing new beside them (they run there).
+    assert sorted(p.relative_to(REPO) for p in (REPO / "notebooks").rglob("*")) == before
