@@ -7,8 +7,8 @@ own). It makes one DAG `lakeforge_nightly_<pipeline>` for each conf/pipelines/<p
 LAKEFORGE_CONF_DIR (default $LAKEFORGE_HOME/conf), so a team's new pipeline is scheduled by adding its YAML
 (pause its DAG in Airflow to leave a pipeline off the schedule). Each DAG runs at the flow's schedule (02:30,
 as deploy/cron/lakeforge.cron and the compose scheduler) and chains the steps in the flow's order, each task
-with `--pipeline <pipeline>`: ingest >> maintain >> features >> score >> monitor >> retrain. A step with a condition (`maintain`: only when maintenance.every_days have passed; `retrain`: only
-when monitor's decision for the night fired, the policy's cooldown included) exits with the flow's
+with `--pipeline <pipeline>`: ingest >> maintain >> features >> score >> monitor >> retrain. A step with a
+condition (`maintain`: only when maintenance.every_days have passed; `retrain`: only when monitor's decision for the night fired, the policy's cooldown included) exits with the flow's
 `skipped_exit` when it does not hold, and Airflow marks that task skipped.
 Promotion by hand stays a command (`lakeforge promote --version N --reason ...`), not a schedule.
 

@@ -404,7 +404,8 @@ def _nights_summary(outcomes: list) -> str:
              + (f", {len(failed)} failed (rerun one: lakeforge run nightly --pipeline NAME)" if failed else "")]
     width = max(len(o.pipeline) for o in outcomes)
     for o in outcomes:
-        line = f"  {o.pipeline:<{width}}  {'failed' if o.error else 'done':<6}  steps done: {', '.join(o.steps) or 'none'}"
+        steps = ", ".join(o.steps) or "none"
+        line = f"  {o.pipeline:<{width}}  {'failed' if o.error else 'done':<6}  steps done: {steps}"
         lines.append(line + (f"; {o.pipeline}: {' '.join(_failure(o.error)[1].splitlines())}" if o.error else ""))
     return "\n".join(lines)
 

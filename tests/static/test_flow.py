@@ -226,19 +226,25 @@ def test_a_pipeline_that_fails_does_not_stop_the_others_and_the_summary_names_it
     assert [line for line in err.splitlines() if line.startswith("lakeforge run:")] == [
         f"lakeforge run: pipeline churn: {spark_failure}", f"lakeforge run: pipeline demand: {no_champion}"]
     # Each pipeline's own summary as it ends, the failed ones' included.
-    assert [line for line in out.splitlines() if line.startswith("== ")] == ["== churn", "== delivery_time", "== demand"]
+    headers = [line for line in out.splitlines() if line.startswith("== ")]
+    assert headers == ["== churn", "== delivery_time", "== demand"]
 
 
 def test_the_first_failure_gives_the_exit_code(executed, monkeypatch):
+    """churn's data problem (2) comes before demand's Spark failure (1): the night exits 2, after all three ran."""
     from lakeforge.errors import DataError
 
     def score(ctx, day=None):
-        if ctx.pipeline.name != "delivery_time":
-            raise DataError(f"model '{ctx.pipeline.name}' has no @champion")
+        executed.by_pipeline.append((ctx.pipeline.name, "score"))
+        if ctx.pipeline.name == "churn":
+            raise DataError("model 'churn' has no @champion")
+        if ctx.pipeline.name == "demand":
+            raise RuntimeError("Connection refused")
         return {"rows": 1, "score_date": day.isoformat()}
 
     monkeypatch.setattr(stages, "score", score)
     assert cli.main(["run", "nightly", "--env", "test", "--date", NIGHT.isoformat()]) == 2
+    assert [p for p, step, *_ in executed.by_pipeline if step == "score"] == ["churn", "delivery_time", "demand"]
 
 
 def test_a_pipeline_whose_yaml_is_broken_fails_alone(executed, monkeypatch, tmp_path, capsys):
@@ -250,11 +256,13 @@ def test_a_pipeline_whose_yaml_is_broken_fails_alone(executed, monkeypatch, tmp_
     (conf / "pipelines" / "broken.yaml").write_text("sources: [nowhere]\n")
     monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(conf))
     assert cli.main(["run", "nightly", "--env", "test", "--date", NIGHT.isoformat()]) == 2
-    assert [p for p, *_ in executed.by_pipeline if p != "broken"] == ["churn"] * 6 + ["delivery_time"] * 6 + ["demand"] * 5
+    ran = [pipeline for pipeline, *_ in executed.by_pipeline]
+    assert ran == ["churn"] * 6 + ["delivery_time"] * 6 + ["demand"] * 5
     summary = capsys.readouterr().out.split("nightly: ")[-1].splitlines()
     assert summary[0] == "3 of 4 pipelines done, 1 failed (rerun one: lakeforge run nightly --pipeline NAME)"
-    assert summary[1] == (f"  broken         failed  steps done: none; broken: error: unknown source 'nowhere': no file "
-                          f"{conf}/sources/nowhere.yaml (sources here: customers, deliveries, orders, staffing, stores)")
+    assert summary[1] == (f"  broken         failed  steps done: none; broken: error: unknown source 'nowhere': "
+                          f"no file {conf}/sources/nowhere.yaml (sources here: customers, deliveries, orders, "
+                          f"staffing, stores)")
 
 
 def test_the_pipeline_option_runs_that_pipeline_only(executed):
