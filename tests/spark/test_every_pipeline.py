@@ -34,14 +34,10 @@ def conf(user_conf) -> Path:
     return user_conf({"parcels": parcels.SOURCE}, {"a_broken": BROKEN, "b_late": GOOD}, "parcels.py")
 
 
-def test_every_pipeline_runs_in_turn_and_a_failing_one_stops_no_other(spark, conf, tmp_path, monkeypatch, capsys):
+def test_every_pipeline_runs_in_turn_and_a_failing_one_stops_no_other(spark, conf, settings_at, tmp_path, monkeypatch,
+                                                                      capsys):
     monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(conf))
-    settings = config.load_settings("test", [f"paths.landing={tmp_path / 'landing'}",
-                                             f"paths.lakehouse={tmp_path / 'lakehouse'}",
-                                             f"paths.reports={tmp_path / 'reports'}",
-                                             f"paths.model_cache={tmp_path / 'model_cache'}",
-                                             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                                             f"mlflow.artifact_root={tmp_path / 'mlartifacts'}"], directory=conf)
+    settings = settings_at(tmp_path / "landing", tmp_path / "lakehouse", tmp_path, tmp_path / "reports")
     landing = settings.paths.landing / "parcels"
     parcels.generate(landing, DAYS, START)
     lake.forget_tables(spark)
