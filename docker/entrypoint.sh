@@ -183,7 +183,7 @@ scheduler)
     at=${1:-}
     [[ "$at" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] || die "scheduler needs a time HH:MM (UTC), got '$at'"
     shift
-    (($# > 0)) || die "scheduler needs the command to run, e.g. scheduler 02:30 submit nightly --pipeline churn"
+    (($# > 0)) || die "scheduler needs the command to run, e.g. scheduler 02:30 submit nightly"
     if [[ "${LAKEFORGE_DRY_RUN:-0}" == 1 ]]; then
         printf 'daily at %s UTC: ' "$at"; LAKEFORGE_DRY_RUN=1 "$SELF" "$@"
         exit 0

@@ -79,6 +79,11 @@ DETAILS = {
            "features, score and monitor; when the retrain policy fires, retrain through the gate. One date\n"
            "(--date, default the day after the last event) or a backfill (--from/--to), each date its own run\n"
            "in ops.runs.\n"
+           "Without --pipeline: every pipeline of conf/pipelines, sorted by name, one after another in one Spark\n"
+           "session (a source several pipelines share is ingested once). A pipeline that fails does not stop the\n"
+           "others; a summary ends the run (each pipeline, its steps done, its error in one line), and the exit\n"
+           "code is the first failure's. So a new pipeline is scheduled by adding its YAML; --pipeline NAME runs\n"
+           "only that one.\n"
            "example: lakeforge run nightly --pipeline NAME --from 2026-10-01 --to 2026-10-07",
     "status": "Lists every lakehouse table (version, rows, last write, description), the last runs from ops.runs,\n"
               "and each pipeline's health and @champion.\n"
@@ -179,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(verbs, "run", help=f"run a named sequence: nightly = {', '.join(s.name for s in every_night)} "
                                  f"(and {last.name} when the policy fires): lakeforge.flow.NIGHTLY")
     p.add_argument("sequence", choices=["nightly"])
-    _common(p, date=True)
+    _common(p, date=True, every_pipeline=True)
     p.add_argument("--from", dest="date_from", type=_date, help="backfill: first date to score (with --to)")
     p.add_argument("--to", dest="date_to", type=_date, help="backfill: last date to score, inclusive")
 
@@ -208,15 +213,10 @@ def _verb(verbs, name: str, help: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("LAKEFORGE_DEBUG") == "1"
+    debug = args.debug = args.debug or os.environ.get("LAKEFORGE_DEBUG") == "1"
     previous = interrupts.raise_on_stop_signals()
     try:
         return run(args)
-    except LakeforgeError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"lakeforge {args.verb}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
     except interrupts.Interrupted as exc:
         print(f"lakeforge {args.verb}: {exc}: stopped; a run it had started is recorded in ops.runs as "
               f"interrupted", file=sys.stderr)
@@ -224,14 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lakeforge {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # Spark/MLflow failures: the deepest cause on one line, the traceback on --debug
+    except Exception as exc:  # one line, the traceback on --debug
         if debug:
             traceback.print_exc()
-        print(f"lakeforge {args.verb}: failed: {root_cause(exc)} "
-              f"(rerun with --debug for the traceback; the run is recorded in ops.runs)", file=sys.stderr)
-        return 1
+        code, line = _failure(exc)
+        print(f"lakeforge {args.verb}: {line}", file=sys.stderr)
+        return code
     finally:
         interrupts.restore(previous)
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """A failure's exit code and one line: a user's mistake (LakeforgeError) as its message with the fix, a Spark
+    or MLflow failure as its deepest cause."""
+    if isinstance(exc, LakeforgeError):
+        return getattr(exc, "exit_code", 2), f"error: {exc}"
+    return 1, f"failed: {root_cause(exc)} (rerun with --debug for the traceback; the run is recorded in ops.runs)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,13 +272,15 @@ def run(args: argparse.Namespace) -> int:
     demo_pipelines = [args.pipeline] if args.verb == "demo" and args.pipeline else None
     if args.verb == "access":
         return _access(settings, args.action)
+    every_night = args.verb == "run" and not args.pipeline  # each pipeline is loaded (and may fail) on its own
     if args.verb == "demo":  # every pipeline by default; the first one's context runs the shared steps
         args.pipeline = (demo_pipelines or config.available_pipelines())[0]
     elif args.verb == "status" and not args.pipeline:  # every pipeline's health: any one gives the context
         args.pipeline = next(iter(config.available_pipelines()), None) or config.chosen_pipeline(None)
-    elif args.verb not in ("generate", "doctor"):
+    elif args.verb not in ("generate", "doctor") and not every_night:
         args.pipeline = config.chosen_pipeline(args.pipeline)
-    pipeline = None if args.verb in ("generate", "doctor") else config.load_pipeline(args.pipeline, args.overrides)
+    pipeline = (None if args.verb in ("generate", "doctor") or every_night
+                else config.load_pipeline(args.pipeline, args.overrides))
     from lakeforge import access
 
     # The server's answer before any Spark job or write: a user without the right stops here (exit 2), the
@@ -290,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(describe_landing(settings, generate(settings, **size_of(args))))
         return 0
+    if every_night:
+        return nightly_every_pipeline(settings, args.overrides, *_night_dates(args), debug=args.debug)
 
     ctx = stages.Context(settings, pipeline)
     try:
@@ -319,11 +331,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.verb == "promote":
             _print(stages.promote(ctx, args.version, args.reason, args.alias))
         elif args.verb == "run":
-            if args.date and (args.date_from or args.date_to):
-                raise LakeforgeError("give either --date or --from/--to, not both")
-            if args.date_to and not args.date_from:
-                raise LakeforgeError("--to needs --from (the first date of the backfill)")
-            _print(stages.nightly(ctx, args.date or args.date_from, args.date_to))
+            _print(stages.nightly(ctx, *_night_dates(args)))
         elif args.verb == "status":
             from lakeforge.demo.summary import format_status
 
@@ -338,6 +346,68 @@ def run(args: argparse.Namespace) -> int:
         if "spark" in ctx.__dict__:
             ctx.spark.stop()
     return 0
+
+
+def _night_dates(args: argparse.Namespace) -> tuple[dt.date | None, dt.date | None]:
+    """The first and last dates `run nightly` scores: --date, or a backfill --from/--to (None: the next night)."""
+    if args.date and (args.date_from or args.date_to):
+        raise LakeforgeError("give either --date or --from/--to, not both")
+    if args.date_to and not args.date_from:
+        raise LakeforgeError("--to needs --from (the first date of the backfill)")
+    return args.date or args.date_from, args.date_to
+
+
+def nightly_every_pipeline(settings, overrides: list[str], first: dt.date | None = None, last: dt.date | None = None,
+                           spark_factory=None, debug: bool = False) -> int:
+    """`run nightly` without --pipeline: the nightly flow for every pipeline of conf/pipelines in turn, in one Spark
+    session (spark_factory's, else one built here and stopped at the end). Prints each pipeline's summary as it
+    ends, then one line per pipeline; returns the first failure's exit code, or 0."""
+    from lakeforge import config, stages
+
+    names = config.available_pipelines() or [config.chosen_pipeline(None)]  # none: the error says where to add one
+    sessions = []
+
+    def shared(settings):
+        if not sessions:
+            from lakeforge.spark import build_session
+
+            sessions.append((spark_factory or build_session)(settings))
+        return sessions[0]
+
+    def context_of(name: str) -> stages.Context:
+        return stages.Context(settings, config.load_pipeline(name, overrides), spark_factory=shared)
+
+    outcomes, codes = [], []
+    try:
+        for outcome in flow.run_every_pipeline(names, context_of, first, last):
+            print(f"== {outcome.pipeline}", flush=True)
+            if outcome.error is None:
+                _print(outcome.summary)
+            else:
+                if debug:
+                    traceback.print_exception(outcome.error)
+                code, line = _failure(outcome.error)
+                codes.append(code)
+                print(f"lakeforge run: pipeline {outcome.pipeline}: {line}", file=sys.stderr, flush=True)
+            outcomes.append(outcome)
+    finally:
+        if sessions and spark_factory is None:
+            sessions[0].stop()
+    print(_nights_summary(outcomes))
+    return codes[0] if codes else 0
+
+
+def _nights_summary(outcomes: list) -> str:
+    """One line per pipeline of a run over every pipeline: done or failed, its steps done, its error."""
+    failed = [o for o in outcomes if o.error is not None]
+    lines = [f"nightly: {len(outcomes) - len(failed)} of {len(outcomes)} pipelines done"
+             + (f", {len(failed)} failed (rerun one: lakeforge run nightly --pipeline NAME)" if failed else "")]
+    width = max(len(o.pipeline) for o in outcomes)
+    for o in outcomes:
+        steps = ", ".join(o.steps) or "none"
+        line = f"  {o.pipeline:<{width}}  {'failed' if o.error else 'done':<6}  steps done: {steps}"
+        lines.append(line + (f"; {o.pipeline}: {' '.join(_failure(o.error)[1].splitlines())}" if o.error else ""))
+    return "\n".join(lines)
 
 
 def _access(settings, action: str) -> int:

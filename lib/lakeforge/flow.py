@@ -1,10 +1,12 @@
 """The nightly flow, declared once: its steps in order, what each reads and writes, and when it runs.
 
 Everything that runs a night is made from NIGHTLY:
-- `lakeforge run nightly` (and jobs/nightly.py) runs the steps in one process (`run_nightly`);
-- the cron example (deploy/cron/lakeforge.cron) and the compose scheduler run that command at SCHEDULE;
-- the Airflow DAG (deploy/airflow/lakeforge_nightly.py) makes one task per step, with RETRIES, from
-  deploy/airflow/lakeforge_flow.json, which `python -m lakeforge.flow` writes from this module;
+- `lakeforge run nightly` (and jobs/nightly.py) runs the steps in one process (`run_nightly`), for every pipeline
+  of the project in turn (`run_every_pipeline`) or for the one --pipeline names;
+- the cron example (deploy/cron/lakeforge.cron) and the compose scheduler run that command at SCHEDULE, for
+  every pipeline: a pipeline is scheduled by adding its conf/pipelines/<name>.yaml;
+- the Airflow DAG file (deploy/airflow/lakeforge_nightly.py) makes one DAG per pipeline, one task per step, with
+  RETRIES, from deploy/airflow/lakeforge_flow.json, which `python -m lakeforge.flow` writes from this module;
 - each step is also a verb (`lakeforge <step>`) and a job (`docker/entrypoint.sh submit <step>`).
 
 A step with a `when` runs only when its condition holds: `retrain` when the retrain decision that `monitor`
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 RETRAIN_FIRED = "the retrain decision monitor recorded for the date fired (the pipeline's policy, cooldown included)"
@@ -81,14 +85,19 @@ def export_text() -> str:
     return json.dumps(export(), indent=2) + "\n"
 
 
-def run_nightly(ctx, first: dt.date | None = None, last: dt.date | None = None) -> dict:
+def run_nightly(ctx, first: dt.date | None = None, last: dt.date | None = None,
+                done: dict[str, list[dict]] | None = None, ingested: set[str] | None = None) -> dict:
     """Run NIGHTLY for the dates first..last (default: the next night to score): the steps that are not per
     date once, then the others date by date in order, so each date is its own rerunnable run in ops.runs and a
-    retrain changes the champion for the dates after it. Returns each step's summary (a backfill's summed)."""
+    retrain changes the champion for the dates after it. Returns each step's summary (a backfill's summed).
+
+    `done` (each step's summaries, filled as they finish) tells a caller how far a failed night got; `ingested`
+    names the sources an earlier pipeline loaded tonight in this process: ingest skips them and adds its own."""
     from lakeforge import stages
     from lakeforge.errors import DataError
 
-    done: dict[str, list[dict]] = {s.name: [] for s in NIGHTLY}
+    done = _no_steps_done() if done is None else done
+    run = _RUN if ingested is None else {**_RUN, "ingest": partial(_ingest_new_sources, ingested=ingested)}
     dates: list[dt.date] = []
     for step in ONCE:
         if step.when is not None and not _CONDITIONS[step.name](ctx):
@@ -98,12 +107,67 @@ def run_nightly(ctx, first: dt.date | None = None, last: dt.date | None = None) 
             dates = [start + dt.timedelta(days=i) for i in range(((last or start) - start).days + 1)]
             if not dates:
                 raise DataError(f"--to {last} is before --from {start}")
-        done[step.name].append(_RUN[step.name](ctx, dates, done))
+        done[step.name].append(run[step.name](ctx, dates, done))
     for day in dates:
         for step in NIGHTLY[len(ONCE):]:
             if _holds(step, day, done):
-                done[step.name].append(_RUN[step.name](ctx, day, done))
+                done[step.name].append(run[step.name](ctx, day, done))
     return _summary(done)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One pipeline's night in a run over every pipeline: the steps it finished, and its summary or its error."""
+
+    pipeline: str
+    steps: tuple[str, ...]
+    summary: dict | None = None
+    error: Exception | None = None
+
+
+def run_every_pipeline(names: list[str], context_of: Callable[[str], object], first: dt.date | None = None,
+                       last: dt.date | None = None) -> Iterator[Outcome]:
+    """run_nightly for each pipeline in turn (`context_of(name)` loads it; the contexts share one Spark session),
+    yielding each one's outcome as it ends. A pipeline that fails (its configuration, a step) does not stop the
+    next; a stop signal does. A source several pipelines name is ingested by the first of them only."""
+    ingested: set[str] = set()
+    for name in names:
+        done = _no_steps_done()
+        try:
+            summary = run_nightly(context_of(name), first, last, done, ingested)
+        except Exception as exc:  # the pipeline's failure, reported with the others'; Interrupted is no Exception
+            yield Outcome(name, _steps_done(done), error=exc)
+        else:
+            yield Outcome(name, _steps_done(done), summary)
+
+
+def _no_steps_done() -> dict[str, list[dict]]:
+    return {s.name: [] for s in NIGHTLY}
+
+
+def _steps_done(done: dict[str, list[dict]]) -> tuple[str, ...]:
+    """The steps that finished, in the flow's order; a step of a backfill with its number of dates."""
+    return tuple(name if len(runs) == 1 else f"{name} x{len(runs)}" for name, runs in done.items() if runs)
+
+
+def _ingest_new_sources(ctx, _when, _done, ingested: set[str]) -> dict:
+    """The ingest step for the sources of the pipeline that no earlier pipeline ingested tonight (the file ledger
+    would make a second load of them a no-op; this spares the listing and the run)."""
+    import dataclasses
+
+    from lakeforge import stages
+
+    sources = ctx.pipeline.sources
+    new = {name: source for name, source in sources.items() if name not in ingested}
+    if not new:
+        return {"stage": "ingest", "skipped": f"already ingested tonight: {', '.join(sources)}"}
+    only_new = ctx
+    if len(new) < len(sources):  # the same session and pipeline, with only its sources not yet ingested
+        only_new = dataclasses.replace(ctx, pipeline=ctx.pipeline.model_copy(update={"sources": new}),
+                                       spark_factory=lambda _: ctx.spark)
+    summary = stages.ingest(only_new)
+    ingested.update(new)
+    return summary
 
 
 def _holds(step: Step, day: dt.date, done: dict[str, list[dict]]) -> bool:

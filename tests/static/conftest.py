@@ -35,16 +35,26 @@ print(json.dumps({"import_errors": {str(k): v for k, v in bag.import_errors.item
 """
 
 
-@pytest.fixture(scope="session")
-def airflow_dags(tmp_path_factory) -> dict:
-    """deploy/airflow/*.py loaded by Airflow's DagBag with LAKEFORGE_HOME at this repository: per DAG its
-    schedule and tasks in topological order, each task's command rendered for NIGHT."""
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEFORGE_", "SPARK_", "AIRFLOW"))}
-    env |= {"AIRFLOW_HOME": str(home), "LAKEFORGE_HOME": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", PARSE, str(DAG_FOLDER), NIGHT], env=env, cwd=home,
+def parse_dags(home: Path, env: dict[str, str] | None = None) -> dict:
+    """deploy/airflow/*.py loaded by Airflow's DagBag with LAKEFORGE_HOME at this repository (and `env`): its
+    import errors, and per DAG its schedule and tasks in topological order, each task's command rendered for NIGHT."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEFORGE_", "SPARK_", "AIRFLOW"))}
+    clean |= {"AIRFLOW_HOME": str(home), "LAKEFORGE_HOME": str(REPO)} | (env or {})
+    done = subprocess.run([sys.executable, "-c", PARSE, str(DAG_FOLDER), NIGHT], env=clean, cwd=home,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def airflow_dags(tmp_path_factory) -> dict:
+    """The DAGs of deploy/airflow/ as Airflow parses them (parse_dags) for this repository's conf/."""
+    parsed = parse_dags(tmp_path_factory.mktemp("airflow-home"))
     assert parsed["import_errors"] == {}, parsed["import_errors"]
     return parsed["dags"]
+
+
+@pytest.fixture(scope="session")
+def dags_for(tmp_path_factory):
+    """parse_dags with LAKEFORGE_CONF_DIR at a given conf folder: its import errors and DAGs."""
+    return lambda conf: parse_dags(tmp_path_factory.mktemp("airflow-home"), {"LAKEFORGE_CONF_DIR": str(conf)})

@@ -24,11 +24,20 @@ NIGHT = dt.date(2026, 11, 27)
 
 
 class Calls(list):
-    """(step, date) of each stage function called, in order; `fires`: what each night's monitor decides;
-    `maintenance_due`: whether maintenance.every_days have passed."""
+    """(step, date) of each stage function called, in order; `by_pipeline`: (pipeline, step) of the same calls,
+    with the sources of an ingest; `fires`: what each night's monitor decides; `maintenance_due`: whether
+    maintenance.every_days have passed."""
 
     fires = True
     maintenance_due = True
+
+    def __init__(self):
+        super().__init__()
+        self.by_pipeline: list[tuple] = []
+
+    def clear(self):
+        super().clear()
+        self.by_pipeline.clear()
 
 
 @pytest.fixture
@@ -41,6 +50,9 @@ def executed(monkeypatch) -> Calls:
         def stage(ctx, when=None, *rest):
             day = when[0] if isinstance(when, list) else when
             calls.append((step, day.isoformat() if day else None))
+            pipeline = getattr(ctx, "pipeline", None)
+            if pipeline is not None:
+                calls.by_pipeline.append((pipeline.name, step, *([list(pipeline.sources)] if step == "ingest" else [])))
             return result(day) if callable(result) else result
         return stage
 
@@ -94,28 +106,35 @@ def test_the_flow_run_nightly_cron_compose_and_the_dag_list_the_same_steps_in_th
     assert cli.main(["run", "nightly", "--pipeline", "churn", "--env", "test", "--date", NIGHT.isoformat()]) == 0
     run_nightly = steps_of(executed)
 
-    # The cron example: its command, run as cron would.
+    # The cron example: its command, run as cron would: every pipeline of conf/pipelines.
     executed.clear()
     at, argv = cron_command()
-    assert argv[:3] == ["lakeforge", "run", "nightly"]
+    assert argv[:3] == ["lakeforge", "run", "nightly"] and "--pipeline" not in argv
     assert cli.main(argv[1:]) == 0
-    cron = steps_of(executed)
+    cron = executed.by_pipeline[:]
 
     # The compose scheduler: the job its command submits (jobs/nightly.py), run with the arguments it gets.
     executed.clear()
     compose_at, args, application = compose_command(monkeypatch)
     monkeypatch.setenv("LAKEFORGE_ENV", "compose")
+    assert "--pipeline" not in args
     monkeypatch.setattr(sys, "argv", [str(application), *args])
     with pytest.raises(SystemExit) as exit_code:
         runpy.run_path(str(REPO / "jobs" / application.name), run_name="__main__")
     assert exit_code.value.code == 0
-    compose = steps_of(executed)
+    compose = executed.by_pipeline[:]
 
-    dag = [task["task_id"] for task in airflow_dags["lakeforge_nightly"]["tasks"]]
-    assert run_nightly == cron == compose == dag == declared
+    assert run_nightly == declared
+    for dag in airflow_dags.values():
+        assert [task["task_id"] for task in dag["tasks"]] == declared
+        assert dag["schedule"] == flow.SCHEDULE
+    # Every pipeline in turn, sorted by name; a source is ingested by the first pipeline that names it only.
+    assert cron == compose == [
+        ("churn", "ingest", ["stores", "customers", "orders"]), *[("churn", step) for step in declared[1:]],
+        ("delivery_time", "ingest", ["deliveries", "staffing"]), *[("delivery_time", step) for step in declared[1:]],
+        *[("demand", step) for step in declared[1:]]]
     minute, hour = flow.SCHEDULE.split()[:2]
     assert at == compose_at == f"{int(hour):02d}:{int(minute):02d}"
-    assert airflow_dags["lakeforge_nightly"]["schedule"] == flow.SCHEDULE
 
 
 def test_retrain_runs_only_on_the_nights_the_policy_fires(executed):
@@ -166,3 +185,87 @@ def test_the_maintain_verb_skips_only_for_a_scheduler_when_not_due(monkeypatch, 
     argv = ["maintain", "--pipeline", "churn", "--env", "test", "--skipped-exit", str(skipped_exit)]
     assert cli.main(argv) == code
     assert calls == (["maintain"] if maintained else [])
+
+
+def test_a_pipeline_that_fails_does_not_stop_the_others_and_the_summary_names_it(executed, monkeypatch, capsys):
+    """churn fails in features (a Spark failure: exit 1), demand in score (a data problem: exit 2): delivery_time
+    still runs every step, the summary gives each pipeline's steps and error, and the first failure's code ends."""
+    from lakeforge.errors import DataError
+
+    def features(ctx, dates=None):
+        if ctx.pipeline.name == "churn":
+            raise RuntimeError("Python worker exited unexpectedly")
+        executed.by_pipeline.append((ctx.pipeline.name, "features"))
+        return {"stage": "features"}
+
+    def score(ctx, day=None):
+        if ctx.pipeline.name == "demand":
+            raise DataError("model 'demand' has no @champion: run `lakeforge train --pipeline demand` first")
+        executed.by_pipeline.append((ctx.pipeline.name, "score"))
+        return {"rows": 1, "score_date": day.isoformat()}
+
+    monkeypatch.setattr(stages, "build_features", features)
+    monkeypatch.setattr(stages, "score", score)
+    assert cli.main(["run", "nightly", "--env", "test", "--date", NIGHT.isoformat()]) == 1
+    assert executed.by_pipeline == [
+        ("churn", "ingest", ["stores", "customers", "orders"]), ("churn", "maintain"),
+        ("delivery_time", "ingest", ["deliveries", "staffing"]), ("delivery_time", "maintain"),
+        ("delivery_time", "features"), ("delivery_time", "score"), ("delivery_time", "monitor"),
+        ("delivery_time", "retrain"),
+        ("demand", "maintain"), ("demand", "features")]
+    out, err = capsys.readouterr()
+    spark_failure = (f"failed: RuntimeError: Python worker exited unexpectedly (raised in features, {__file__}, line "
+                     f"{features.__code__.co_firstlineno + 2}) (rerun with --debug for the traceback; the run is "
+                     f"recorded in ops.runs)")
+    no_champion = "error: model 'demand' has no @champion: run `lakeforge train --pipeline demand` first"
+    assert out.split("nightly: ")[-1].splitlines() == [
+        "1 of 3 pipelines done, 2 failed (rerun one: lakeforge run nightly --pipeline NAME)",
+        f"  churn          failed  steps done: ingest, maintain; churn: {spark_failure}",
+        "  delivery_time  done    steps done: ingest, maintain, features, score, monitor, retrain",
+        f"  demand         failed  steps done: ingest, maintain, features; demand: {no_champion}"]
+    assert [line for line in err.splitlines() if line.startswith("lakeforge run:")] == [
+        f"lakeforge run: pipeline churn: {spark_failure}", f"lakeforge run: pipeline demand: {no_champion}"]
+    # Each pipeline's own summary as it ends, the failed ones' included.
+    headers = [line for line in out.splitlines() if line.startswith("== ")]
+    assert headers == ["== churn", "== delivery_time", "== demand"]
+
+
+def test_the_first_failure_gives_the_exit_code(executed, monkeypatch):
+    """churn's data problem (2) comes before demand's Spark failure (1): the night exits 2, after all three ran."""
+    from lakeforge.errors import DataError
+
+    def score(ctx, day=None):
+        executed.by_pipeline.append((ctx.pipeline.name, "score"))
+        if ctx.pipeline.name == "churn":
+            raise DataError("model 'churn' has no @champion")
+        if ctx.pipeline.name == "demand":
+            raise RuntimeError("Connection refused")
+        return {"rows": 1, "score_date": day.isoformat()}
+
+    monkeypatch.setattr(stages, "score", score)
+    assert cli.main(["run", "nightly", "--env", "test", "--date", NIGHT.isoformat()]) == 2
+    assert [p for p, step, *_ in executed.by_pipeline if step == "score"] == ["churn", "delivery_time", "demand"]
+
+
+def test_a_pipeline_whose_yaml_is_broken_fails_alone(executed, monkeypatch, tmp_path, capsys):
+    """Each pipeline's configuration is loaded in its turn: a broken one is that pipeline's failure."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "pipelines" / "broken.yaml").write_text("sources: [nowhere]\n")
+    monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(conf))
+    assert cli.main(["run", "nightly", "--env", "test", "--date", NIGHT.isoformat()]) == 2
+    ran = [pipeline for pipeline, *_ in executed.by_pipeline]
+    assert ran == ["churn"] * 6 + ["delivery_time"] * 6 + ["demand"] * 5
+    summary = capsys.readouterr().out.split("nightly: ")[-1].splitlines()
+    assert summary[0] == "3 of 4 pipelines done, 1 failed (rerun one: lakeforge run nightly --pipeline NAME)"
+    assert summary[1] == (f"  broken         failed  steps done: none; broken: error: unknown source 'nowhere': "
+                          f"no file {conf}/sources/nowhere.yaml (sources here: customers, deliveries, orders, "
+                          f"staffing, stores)")
+
+
+def test_the_pipeline_option_runs_that_pipeline_only(executed):
+    assert cli.main(["run", "nightly", "--pipeline", "demand", "--env", "test", "--date", NIGHT.isoformat()]) == 0
+    assert executed.by_pipeline == [("demand", "ingest", ["stores", "orders"]),
+                                    *[("demand", step) for step in flow.step_names()[1:]]]
