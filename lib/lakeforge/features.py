@@ -30,6 +30,7 @@ from lakeforge.config import PREDICTION_AT, Pipeline
 from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
                                        buckets_of, import_function, prepare, schema_of)
+from lakeforge.runs import Outcome, Run
 
 AS_OF = catalog.AS_OF
 _NOT_FEATURES = (event_points.INGESTED_BY,)  # lakeforge's bookkeeping column of event points' tables
@@ -343,6 +344,26 @@ def checked_dates(spark: SparkSession, lakehouse: Path, pipeline: Pipeline,
         return [next_date(last, pipeline)]
     check_date(max(dates), last, pipeline)
     return dates
+
+
+def next_score_date(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -> dt.date:
+    """The day after the last event: the next night to score."""
+    return checked_dates(spark, lakehouse, pipeline, None)[0]
+
+
+def build_table(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date] | None, owner: str,
+                run: Run) -> Outcome:
+    """The features stage's work: gold.<pipeline>_features for the dates (default: the next score date), the
+    input tables' versions noted as read; the rows written and in the population."""
+    dates = checked_dates(spark, lakehouse, pipeline, dates)
+    run.run_date = max(dates)
+    run.input(spark, lakehouse, *input_tables(pipeline))
+    build_and_write(spark, lakehouse, pipeline, dates, owner)
+    table = features_table(pipeline)
+    rows, population = written_counts(spark, lakehouse, pipeline, dates, run.log)
+    return Outcome({"stage": "features", "dates": [d.isoformat() for d in dates], "rows": rows,
+                    "population": population}, rows={table: rows, f"{table}.population": population},
+                   outputs=[table])
 
 
 def build_and_write(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date],

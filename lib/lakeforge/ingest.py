@@ -45,7 +45,7 @@ from lakeforge import catalog, lake, quality
 from lakeforge.config import Source
 from lakeforge.errors import DataError
 from lakeforge.quality import FILE, MALFORMED, NEW_KEYS, OUTCOME, RAW, REASON, sql_string
-from lakeforge.runs import crash_point, last_succeeded
+from lakeforge.runs import Outcome, Run, crash_point, last_succeeded
 
 FILE_LEDGER = catalog.INGESTED_FILES
 QUARANTINE = catalog.QUARANTINE
@@ -872,6 +872,24 @@ def row_counts(results: list[IngestResult], log=print) -> dict[str, int]:
         if r.files == 0:
             log(f"{r.source}: no new files")
     return counts
+
+
+def ingest_sources(spark: SparkSession, sources: dict[str, Source], landing: Path, lakehouse: Path, owner: str,
+                   run: Run) -> Outcome:
+    """The ingest stage's work: every source's new landing files into bronze/silver (`ingest_all`), the silver
+    tables' versions noted as the run's inputs first; per source what ops.runs records (`row_counts`)."""
+    run.input(spark, lakehouse, *[catalog.silver(name) for name in sources])
+    counts = row_counts(ingest_all(spark, sources, landing, lakehouse, owner, log=run.log), log=run.log)
+    return Outcome({"stage": "ingest", **counts}, rows=counts, outputs=ingest_tables(sources))
+
+
+def maintain_sources(spark: SparkSession, lakehouse: Path, sources: dict[str, Source], target_file_mb: int,
+                     retention_hours: float, log=print) -> Outcome:
+    """The maintain stage's work: compact and VACUUM the tables ingest writes (`maintain`), per table and count
+    for ops.runs, the totals as the summary."""
+    tables = maintain(spark, lakehouse, sources, target_file_mb, retention_hours, log=log)
+    counts, totals = maintenance_summary(tables)
+    return Outcome({"stage": "maintain", **totals}, rows=counts, outputs=list(tables))
 
 
 def maintenance_summary(tables: dict[str, dict[str, int]]) -> tuple[dict[str, int], dict[str, int]]:

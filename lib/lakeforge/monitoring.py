@@ -1,6 +1,7 @@
 """Monitoring: drift against the champion's training baseline, performance on matured labels, quality trends,
-and the retraining policy. Pure functions on pandas/numpy (no Spark, no I/O): `stages.monitor` reads the
-tables, calls `night` (which applies the rest), and writes `ops.monitoring`.
+and the retraining policy. Pure functions on pandas/numpy (no Spark, no I/O), but for the two stages' work at
+the end: `monitor` reads the tables, calls `night` (which applies the rest), writes `ops.monitoring` and
+publishes the report; `retrain` records a retrain's outcome there.
 
 Drift: the population stability index (PSI) of each feature, numeric features binned at the baseline's
 deciles, categorical features by value; the two-sample Kolmogorov-Smirnov statistic of numeric features;
@@ -23,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from lakeforge import catalog, estimation, metrics
+from lakeforge.errors import DataError
 
 MONITORING = catalog.MONITORING
 SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "
@@ -702,3 +704,72 @@ def retrain_rows(pipeline: str, day: dt.date, result: dict, champion: int | None
     row = {c: None for c in COLUMNS} | {"monitor_date": day, "pipeline": pipeline, "kind": "retrain", "segment": "",
                                         "metric": "promoted", "run_id": None, **outcome}
     return pd.DataFrame([row], columns=COLUMNS)
+
+
+# ---------------------------------------------------------------- the stages' work (reads and writes the tables)
+# Their I/O modules are imported in the functions: the rules above import without Spark or MLflow, and
+# features imports this module.
+
+
+def monitor(spark, client, settings, pipeline, run, day: dt.date | None = None):
+    """The monitor stage's work for a date (default: the next night to score): the champion's baseline and
+    validation metric, the night's rows read at the versions noted as the run's inputs, `night`, its rows
+    into ops.monitoring (a rerun replaces the date) and, when the pipeline asks, the HTML report, also logged
+    to MLflow. Returns a runs.Outcome with the night's summary."""
+    from pyspark.sql import functions as F
+
+    from lakeforge import features as feats
+    from lakeforge import lake, ownership, quality, registry, runs
+
+    lakehouse = settings.paths.lakehouse
+    day = run.run_date = day or feats.next_score_date(spark, lakehouse, pipeline)
+    version = int(registry.champion(client, pipeline.name).version)
+    champion_run = registry.version_run(client, pipeline.name, version)
+    baseline = registry.load_baseline(client, pipeline.name, version, missing_ok=run.log)
+    validation = champion_run.data.metrics.get(pipeline.model.metric)
+    events = feats.label_events_table(pipeline)
+    run.input(spark, lakehouse, feats.features_table(pipeline), catalog.predictions(pipeline.name), events,
+              catalog.QUALITY, MONITORING)
+    current, scored, labelled = feats.monitored_night(spark, lakehouse, pipeline, day, run.inputs.get(events),
+                                                      run.log)
+    earlier = lake.read_pandas(spark, lakehouse, MONITORING,
+                               (F.col("pipeline") == pipeline.name) & (F.col("monitor_date") < F.lit(day)))
+    judged = night(pipeline, day, version, run.run_id, baseline, validation,
+                   champion_run.data.tags.get(registry.TRAINED_AS_OF_TAG), current, scored, labelled,
+                   lake.read_pandas(spark, lakehouse, catalog.QUALITY), quality.quarantine_limits(pipeline.sources),
+                   earlier)
+    lake.replace_where(spark, lake.from_pandas(spark, judged.today, SCHEMA), lakehouse, MONITORING,
+                       f"pipeline = '{pipeline.name}' AND monitor_date = DATE'{day}'",
+                       **catalog.MONITORING_TABLE.options(settings.owner))
+    # Noted as soon as written: a report that fails after this leaves the written rows in the run's record.
+    run.output(spark, lakehouse, MONITORING)
+    run.rows[MONITORING] = len(judged.today)
+    summary = judged.summary
+    if pipeline.monitoring.report:
+        from lakeforge import report
+
+        ownership.claim(settings, "paths.reports")
+        path = report.publish(settings.paths.reports, pipeline, day, judged, version, validation, baseline, current,
+                              lake.read_pandas(spark, lakehouse, MONITORING, F.col("kind") == "verdict",
+                                               report.INDEX_COLUMNS))
+        registry.log_monitoring(client, pipeline.name, settings.mlflow.artifact_root, day, version, summary,
+                                judged.today, path)
+        summary["report"] = str(path)
+    run.log(judged.headline(pipeline.model.metric))
+    return runs.Outcome(summary, details={k: v for k, v in summary.items() if k != "stage"})
+
+
+def retrain(client, spark, settings, pipeline, day: dt.date, reason: str, train) -> dict:
+    """Retrain on the policy's recent window as of `day` (`train`: the train stage, called with as_of, window_days
+    and why), through the promotion gate; the outcome, or the error that stopped it, goes to ops.monitoring."""
+    from lakeforge import lake, registry
+
+    version = registry.alias_version(client, pipeline.name, registry.CHAMPION)
+    try:
+        result = train(as_of=day, window_days=pipeline.retrain.window_days, why="retrain")
+    except DataError as exc:  # e.g. too little history in the window: the night goes on, the failure is recorded
+        result = {"stage": "retrain", "error": str(exc)}
+    frame = retrain_rows(pipeline.name, day, result, version, reason, result.get("alias") == registry.CHAMPION)
+    lake.append(spark, lake.from_pandas(spark, frame, SCHEMA), settings.paths.lakehouse, MONITORING,
+                **catalog.MONITORING_TABLE.options(settings.owner))
+    return {"date": day.isoformat(), **result}

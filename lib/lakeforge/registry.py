@@ -30,9 +30,9 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from lakeforge import __version__, metrics, model_files, plots, runs
+from lakeforge import __version__, access, metrics, model_files, plots, runs
 from lakeforge.access import AccessDenied
-from lakeforge.config import Gate, MlflowSettings
+from lakeforge.config import Gate, MlflowSettings, Settings
 from lakeforge.errors import DataError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -485,6 +485,23 @@ def check_four_eyes(client: MlflowClient, spark: SparkSession, lakehouse: Path, 
                              run_id, runs.REFUSED, user=user, action=runs.REFUSAL)
     tag_decision(client, name, version, f"{alias}.refused", runs.REFUSAL, user, current, f"{reason}; {message}", None)
     raise AccessDenied(message)
+
+
+def promote(client: MlflowClient, spark: SparkSession, settings: Settings, name: str, alias: str, version: int,
+            reason: str, run: runs.Run, user: str) -> runs.Outcome:
+    """The promote stage's work: point the alias at the version by hand (ops.audit and the version's tags say
+    who and why); in the team set-up @champion needs four eyes (`check_four_eyes`), and the move is an approval."""
+    lakehouse = settings.paths.lakehouse
+    reconcile_aliases(client, spark, lakehouse, name, run.run_id, run.log, user)
+    wait_until_ready(client, name, version)
+    four_eyes = alias == CHAMPION and access.authenticated(settings)
+    if four_eyes:
+        check_four_eyes(client, spark, lakehouse, name, alias, version, reason, run.run_id, user)
+    previous = move_alias(client, spark, lakehouse, name, alias, version, "promote", reason, run.run_id, user,
+                          runs.APPROVAL if four_eyes else runs.ALIAS)
+    run.log(f"{name}@{alias}: {previous} -> {version} ({reason})")
+    return runs.Outcome({"stage": "promote", "alias": alias, "from": previous, "to": version},
+                        details={"alias": alias, "previous": previous, "version": version, "reason": reason})
 
 
 def log_monitoring(client: MlflowClient, pipeline: str, artifact_root: str, day: dt.date, version: int,

@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -94,6 +94,24 @@ class Run:
             v = lake.version(spark, lakehouse, table)
             if v is not None:
                 self.outputs[table] = v
+
+    def record(self, spark: SparkSession, lakehouse: Path, outcome: Outcome) -> dict:
+        """Note what a stage's domain function did (its rows, details and the tables it wrote); its summary."""
+        self.rows.update(outcome.rows)
+        self.details.update(outcome.details)
+        self.output(spark, lakehouse, *outcome.outputs)
+        return outcome.summary
+
+
+@dataclass
+class Outcome:
+    """What one stage's domain function did, for the stage to record in its run: rows and details for ops.runs,
+    the tables it wrote (their versions are noted as outputs) and the summary the stage returns."""
+
+    summary: dict
+    rows: dict[str, int] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
 
 
 def new_run_id() -> str:
@@ -347,6 +365,19 @@ def ledger(spark: SparkSession, lakehouse: Path, tables: list[dict]) -> list[dic
     return mark_abandoned([r.asDict() for r in read_runs(spark, lakehouse).select(
         "run_id", "started_at", "job", "pipeline", "status", "run_date", "duration_s", "error", "host", "pid",
         "process_start").collect()], lakehouse)
+
+
+def status(spark: SparkSession, lakehouse: Path, shared: bool, pipeline: str, pipelines: list[str],
+           champion_of: Callable[[str], int | None]) -> dict:
+    """What `status` shows: every table (lake.describe; `shared`: the catalog is a shared metastore), the last runs,
+    and the health and @champion version (`champion_of`) of `pipeline`, of `pipelines` and of any in ops.runs."""
+    tables = [lake.describe(spark, lakehouse, name) for name in lake.table_names(spark, lakehouse, shared=shared)]
+    all_runs = ledger(spark, lakehouse, tables)  # a damaged ledger is flagged in `tables`
+    health = pipeline_health(all_runs)
+    names = sorted({pipeline, *pipelines, *health})
+    found = {name: {**health_of(health, name), "champion": champion_of(name)} for name in names}
+    return {"tables": tables, "runs": sorted(all_runs, key=lambda r: r["started_at"], reverse=True)[:10],
+            "pipelines": found, "champion": found[pipeline]["champion"]}
 
 
 def health_of(health: dict[str, dict], pipeline: str) -> dict:

@@ -30,7 +30,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType
 
-from lakeforge import catalog, compiled, lake, model_files, registry
+from lakeforge import catalog, compiled, lake, model_files, ownership, registry, runs
+from lakeforge.config import Settings
 from lakeforge.errors import DataError
 
 # Test hook: with this set to a file path, a scoring task creates the file after its first batch and
@@ -209,3 +210,32 @@ def score_date(spark: SparkSession, lakehouse: Path, pipeline, table: str, table
     out = catalog.predictions_table(pipeline.name)
     lake.replace_where(spark, predictions, lakehouse, out.name, f"score_date = DATE'{day}'", **out.options(owner))
     return lake.read(spark, lakehouse, out.name).where(F.col("score_date") == F.lit(day)).count(), unseen
+
+
+def score(spark: SparkSession, client: MlflowClient, settings: Settings, pipeline, user: str, run: runs.Run,
+          day: dt.date | None = None) -> runs.Outcome:
+    """The score stage's work: @champion over the date's features (default: the next night to score) in the
+    feature table it was trained on, read at the version noted as the run's input, into
+    gold.<pipeline>_predictions (`score_date`)."""
+    from lakeforge import features as feats  # features' own tests need no scoring
+
+    lakehouse = settings.paths.lakehouse
+    registry.reconcile_aliases(client, spark, lakehouse, pipeline.name, run.run_id, run.log, user)
+    version = int(registry.champion(client, pipeline.name).version)
+    day = run.run_date = day or feats.next_score_date(spark, lakehouse, pipeline)
+    table = feats.champions_table(spark, lakehouse, pipeline, version,
+                                  registry.feature_version(client, pipeline.name, version), day)
+    run.input(spark, lakehouse, table)
+    if table not in run.inputs:
+        raise DataError(f"{table} does not exist: run `lakeforge features --pipeline {pipeline.name} "
+                        f"--date {day}` first")
+    ownership.claim(settings, "paths.model_cache")
+    model = load(client, pipeline.name, version, settings.paths.model_cache, run.log)
+    written, unseen = score_date(spark, lakehouse, pipeline, table, run.inputs[table], model, version, day,
+                                 run.run_id, settings.owner, run.log)
+    out = catalog.predictions(pipeline.name)
+    run.log(f"{out}: {written:,} predictions for {day} with {pipeline.name} v{version}")
+    return runs.Outcome({"stage": "score", "score_date": day.isoformat(), "rows": written, "version": version,
+                         **model.details, "unseen_categories": unseen},
+                        rows={**{f"unseen.{column}": count for column, count in unseen.items()}, out: written},
+                        details={"model": pipeline.name, "version": version, **model.details}, outputs=[out])

@@ -2,7 +2,7 @@
 
 The functions above `# --- a pipeline's training` are pure (no I/O); those below fit a pipeline's model as its
 model section says (a search, one global model, one per group, or distributed on Spark) and evaluate it on the
-holdout, for the train stage.
+holdout; `train` is the train stage's whole work, from the training set to the gate.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
-from lakeforge import catalog, distributed, estimators, metrics, models, registry
+from lakeforge import access, catalog, distributed, estimators, lake, metrics, models, monitoring, registry, runs
 from lakeforge import features as feats
-from lakeforge.config import Pipeline
+from lakeforge.config import Pipeline, Settings
 from lakeforge.errors import DataError
 
 
@@ -355,3 +355,52 @@ def champion_metric(champion, data: TrainingSet, pipeline: Pipeline) -> float | 
         return None  # a class the champion never saw: it cannot be compared on these rows
     return metrics_for(pipeline.label.task, champion.predict(None, holdout), holdout[label],
                        pipeline.model.top_k, classes).get(pipeline.model.metric)
+
+
+def train(spark, client, settings: Settings, pipeline: Pipeline, user: str, run: runs.Run, as_of: dt.date | None = None,
+          window_days: int | None = None, why: str = "train") -> runs.Outcome:
+    """The train stage's work: the point-in-time training set of the window (`window`), built and read at the
+    versions noted as the run's inputs; the fit (`fit_model`), its holdout evaluation, the training logged to
+    MLflow (with the monitoring baseline) and registered; per group the manifest; then the gate."""
+    from lakeforge import many_models  # it builds on this module's fits
+
+    lakehouse, metric, artifact_root = settings.paths.lakehouse, pipeline.model.metric, settings.mlflow.artifact_root
+    registry.end_orphan_runs(client, pipeline.name, run.log)
+    registry.reconcile_aliases(client, spark, lakehouse, pipeline.name, run.run_id, run.log, user)
+    train_dates, holdout_dates, trained_as_of = window(*feats.event_date_range(spark, lakehouse, pipeline), pipeline,
+                                                       as_of, window_days)
+    spans = {"train_dates": f"{train_dates[0]}..{train_dates[-1]}",
+             "holdout_dates": f"{holdout_dates[0]}..{holdout_dates[-1]}"}
+    run.log(f"{len(train_dates)} training dates {spans['train_dates']}, holdout {spans['holdout_dates']}")
+    dates = train_dates + holdout_dates
+    run.input(spark, lakehouse, *feats.input_tables(pipeline), feats.label_events_table(pipeline))
+    feats.build_and_write(spark, lakehouse, pipeline, dates, settings.owner)
+    run.input(spark, lakehouse, feats.features_table(pipeline))
+    data = split(feats.read_training_set(spark, lakehouse, pipeline, dates, run.inputs, holdout_dates, trained_as_of),
+                 pipeline, holdout_dates)
+    with registry.training_run(client, pipeline.name, artifact_root, run.run_id, user):
+        trained = fit_model(spark, pipeline, data, train_dates, run.log)
+        found = evaluate_holdout(pipeline, trained, data, run.log)
+        baseline = monitoring.training_baseline(trained.model, data, pipeline, found.predictions)
+        tags = registry.training_tags(pipeline, run.run_id, why, trained_as_of, feats.feature_version(pipeline),
+                                      train_dates, holdout_dates, run.inputs)
+        logged = registry.log_training(client, pipeline, artifact_root, trained, data, found, tags, baseline,
+                                       lake.snapshots(spark, lakehouse, run.inputs))
+    if found.groups is not None:
+        many_models.write_manifest(spark, lakehouse, pipeline, found.groups, logged.version, logged.run_id,
+                                   run.run_id, settings.owner)
+    runs.crash_point("train.model_logged")
+    champion_value = champion_metric(registry.champion_model(client, pipeline.name), data, pipeline)
+    decision, previous = registry.gate(
+        client, spark, lakehouse, pipeline.name, logged.version, pipeline.gate, metric, found.metrics, champion_value,
+        found.naive, lambda: access.gate_may_promote(settings, client, user), why, run.run_id, user)
+    run.log(f"registered {pipeline.name} version {logged.version} as @{decision.alias} "
+            f"(was {previous}): {decision.reason}")
+    return runs.Outcome(
+        {"stage": why, "version": logged.version, "alias": decision.alias, "gate": decision.reason,
+         "mlflow_run_id": logged.run_id, "params": trained.params, **spans, f"champion_{metric}": champion_value,
+         "naive": found.naive, **{k: v for k, v in found.metrics.items() if not k.startswith("naive.")}},
+        rows={"train_rows": trained.train_rows, "holdout_rows": len(data.holdout)},
+        details={"model": pipeline.name, "version": logged.version, "alias": decision.alias, "previous": previous,
+                 "gate": decision.reason, f"champion_{metric}": champion_value, "mlflow_run_id": logged.run_id,
+                 **{f"holdout_{k}": v for k, v in found.metrics.items() if "." not in k}})

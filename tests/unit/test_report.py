@@ -46,7 +46,7 @@ POLICY = Retrain(psi_threshold=0.2, psi_features=["amount"], psi_days=3, cooldow
 
 def _night(day: dt.date, baseline: dict, current: pd.DataFrame, scores: np.ndarray, realized: float | None,
            holdout: float) -> list[dict]:
-    """One night's ops.monitoring rows, as stages.monitor writes them."""
+    """One night's ops.monitoring rows, as monitoring.monitor writes them."""
     floor = holdout - 0.05
     rows = []
 
