@@ -1,9 +1,10 @@
-"""Regression performance estimated before labels arrive, in the spirit of NannyML's DLE (direct loss estimation):
-a second model, fitted on the holdout at training time, predicts each row's absolute error from the model's
-inputs and its prediction; the mean of those expected errors over tonight's rows is tonight's estimated MAE.
+"""Performance estimated before labels arrive: CBPE for classifiers (below), and for regression in the spirit of
+NannyML's DLE (direct loss estimation): a second model, fitted on the holdout at training time, predicts each row's
+absolute error from the model's inputs and its prediction; the mean of those expected errors over tonight's rows is
+tonight's estimated MAE.
 
-Like CBPE for classifiers (lakeforge.monitoring), it sees a change only where the inputs move (covariate shift):
-a change in how the label follows the same inputs (concept shift) shows only once labels mature.
+Like CBPE for classifiers, it sees a change only where the inputs move (covariate shift): a change in how the label
+follows the same inputs (concept shift) shows only once labels mature.
 
 The error model is stored with the champion's training baseline (`monitoring/baseline.json`) as data: LightGBM's
 own text format and its SHA-256, checked before use; never a pickle. Its inputs are the numeric model inputs and
@@ -67,17 +68,64 @@ def estimate_mae(model: dict, features: pd.DataFrame, predictions) -> float | No
     return float(expected_errors(model, features, predictions).mean())
 
 
+# ---------------------------------------------------------------- performance estimated before labels (CBPE)
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """An isotonic calibration of the model's scores fitted on the holdout, as JSON-ready data: the
+    step function's knots (scores -> observed rate), applied with `calibrated`."""
+    from sklearn.isotonic import IsotonicRegression
+
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+        np.asarray(scores, dtype="float64"), np.asarray(labels, dtype="float64"))
+    return {"method": "isotonic", "x": fitted.X_thresholds_.tolist(), "y": fitted.y_thresholds_.tolist()}
+
+
+def calibrated(calibration: dict, scores: np.ndarray) -> np.ndarray:
+    """The calibrated probability of each score (linear between knots, clipped outside: sklearn's predict)."""
+    return np.interp(np.asarray(scores, dtype="float64"), calibration["x"], calibration["y"])
+
+
+def expected_auc(scores: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """CBPE's expected ROC AUC: the ROC curve of expected true/false positives when ranking by score, each row
+    counting p as a positive and 1 - p as a negative; None when every p is 0 or every p is 1."""
+    s, p = np.asarray(scores, dtype="float64"), np.asarray(probabilities, dtype="float64")
+    positives, negatives = p.sum(), (1.0 - p).sum()
+    if positives <= 0 or negatives <= 0:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    s, p = s[order], p[order]
+    last_of_tie = np.append(s[1:] != s[:-1], True)  # one ROC point per distinct score
+    tpr = np.concatenate([[0.0], np.cumsum(p)[last_of_tie] / positives])
+    fpr = np.concatenate([[0.0], np.cumsum(1.0 - p)[last_of_tie] / negatives])
+    return float(np.trapezoid(tpr, fpr))
+
+
+def expected_accuracy(scores: np.ndarray, probabilities: np.ndarray, cut: float = 0.5) -> float | None:
+    """CBPE's expected accuracy of `score >= cut`: the mean chance that each row's call is right."""
+    s, p = np.asarray(scores, dtype="float64"), np.asarray(probabilities, dtype="float64")
+    if s.size == 0:
+        return None
+    return float(np.where(s >= cut, p, 1.0 - p).mean())
+
+
+def estimate_performance(calibration: dict, scores: np.ndarray) -> dict[str, float | None]:
+    """Expected AUC and accuracy of tonight's scores from the holdout calibration (no labels needed)."""
+    p = calibrated(calibration, scores)
+    return {"auc": expected_auc(scores, p), "accuracy": expected_accuracy(scores, p)}
+
+
 # ---------------------------------------------------------------- what training keeps, what monitoring reads
 
 
 def fit_references(task: str, holdout: pd.DataFrame, predictions, labels, numeric_columns: list[str]) -> dict:
     """What the training baseline keeps to estimate performance before labels: a classifier's holdout calibration
     (CBPE), a regressor's error model (DLE), each with the holdout's own estimate; nothing for other tasks."""
-    from lakeforge import metrics, monitoring
+    from lakeforge import metrics
 
     if task == metrics.CLASSIFICATION:
-        calibration = monitoring.calibrate(predictions, np.asarray(labels))
-        calibration["holdout_estimate"] = monitoring.estimate_performance(calibration, predictions)
+        calibration = calibrate(predictions, np.asarray(labels))
+        calibration["holdout_estimate"] = estimate_performance(calibration, predictions)
         return {"calibration": calibration}
     if task == metrics.REGRESSION:
         return {"error_model": fit_error_model(holdout, predictions, labels, numeric_columns)}
@@ -92,12 +140,12 @@ def estimates(baseline: dict, metric: str, margin: float, scored: pd.DataFrame, 
     """Tonight's estimated performance, one row per estimated metric. `scored`: tonight's predictions (column
     `prediction`), with the features for an error model. The pipeline's metric gets a threshold: the holdout's own
     estimate worse by the retrain margin (so the estimator's bias cancels), else `fallback_floor`."""
-    from lakeforge import metrics, monitoring
+    from lakeforge import metrics
 
     if "calibration" in baseline:
         calibration, what = baseline["calibration"], "CBPE: expected from the holdout-calibrated probabilities of " \
                                                      "tonight's scores"
-        values = monitoring.estimate_performance(calibration, scored[PREDICTION].to_numpy())
+        values = estimate_performance(calibration, scored[PREDICTION].to_numpy())
         reference = calibration.get("holdout_estimate", {})
     elif "error_model" in baseline and set(baseline["error_model"]["columns"]) <= set(scored.columns):
         model, what = baseline["error_model"], "DLE: mean expected absolute error of tonight's predictions (error " \
