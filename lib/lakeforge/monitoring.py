@@ -205,7 +205,7 @@ def matured(predictions: pd.DataFrame, monitor_date: dt.date, horizon_days: int,
     return predictions[keep.to_numpy()]
 
 
-PROBABILITIES = "probabilities"  # a multiclass prediction's {class: probability} column
+PROBABILITIES = estimation.PROBABILITIES  # a multiclass prediction's {class: probability} column
 
 
 def metric_value(metric: str, labels, predictions, task: str | None = None) -> float | None:
@@ -514,7 +514,8 @@ def training_baseline(model, data, pipeline, holdout_scores) -> dict | None:
     # What estimates performance before labels arrive (CBPE calibration, DLE error model).
     numeric = [c for c in data.columns if c not in data.categorical]
     baseline.update(estimation.fit_references(pipeline.label.task, data.holdout, holdout_scores,
-                                              data.holdout[data.label].to_numpy(), numeric))
+                                              data.holdout[data.label].to_numpy(), numeric, pipeline.model.metric,
+                                              pipeline.model.top_k, data.classes))
     return baseline
 
 
