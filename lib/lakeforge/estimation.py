@@ -337,7 +337,9 @@ def _tonight(baseline: dict, metric: str, scored: pd.DataFrame) -> tuple[dict, d
         names = estimated_metrics(metrics.MULTICLASS, metric)
         if PROBABILITIES not in scored.columns:
             return dict.fromkeys(names), {}, dict.fromkeys(names, NO_CLASS_PROBABILITIES)
-        matrix = metrics.class_matrix(list(scored[PROBABILITIES]), calibration["classes"])
+        # A map column read back from Delta can arrive as (class, probability) pairs.
+        maps = [dict(row) if row is not None else {} for row in scored[PROBABILITIES]]
+        matrix = metrics.class_matrix(maps, calibration["classes"])
         return (estimate_class_performance(calibration, matrix, names), calibration.get("holdout_estimate", {}),
                 dict.fromkeys(names, CBPE_CLASSES))
     if "error_model" in baseline and set(baseline["error_model"]["columns"]) <= set(scored.columns):

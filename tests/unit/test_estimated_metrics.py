@@ -145,6 +145,9 @@ def test_multiclass_estimates_read_tonights_class_probabilities_and_threshold_th
     assert _plain(rows) == [["accuracy", pytest.approx(0.25), None, None, 2],
                             ["macro_f1", pytest.approx(0.2), pytest.approx(11 / 15 - 0.1), True, 2]]
     assert rows.detail[1].startswith("CBPE: expected from the holdout-calibrated (one-vs-rest)")
+    # The same maps as (class, probability) pairs, as a map column can come back from Delta.
+    pairs = tonight.assign(probabilities=[list(m.items()) for m in tonight.probabilities])
+    assert est.estimates(baseline, "macro_f1", 0.1, pairs, 0.9).value.tolist() == pytest.approx([0.25, 0.2])
 
 
 def test_multiclass_without_tonights_probabilities_says_so_instead_of_estimating():
