@@ -25,6 +25,9 @@ from scipy import stats
 
 from lakeforge import catalog, estimation, metrics
 from lakeforge.errors import DataError
+# CBPE's functions live in lakeforge.estimation; their names stay readable here, where they were first.
+from lakeforge.estimation import (calibrate, calibrated, estimate_performance, expected_accuracy,  # noqa: F401
+                                  expected_auc)
 
 MONITORING = catalog.MONITORING
 SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "
@@ -204,7 +207,7 @@ def matured(predictions: pd.DataFrame, monitor_date: dt.date, horizon_days: int,
     return predictions[keep.to_numpy()]
 
 
-PROBABILITIES = "probabilities"  # a multiclass prediction's {class: probability} column
+PROBABILITIES = estimation.PROBABILITIES  # a multiclass prediction's {class: probability} column
 
 
 def metric_value(metric: str, labels, predictions, task: str | None = None) -> float | None:
@@ -455,53 +458,6 @@ def drift_tests(baseline: dict, current: pd.DataFrame, predictions: np.ndarray |
     return pd.DataFrame(out, columns=["kind", "name", "metric", "value", "threshold", "breached", "rows", "detail"])
 
 
-# ---------------------------------------------------------------- performance estimated before labels (CBPE)
-
-
-def calibrate(scores: np.ndarray, labels: np.ndarray) -> dict:
-    """An isotonic calibration of the model's scores fitted on the holdout, as JSON-ready data: the
-    step function's knots (scores -> observed rate), applied with `calibrated`."""
-    from sklearn.isotonic import IsotonicRegression
-
-    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
-        np.asarray(scores, dtype="float64"), np.asarray(labels, dtype="float64"))
-    return {"method": "isotonic", "x": fitted.X_thresholds_.tolist(), "y": fitted.y_thresholds_.tolist()}
-
-
-def calibrated(calibration: dict, scores: np.ndarray) -> np.ndarray:
-    """The calibrated probability of each score (linear between knots, clipped outside: sklearn's predict)."""
-    return np.interp(np.asarray(scores, dtype="float64"), calibration["x"], calibration["y"])
-
-
-def expected_auc(scores: np.ndarray, probabilities: np.ndarray) -> float | None:
-    """CBPE's expected ROC AUC: the ROC curve of expected true/false positives when ranking by score, each row
-    counting p as a positive and 1 - p as a negative; None when every p is 0 or every p is 1."""
-    s, p = np.asarray(scores, dtype="float64"), np.asarray(probabilities, dtype="float64")
-    positives, negatives = p.sum(), (1.0 - p).sum()
-    if positives <= 0 or negatives <= 0:
-        return None
-    order = np.argsort(-s, kind="mergesort")
-    s, p = s[order], p[order]
-    last_of_tie = np.append(s[1:] != s[:-1], True)  # one ROC point per distinct score
-    tpr = np.concatenate([[0.0], np.cumsum(p)[last_of_tie] / positives])
-    fpr = np.concatenate([[0.0], np.cumsum(1.0 - p)[last_of_tie] / negatives])
-    return float(np.trapezoid(tpr, fpr))
-
-
-def expected_accuracy(scores: np.ndarray, probabilities: np.ndarray, cut: float = 0.5) -> float | None:
-    """CBPE's expected accuracy of `score >= cut`: the mean chance that each row's call is right."""
-    s, p = np.asarray(scores, dtype="float64"), np.asarray(probabilities, dtype="float64")
-    if s.size == 0:
-        return None
-    return float(np.where(s >= cut, p, 1.0 - p).mean())
-
-
-def estimate_performance(calibration: dict, scores: np.ndarray) -> dict[str, float | None]:
-    """Expected AUC and accuracy of tonight's scores from the holdout calibration (no labels needed)."""
-    p = calibrated(calibration, scores)
-    return {"auc": expected_auc(scores, p), "accuracy": expected_accuracy(scores, p)}
-
-
 # ---------------------------------------------------------------- the verdict
 
 
@@ -562,7 +518,8 @@ def training_baseline(model, data, pipeline, holdout_scores) -> dict | None:
     # What estimates performance before labels arrive (CBPE calibration, DLE error model).
     numeric = [c for c in data.columns if c not in data.categorical]
     baseline.update(estimation.fit_references(pipeline.label.task, data.holdout, holdout_scores,
-                                              data.holdout[data.label].to_numpy(), numeric))
+                                              data.holdout[data.label].to_numpy(), numeric, pipeline.model.metric,
+                                              pipeline.model.top_k, data.classes))
     return baseline
 
 

@@ -283,11 +283,14 @@ def render(pipeline: str, monitor_date: dt.date, history: pd.DataFrame, champion
                       performance_plot(shown, champion, holdout, floor, metric), "performance-trend"),
               Picture("Segments tonight, worst first (matured labels)", segment_plot(segments, floor, higher),
                       "segments")]
-    perf = today[today.kind.isin(["estimated_performance", "performance"]) & today.value.notna()]
+    # An estimate without a value stays, with the sentence that says why (r2, no class probabilities tonight).
+    estimated = today.kind == "estimated_performance"
+    perf = today[(estimated | (today.kind == "performance")) & (today.value.notna() | estimated)]
     performance = [{"what": _estimated_by(r.detail) if r.kind == "estimated_performance" else "realized (matured)",
                     "version": r.model_version, "metric": r.metric, "value": r.value, "threshold": r.threshold,
                     "flag": monitoring.is_breached(r.breached), "rows": r.rows,
-                    "window": _dates(r.window_start, r.window_end)} for r in perf.itertuples(index=False)]
+                    "window": _dates(r.window_start, r.window_end),
+                    "note": str(r.detail) if _missing(r.value) else ""} for r in perf.itertuples(index=False)]
     quality = [{"name": r.name, "value": r.value, "threshold": r.threshold, "rows": r.rows, "detail": r.detail,
                 "flag": monitoring.is_breached(r.breached)}
                for r in today[today.kind == "quality"].itertuples(index=False)]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from lakeforge import config, lake, metrics, registry, stages
+from lakeforge import config, estimation, lake, metrics, registry, stages
 from lakeforge import runs as lake_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +160,27 @@ def test_a_multiclass_label_trains_registers_scores_and_monitors(spark, runs):
     matrix = metrics.class_matrix(labelled["probabilities"].map(dict).tolist(), model.classes)
     assert overall["value"].iloc[0] == pytest.approx(
         metrics.value("macro_f1", "multiclass", labelled["size_class"], matrix, model.classes))
+
+
+def test_a_multiclass_champion_is_calibrated_one_vs_rest_and_estimated_from_the_stored_probabilities(spark, runs):
+    """CBPE for multiclass: the baseline keeps each class's holdout calibration and the holdout's own estimates; the
+    predictions table's `probabilities` (a map, as Delta gives it back) are what a night's estimate reads. Without
+    that column (what the monitor stage reads today) the rows say so instead of a value."""
+    trained = runs["parcels_size"]["train"]
+    baseline = registry.load_baseline(registry.connect(runs["settings"].mlflow), "parcels_size", trained["version"])
+    calibration = baseline["class_calibration"]
+    assert calibration["classes"] == ["L", "M", "S"] and sorted(calibration["by_class"]) == ["L", "M", "S"]
+    assert sorted(calibration["holdout_estimate"]) == ["accuracy", "macro_f1"]
+    # Calibrated on the holdout itself: its expected macro F1 is near the realized one.
+    assert calibration["holdout_estimate"]["macro_f1"] == pytest.approx(trained["macro_f1"], abs=0.05)
+    predictions = _predictions(spark, runs, "parcels_size", LAST)
+    rows = estimation.estimates(baseline, "macro_f1", 0.05, predictions, None).set_index("metric")
+    matrix = metrics.class_matrix(predictions["probabilities"].map(dict).tolist(), calibration["classes"])
+    expected = estimation.estimate_class_performance(calibration, matrix, ("accuracy", "macro_f1"))
+    assert rows.value.to_dict() == pytest.approx(expected) and 0 < expected["accuracy"] <= 1
+    assert rows.loc["macro_f1", "threshold"] == pytest.approx(calibration["holdout_estimate"]["macro_f1"] - 0.05)
+    without = estimation.estimates(baseline, "macro_f1", 0.05, predictions[["prediction"]], None)
+    assert without.value.isna().all() and without.detail.str.startswith("not estimated: tonight's class").all()
 
 
 def test_a_model_that_does_not_beat_the_naive_answer_is_refused_champion(runs):

@@ -197,3 +197,24 @@ def test_the_index_lists_each_pipeline_with_its_latest_verdict_and_every_night(p
     last = FIRST + dt.timedelta(days=NIGHTS - 1)
     assert f'<a href="churn/{last}.html">{last}</a>' in dom and '<span class="badge WATCH">WATCH</span>' in dom
     assert len(re.findall(r'href="churn/2026-07-\d\d.html"><span', dom)) == NIGHTS
+
+
+def test_a_metric_that_is_not_estimated_says_why_in_the_performance_table():
+    # A regression pipeline judged on r2: tonight's MAE is estimated, r2 is not (its row has no value, only why).
+    day = FIRST
+    model = est.fit_error_model(pd.DataFrame({"x": [0.0, 1.0]}), [1.0, 1.0], [2.0, 4.0], ["x"],
+                                {"n_estimators": 1, "min_child_samples": 1, "min_data_in_bin": 1, "verbose": -1})
+    tonight = est.estimates({"error_model": model}, "r2", 0.05, pd.DataFrame({"x": [0.0], "prediction": [1.0]}), 0.5)
+    rows = [{c: None for c in mon.COLUMNS} | {"monitor_date": day, "pipeline": "demand", "model_version": 1,
+                                              "kind": "estimated_performance", "name": "overall", "segment": "",
+                                              "metric": r.metric, "value": r.value, "threshold": r.threshold,
+                                              "breached": r.breached, "rows": r.rows, "detail": r.detail}
+            for r in tonight.itertuples(index=False)]
+    page = report.render("demand", day, pd.DataFrame(rows, columns=mon.COLUMNS), 1, "r2", 0.8, 0.75, None, [])
+    table = re.search(r'<section id="performance">(.*?)</section>', page, re.S).group(1)
+    assert re.findall(r"<td>estimated \(([^)]+)\)</td><td>v1</td><td>(\w+)</td>", table) == [
+        ("DLE", "mae"), ("before labels", "r2")]
+    assert ('<tr class="note"><td colspan="7">r2: not estimated: r2 divides by the variance of tonight&#39;s labels, '
+            'which no model of the error knows before they arrive; the matured r2 is measured once labels are '
+            'known</td></tr>') in table
+    assert table.count('class="note"') == 1 and not re.search(r"\bnan\b", page, re.IGNORECASE)
