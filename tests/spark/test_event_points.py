@@ -220,6 +220,7 @@ def _settings(conf: Path, where: Path):
     return config.load_settings("test", [f"paths.landing={where / 'landing'}",
                                          f"paths.lakehouse={where / 'lakehouse'}",
                                          f"paths.reports={where / 'reports'}",
+                                         f"paths.model_cache={where / 'model_cache'}",
                                          f"mlflow.tracking_uri=sqlite:///{where / 'mlflow.db'}",
                                          f"mlflow.artifact_root={where / 'mlartifacts'}"], directory=conf)
 

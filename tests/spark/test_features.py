@@ -265,6 +265,7 @@ def test_a_new_feature_reaches_training_and_scoring_without_changing_lakeforge(s
     settings = config.load_settings("test", [f"paths.landing={churn_lake.landing}",
                                              f"paths.lakehouse={churn_lake.lakehouse}",
                                              f"paths.reports={tmp_path / 'reports'}",
+                                             f"paths.model_cache={tmp_path / 'model_cache'}",
                                              f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
                                              f"mlflow.artifact_root={tmp_path / 'mlartifacts'}"], directory=conf)
     lake.forget_tables(spark)
