@@ -36,7 +36,8 @@ def command(verb: str, settings, *extra: str) -> list[str]:
     s = settings
     return [sys.executable, "-m", "lakeforge", verb, "--env", "test", *extra,
             "--set", f"paths.landing={s.paths.landing}", "--set", f"paths.lakehouse={s.paths.lakehouse}",
-            "--set", f"paths.reports={s.paths.reports}", "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
+            "--set", f"paths.reports={s.paths.reports}", "--set", f"paths.model_cache={s.paths.model_cache}",
+            "--set", f"mlflow.tracking_uri={s.mlflow.tracking_uri}",
             "--set", f"mlflow.artifact_root={s.mlflow.artifact_root}"]
 
 
