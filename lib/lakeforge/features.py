@@ -429,8 +429,9 @@ def monitored_night(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, da
     if current.empty:
         log(f"{table} has no rows for {day}: no feature drift today")
     predictions = catalog.predictions(pipeline.name)
+    extra = [monitoring.PROBABILITIES] if pipeline.label.task == metrics.MULTICLASS else []  # CBPE reads them
     scored = lake.read_pandas(spark, lakehouse, predictions, F.col("score_date") == F.lit(day),
-                              [*pipeline.keys, "prediction"])
+                              [*pipeline.keys, "prediction", *extra])
     start, end = monitoring.matured_window(day, pipeline.label.horizon_days, pipeline.monitoring.window_days)
     return current, scored, labelled_predictions(spark, lakehouse, pipeline, start, end, events_version, day)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from lakeforge import config, estimation, lake, metrics, registry, stages
+from lakeforge import config, estimation, features, lake, metrics, registry, stages
 from lakeforge import runs as lake_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,8 +164,8 @@ def test_a_multiclass_label_trains_registers_scores_and_monitors(spark, runs):
 
 def test_a_multiclass_champion_is_calibrated_one_vs_rest_and_estimated_from_the_stored_probabilities(spark, runs):
     """CBPE for multiclass: the baseline keeps each class's holdout calibration and the holdout's own estimates; the
-    predictions table's `probabilities` (a map, as Delta gives it back) are what a night's estimate reads. Without
-    that column (what the monitor stage reads today) the rows say so instead of a value."""
+    predictions table's `probabilities` (a map, as Delta gives it back) are what a night's estimate reads, and what
+    the monitor stage reads for the night. Without that column the rows say so instead of a value."""
     trained = runs["parcels_size"]["train"]
     baseline = registry.load_baseline(registry.connect(runs["settings"].mlflow), "parcels_size", trained["version"])
     calibration = baseline["class_calibration"]
@@ -174,7 +174,12 @@ def test_a_multiclass_champion_is_calibrated_one_vs_rest_and_estimated_from_the_
     # Calibrated on the holdout itself: its expected macro F1 is near the realized one.
     assert calibration["holdout_estimate"]["macro_f1"] == pytest.approx(trained["macro_f1"], abs=0.05)
     predictions = _predictions(spark, runs, "parcels_size", LAST)
+    _, scored, _ = features.monitored_night(spark, runs["settings"].paths.lakehouse, runs["pipelines"]["parcels_size"],
+                                            LAST, None, log=lambda _: None)
+    assert "probabilities" in scored.columns and len(scored) == len(predictions)
     rows = estimation.estimates(baseline, "macro_f1", 0.05, predictions, None).set_index("metric")
+    assert estimation.estimates(baseline, "macro_f1", 0.05, scored, None).value.tolist() == pytest.approx(
+        rows.value.tolist(), abs=1e-12)
     matrix = metrics.class_matrix(predictions["probabilities"].map(dict).tolist(), calibration["classes"])
     expected = estimation.estimate_class_performance(calibration, matrix, ("accuracy", "macro_f1"))
     assert rows.value.to_dict() == pytest.approx(expected) and 0 < expected["accuracy"] <= 1
