@@ -5,7 +5,6 @@ score and monitor with no lakeforge change; a model that cannot beat the naive a
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,7 @@ from pyspark.sql import functions as F
 from lakeforge import config, estimation, features, lake, metrics, registry, stages
 from lakeforge import runs as lake_runs
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures"
-sys.path.insert(0, str(FIXTURES))
-import parcels  # noqa: E402  (the user's own module, known to no lakeforge code)
+import parcels  # tests/fixtures (pytest's pythonpath): the user's own module, known to no lakeforge code
 
 DAYS = 16
 START = dt.date(2026, 3, 1)

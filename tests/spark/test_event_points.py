@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +16,7 @@ from lakeforge import config, estimation, features, lake, points, registry, stag
 from lakeforge.config import AS_OF_DATE, PREDICTION_AT
 from lakeforge.ingest import ingest_all
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures"
-sys.path.insert(0, str(FIXTURES))
-import shipments  # noqa: E402  (the user's own module, known to no lakeforge code)
+import shipments  # tests/fixtures (pytest's pythonpath): the user's own module, known to no lakeforge code
 
 T = pd.Timestamp
 

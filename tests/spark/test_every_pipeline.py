@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,9 @@ from pyspark.sql import functions as F
 
 from lakeforge import cli, config, lake, registry, runs, stages
 
-pytestmark = pytest.mark.spark
+import parcels  # tests/fixtures (pytest's pythonpath): the user's own module, known to no lakeforge code
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures"
-sys.path.insert(0, str(FIXTURES))
-import parcels  # noqa: E402  (the user's own module, known to no lakeforge code)
+pytestmark = pytest.mark.spark
 
 DAYS = 12
 START = dt.date(2026, 3, 1)
