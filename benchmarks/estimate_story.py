@@ -67,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
     recorder = record.Recorder("estimate_story", args.results)
 
-    from lakeforge import config, features, metrics, monitoring, training
+    from lakeforge import config, estimation, features, metrics, training
     from lakeforge.demo import churn
     from lakeforge.demo import generator
     from lakeforge.demo.generator import DemoSpec, generate_demo
@@ -91,14 +91,14 @@ def main() -> int:
     holdout = labelled[labelled[features.AS_OF].isin(holdout_dates)]
     model = training.fit(train, columns, label, pipeline)
     holdout_scores = model.predict_proba(holdout[columns])[:, 1]
-    calibration = monitoring.calibrate(holdout_scores, holdout[label].to_numpy())
-    holdout_estimate = monitoring.estimate_performance(calibration, holdout_scores)["auc"]
+    calibration = estimation.calibrate(holdout_scores, holdout[label].to_numpy())
+    holdout_estimate = estimation.estimate_performance(calibration, holdout_scores)["auc"]
     floor = holdout_estimate - pipeline.retrain.performance_margin
     per_night = []
     for night in nights:
         rows = labelled[labelled[features.AS_OF] == night]
         scores = model.predict_proba(rows[columns])[:, 1]
-        estimated = monitoring.estimate_performance(calibration, scores)["auc"]
+        estimated = estimation.estimate_performance(calibration, scores)["auc"]
         per_night.append({"night": night.isoformat(), "after_shift": (night - SHIFT).days, "rows": len(rows),
                           "estimated_auc": round(estimated, 4),
                           "realized_auc": round(metrics.value("auc", metrics.CLASSIFICATION,

@@ -25,9 +25,6 @@ from scipy import stats
 
 from lakeforge import catalog, estimation, metrics
 from lakeforge.errors import DataError
-# CBPE's functions live in lakeforge.estimation; their names stay readable here, where they were first.
-from lakeforge.estimation import (calibrate, calibrated, estimate_performance, expected_accuracy,  # noqa: F401
-                                  expected_auc)
 
 MONITORING = catalog.MONITORING
 SCHEMA = ("monitor_date date, pipeline string, model_version int, kind string, name string, segment string, "

@@ -271,7 +271,7 @@ def test_baselines_stored_before_every_metric_was_estimated_keep_working():
     assert rows.detail[1] == ("not estimated: the champion's baseline has no error model for rmse (trained before "
                               "it was estimated); retrain to fit one")
     # A calibration without top_k or holdout estimates: f1 against the validation floor given.
-    calibration = mon.calibrate(np.array([0.2, 0.4, 0.6, 0.8]), np.array([0, 1, 0, 1]))
+    calibration = est.calibrate(np.array([0.2, 0.4, 0.6, 0.8]), np.array([0, 1, 0, 1]))
     rows = est.estimates({"calibration": calibration}, "f1", 0.1, pd.DataFrame({"prediction": [0.6, 0.6, 0.3]}),
                          fallback_floor=0.7).set_index("metric")
     assert rows.loc["f1", ["value", "threshold", "breached"]].tolist() == [pytest.approx(8 / 13), 0.7, True]

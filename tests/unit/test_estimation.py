@@ -21,32 +21,32 @@ def test_expected_auc_of_four_rows_computed_by_hand():
     # Pairs ranked above: 0.9*0.3 + 0.9*0.6 + 0.9*0.8 + 0.7*0.6 + 0.7*0.8 + 0.4*0.8 = 2.83, ties with itself
     # (the ROC step's half) 0.5 * (0.09 + 0.21 + 0.24 + 0.16) = 0.35: AUC = 3.18 / (2.2 * 1.8) = 53/66.
     scores = np.array([0.4, 0.9, 0.2, 0.7])
-    assert mon.expected_auc(scores, scores) == pytest.approx(53 / 66, abs=1e-12)
+    assert est.expected_auc(scores, scores) == pytest.approx(53 / 66, abs=1e-12)
     # Calls at 0.5: 1, 1, 0, 0 for 0.9, 0.7, 0.4, 0.2; right with chance 0.9, 0.7, 0.6, 0.8.
-    assert mon.expected_accuracy(scores, scores) == pytest.approx(0.75, abs=1e-12)
+    assert est.expected_accuracy(scores, scores) == pytest.approx(0.75, abs=1e-12)
 
 
 def test_expected_auc_is_the_realized_auc_when_probabilities_are_certain():
     scores = np.array([0.8, 0.6, 0.3, 0.1])
-    assert mon.expected_auc(scores, np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(0.75, abs=1e-12)
-    assert mon.expected_auc(scores, np.ones(4)) is None   # no expected negative: AUC undefined
+    assert est.expected_auc(scores, np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(0.75, abs=1e-12)
+    assert est.expected_auc(scores, np.ones(4)) is None   # no expected negative: AUC undefined
 
 
 def test_tied_scores_make_one_roc_point():
     # Two rows tied at 0.5 (p 1 and 0) are one diagonal step: AUC 0.5, whatever their order.
-    assert mon.expected_auc(np.array([0.5, 0.5]), np.array([1.0, 0.0])) == pytest.approx(0.5, abs=1e-12)
-    assert mon.expected_auc(np.array([0.5, 0.5]), np.array([0.0, 1.0])) == pytest.approx(0.5, abs=1e-12)
+    assert est.expected_auc(np.array([0.5, 0.5]), np.array([1.0, 0.0])) == pytest.approx(0.5, abs=1e-12)
+    assert est.expected_auc(np.array([0.5, 0.5]), np.array([0.0, 1.0])) == pytest.approx(0.5, abs=1e-12)
 
 
 def test_isotonic_calibration_is_stored_as_json_and_applied_between_knots():
-    calibration = mon.calibrate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    calibration = est.calibrate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
     assert json.loads(json.dumps(calibration)) == {"method": "isotonic", "x": [0.1, 0.2, 0.3, 0.4],
                                                    "y": [0.0, 0.5, 0.5, 1.0]}
-    assert mon.calibrated(calibration, np.array([0.0, 0.15, 0.35, 0.9])).tolist() == pytest.approx(
+    assert est.calibrated(calibration, np.array([0.0, 0.15, 0.35, 0.9])).tolist() == pytest.approx(
         [0.0, 0.25, 0.75, 1.0])
     # Tonight's scores 0.4, 0.3, 0.1 -> p 1.0, 0.5, 0.0: P = 1.5, N = 1.5; above-pairs 1*0.5 + 1*1 + 0.5*1 = 2,
     # half the self-terms 0.5 * 0.25 = 0.125: AUC = 2.125 / 2.25; calls 0, 0, 0 right with 0, 0.5, 1.
-    estimate = mon.estimate_performance(calibration, np.array([0.4, 0.3, 0.1]))
+    estimate = est.estimate_performance(calibration, np.array([0.4, 0.3, 0.1]))
     assert estimate["auc"] == pytest.approx(2.125 / 2.25, abs=1e-12)
     assert estimate["accuracy"] == pytest.approx(0.5, abs=1e-12)
 
@@ -167,11 +167,11 @@ def test_estimated_mae_is_judged_against_the_holdouts_estimate_plus_the_margin()
 
 
 def test_estimated_auc_is_judged_against_the_holdouts_estimate_else_the_validation_floor():
-    calibration = mon.calibrate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    calibration = est.calibrate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
     tonight = pd.DataFrame({"prediction": [0.4, 0.3, 0.1]})
     old = est.estimates({"calibration": calibration}, "auc", 0.05, tonight, fallback_floor=0.7).set_index("metric")
     assert old.threshold["auc"] == 0.7 and np.isnan(old.threshold["accuracy"])   # stored before holdout estimates
-    calibration["holdout_estimate"] = mon.estimate_performance(calibration, np.array([0.1, 0.2, 0.3, 0.4]))
+    calibration["holdout_estimate"] = est.estimate_performance(calibration, np.array([0.1, 0.2, 0.3, 0.4]))
     rows = est.estimates({"calibration": calibration}, "auc", 0.05, tonight, fallback_floor=0.7).set_index("metric")
     # Holdout scores .4, .3, .2, .1 -> p 1, .5, .5, 0: P = N = 2; pairs ranked above 1*.5 + 1*.5 + 1*1 + .5*.5 +
     # .5*1 + .5*1 = 3.25, self-terms 0.5 * (.25 + .25) = 0.25: expected AUC 3.5 / 4, floor 0.875 - 0.05.
