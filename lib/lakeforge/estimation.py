@@ -124,11 +124,6 @@ def estimate_loss(model: dict, features: pd.DataFrame, predictions) -> float | N
     return LOSSES[model.get("metric", "mae")].summary(float(expected_errors(model, features, predictions).mean()))
 
 
-def estimate_mae(model: dict, features: pd.DataFrame, predictions) -> float | None:
-    """The expected MAE of these predictions from an absolute-error model (None without rows)."""
-    return estimate_loss(model, features, predictions)
-
-
 def fit_error_models(holdout: pd.DataFrame, predictions, labels, columns: list[str], metric: str | None,
                      params: dict | None = None) -> dict:
     """The error models a regression pipeline needs: `error_model` (absolute error, for mae) and, when the pipeline's

@@ -380,7 +380,7 @@ def test_delivery_time_estimates_mae_before_labels_beside_the_realized(spark, de
     rows = lake.read(spark, where, features.features_table(pipeline)).where(F.col(AS_OF_DATE) == night).toPandas()
     tonight = scored[[*pipeline.keys, "prediction"]].merge(rows, on=pipeline.keys, how="inner")
     assert len(tonight) == len(scored) > 0
-    expected = estimation.estimate_mae(model, tonight, tonight["prediction"])
+    expected = estimation.estimate_loss(model, tonight, tonight["prediction"])
     assert estimated[["metric", "rows"]].values.tolist() == [["mae", len(scored)]]
     assert estimated.value.iloc[0] == pytest.approx(expected, rel=1e-12)
     # No retrain policy: no margin, the threshold is the holdout's own estimate.

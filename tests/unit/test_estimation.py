@@ -144,8 +144,8 @@ def test_dle_estimates_mae_from_the_holdout_errors_computed_by_hand():
     tonight = pd.DataFrame({"x": [0.0, 1.0, 1.0]})
     assert est.expected_errors(model, tonight, [5.0, 5.0, 5.0]).tolist() == pytest.approx([1.0, 3.0, 3.0], abs=1e-12)
     # Two of tonight's three rows look like the holdout's large errors: (1 + 3 + 3) / 3.
-    assert est.estimate_mae(model, tonight, [5.0, 5.0, 5.0]) == pytest.approx(7 / 3, abs=1e-12)
-    assert est.estimate_mae(model, tonight.head(0), []) is None
+    assert est.estimate_loss(model, tonight, [5.0, 5.0, 5.0]) == pytest.approx(7 / 3, abs=1e-12)
+    assert est.estimate_loss(model, tonight.head(0), []) is None
 
 
 def test_a_changed_error_model_is_refused_naming_the_file():
@@ -153,7 +153,7 @@ def test_a_changed_error_model_is_refused_naming_the_file():
     model["model"] = model["model"].replace("learning_rate", "learning_rat")
     with pytest.raises(DataError, match=r"error model in the champion's monitoring/baseline.json has SHA-256 .* "
                                         r"not the .* recorded with it"):
-        est.estimate_mae(model, pd.DataFrame({"x": [0.0]}), [1.0])
+        est.estimate_loss(model, pd.DataFrame({"x": [0.0]}), [1.0])
 
 
 def test_estimated_mae_is_judged_against_the_holdouts_estimate_plus_the_margin():
