@@ -25,6 +25,7 @@ INGESTED_FILES = "ops.ingested_files"
 
 AS_OF = "as_of_date"       # the features tables' partition column (a night's points are one partition)
 SCORE_DATE = "score_date"  # the predictions tables' partition column
+PROBABILITIES = "probabilities"  # a multiclass predictions table's {class: probability} column
 LAKEFORGE = "lakeforge"    # owner and source of lakeforge's own ledgers
 # The Delta table properties `lakeforge status` shows (lake.describe).
 DESCRIPTION, OWNER, SOURCE = "lakeforge.description", "lakeforge.owner", "lakeforge.source"

@@ -34,11 +34,10 @@ import lightgbm
 import numpy as np
 import pandas as pd
 
-from lakeforge import metrics
+from lakeforge import catalog, metrics
 from lakeforge.errors import DataError
 
 PREDICTION = "prediction"
-PROBABILITIES = "probabilities"  # a multiclass prediction's {class: probability} column
 # A small model: it learns where errors are large, not the label; fixed seed and one thread for repeatable values.
 ERROR_MODEL_PARAMS = {"n_estimators": 100, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20,
                       "random_state": 0, "n_jobs": 1, "deterministic": True, "verbose": -1}
@@ -330,10 +329,10 @@ def _tonight(baseline: dict, metric: str, scored: pd.DataFrame) -> tuple[dict, d
     if "class_calibration" in baseline:
         calibration = baseline["class_calibration"]
         names = estimated_metrics(metrics.MULTICLASS, metric)
-        if PROBABILITIES not in scored.columns:
+        if catalog.PROBABILITIES not in scored.columns:
             return dict.fromkeys(names), {}, dict.fromkeys(names, NO_CLASS_PROBABILITIES)
         # A map column read back from Delta can arrive as (class, probability) pairs.
-        maps = [dict(row) if row is not None else {} for row in scored[PROBABILITIES]]
+        maps = [dict(row) if row is not None else {} for row in scored[catalog.PROBABILITIES]]
         matrix = metrics.class_matrix(maps, calibration["classes"])
         return (estimate_class_performance(calibration, matrix, names), calibration.get("holdout_estimate", {}),
                 dict.fromkeys(names, CBPE_CLASSES))

@@ -418,6 +418,12 @@ def explain_nothing_to_score(spark: SparkSession, lakehouse: Path, pipeline: Pip
                     f"{pipeline.name} --date {score_date}` first")
 
 
+def _scores(pipeline: Pipeline) -> list[str]:
+    """The predictions columns monitoring reads: `prediction`, and a multiclass model's class probabilities (CBPE
+    and the matured log loss need them)."""
+    return ["prediction", catalog.PROBABILITIES] if pipeline.label.task == metrics.MULTICLASS else ["prediction"]
+
+
 def monitored_night(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, day: dt.date,
                     events_version: int | None, log=print) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
     """What monitoring judges on `day`, on the driver: the date's feature rows in the population (empty when there
@@ -429,9 +435,8 @@ def monitored_night(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, da
     if current.empty:
         log(f"{table} has no rows for {day}: no feature drift today")
     predictions = catalog.predictions(pipeline.name)
-    extra = [monitoring.PROBABILITIES] if pipeline.label.task == metrics.MULTICLASS else []  # CBPE reads them
     scored = lake.read_pandas(spark, lakehouse, predictions, F.col("score_date") == F.lit(day),
-                              [*pipeline.keys, "prediction", *extra])
+                              [*pipeline.keys, *_scores(pipeline)])
     start, end = monitoring.matured_window(day, pipeline.label.horizon_days, pipeline.monitoring.window_days)
     return current, scored, labelled_predictions(spark, lakehouse, pipeline, start, end, events_version, day)
 
@@ -443,10 +448,9 @@ def labelled_predictions(spark: SparkSession, lakehouse: Path, pipeline: Pipelin
     predictions = catalog.predictions(pipeline.name)
     if not lake.exists(lakehouse, predictions):
         return pd.DataFrame()
-    extra = [monitoring.PROBABILITIES] if pipeline.label.task == metrics.MULTICLASS else []
     keys = (lake.read(spark, lakehouse, predictions)
             .where(F.col("score_date").between(F.lit(start), F.lit(end)))
-            .select(*id_columns(pipeline), F.col("score_date").alias(AS_OF), "prediction", *extra, "model_version"))
+            .select(*id_columns(pipeline), F.col("score_date").alias(AS_OF), *_scores(pipeline), "model_version"))
     events = label_events_table(pipeline)
     keys = labelled(keys, lake.read(spark, lakehouse, events, version=events_version), pipeline,
                     known_before=F.lit(dt.datetime.combine(day, dt.time())))

@@ -204,9 +204,6 @@ def matured(predictions: pd.DataFrame, monitor_date: dt.date, horizon_days: int,
     return predictions[keep.to_numpy()]
 
 
-PROBABILITIES = estimation.PROBABILITIES  # a multiclass prediction's {class: probability} column
-
-
 def metric_value(metric: str, labels, predictions, task: str | None = None) -> float | None:
     """The pipeline's metric (lakeforge.metrics); None when it is undefined for these rows (AUC of a single class,
     no rows). Multiclass `predictions` are one {class: probability} map per row."""
@@ -223,7 +220,7 @@ def performance_rows(scored: pd.DataFrame, label: str, metric: str, segments: li
                      task: str | None = None) -> pd.DataFrame:
     """The metric per model version: overall (segment '') and per value of each segment column."""
     out = []
-    scores = PROBABILITIES if task == metrics.MULTICLASS else "prediction"
+    scores = catalog.PROBABILITIES if task == metrics.MULTICLASS else "prediction"
     for version, rows in scored.groupby("model_version", sort=True):
         value = metric_value(metric, rows[label], rows[scores], task)
         out.append((int(version), "performance", "overall", "", metric, value, len(rows)))

@@ -147,7 +147,7 @@ def predict(features: DataFrame, model_payload, model_key: str, ids: list[str],
     names = F.array(*[F.lit(c) for c in classes])
     return (features.select(*ids, score_batches(inputs).alias("_probabilities"))
             .select(*ids, F.element_at(names, F.array_position(p, F.array_max(p)).cast("int")).alias("prediction"),
-                    F.map_from_arrays(names, p).alias("probabilities")))
+                    F.map_from_arrays(names, p).alias(catalog.PROBABILITIES)))
 
 
 def _class_rows(probabilities) -> pa.ListArray:
