@@ -382,13 +382,22 @@ class Tuning(Frozen):
     metric: str | None = None  # each trial's loss (lakeforge.metrics); default log_loss, or mae for regression
 
 
+class OwnMetric(Frozen):
+    """A team's own metric: a function of its module, (labels, predictions) -> number, and its direction."""
+
+    function: str                # module.function; it gets what a metric of the label's task gets (lakeforge.metrics)
+    higher_is_better: bool
+    about: str = ""              # one line for people: what it measures
+
+
 class Model(Frozen):
     # lightgbm, xgboost, or the import path of a scikit-learn-compatible class (see lakeforge.estimators)
     estimator: str = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
-    # What the gate, monitoring and the retrain policy compare (lakeforge.metrics: each knows its direction);
-    # default by the label's task: auc, log_loss (multiclass), mae.
+    # What the gate, monitoring and the retrain policy compare (lakeforge.metrics: each knows its direction),
+    # or the name of one of own_metrics; default by the label's task: auc, log_loss (multiclass), mae.
     metric: str | None = None
+    own_metrics: dict[str, OwnMetric] = Field(default_factory=dict)  # name -> the team's own metric
     top_k: float = Field(0.1, gt=0, le=1)   # precision at the top k share of scores (classification)
     search_space: dict[str, SearchParam] = Field(default_factory=dict)  # empty: no search, params as given
     tuning: Tuning = Tuning()
@@ -1044,9 +1053,22 @@ def _check_model(pipeline: Pipeline, path: Path) -> None:
     from lakeforge import estimators, metrics
 
     model, task = pipeline.model, pipeline.label.task
+    for name, own in model.own_metrics.items():
+        key = f"model.own_metrics.{name}"
+        if not catalog.NAME.fullmatch(name):
+            _refuse(path, key, "a metric's name is lowercase letters, digits and _, starting with a letter")
+        if problem := _function_problem(own.function):
+            _refuse(path, f"{key}.function", f"{problem}; name a module.function (labels, predictions) -> number "
+                                             f"that Python can import (the module on PYTHONPATH or installed)")
+        try:
+            metrics.register_own(name, own.function, own.higher_is_better, task, own.about)
+        except ValueError as exc:
+            _refuse(path, key, str(exc))
+    choices = [*metrics.for_task(task), *model.own_metrics]
     for key, name in (("model.metric", model.metric), ("model.tuning.metric", model.tuning.metric)):
-        if name is not None and name not in metrics.for_task(task):
-            _refuse(path, key, f"'{name}' is not a {task} metric; choose one of {', '.join(metrics.for_task(task))}")
+        if name is not None and name not in choices:
+            _refuse(path, key, f"'{name}' is not a {task} metric; choose one of {', '.join(choices)}, or declare "
+                               f"your own under model.own_metrics")
     try:  # lakeforge's own estimators are dependencies: importing LightGBM here would cost the check a second
         if model.estimator not in estimators.BUILT_IN:
             estimators.resolve(model.estimator, task)

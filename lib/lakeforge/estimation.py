@@ -50,6 +50,8 @@ ESTIMATED = {metrics.CLASSIFICATION: ("auc", "accuracy", "f1", "log_loss", "prec
              metrics.MULTICLASS: ("accuracy", "log_loss", "macro_f1"), metrics.REGRESSION: ("mae", "rmse", "mape")}
 NOT_ESTIMATED = {"r2": "not estimated: r2 divides by the variance of tonight's labels, which no model of the error "
                        "knows before they arrive; the matured r2 is measured once labels are known"}
+OWN_NOT_ESTIMATED = ("not estimated: a team's own metric (model.own_metrics); CBPE and DLE estimate lakeforge's "
+                     "metrics, and its matured value is measured once labels are known")
 
 
 def estimated_metrics(task: str, metric: str | None) -> list[str]:
@@ -372,6 +374,7 @@ def estimates(baseline: dict, metric: str, margin: float, scored: pd.DataFrame, 
         basis = (f"; threshold: the holdout's estimate {reference[name]:.4f} worse by the margin {margin:g}"
                  if threshold is not None and reference.get(name) is not None else "")
         out.append((name, value, threshold, breached, len(scored), how[name] + basis))
-    if metric in NOT_ESTIMATED:
-        out.append((metric, None, None, None, len(scored), NOT_ESTIMATED[metric]))
+    why_not = NOT_ESTIMATED.get(metric) or (OWN_NOT_ESTIMATED if metrics.is_own(metric) else None)
+    if why_not:
+        out.append((metric, None, None, None, len(scored), why_not))
     return pd.DataFrame(out, columns=ESTIMATE_COLUMNS)

@@ -8,10 +8,15 @@ What a metric receives, by task:
   multiclass      class labels (as strings) and a probability matrix, one column per class of `classes`
   regression      numbers and predicted numbers
 A metric that is undefined for the rows (AUC of a single class, no rows) is None.
+
+A team's own metric (a pipeline's `model.own_metrics`) is registered under its name when the pipeline loads
+(`register_own`) and is then named like lakeforge's own: it receives the same labels and predictions as a
+metric of its task, and returns a number (NaN or infinite: undefined).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +34,7 @@ class Metric:
     higher_is_better: bool
     compute: Callable[..., float | None]  # (task, y, p, classes, top_k) -> value
     about: str
+    function: str | None = None  # a team's own metric: the module.function it calls
 
 
 def _sk():
@@ -125,20 +131,62 @@ DEFAULT = {CLASSIFICATION: "auc", MULTICLASS: "log_loss", REGRESSION: "mae"}  # 
 SEARCH_LOSS = {CLASSIFICATION: "log_loss", MULTICLASS: "log_loss", REGRESSION: "mae"}  # a trial's loss unless set
 
 
+OWN: dict[str, Metric] = {}  # teams' own metrics, by name, as their pipelines registered them in this process
+
+
+def _calling(function: str) -> Callable[..., float | None]:
+    """compute() of a team's own metric: imports module.function on first use and calls it with (y, p)."""
+
+    def compute(task, y, p, classes, top_k):
+        module, _, attr = function.rpartition(".")
+        value = float(getattr(importlib.import_module(module), attr)(y, p))
+        return value if np.isfinite(value) else None
+
+    return compute
+
+
+def register_own(name: str, function: str, higher_is_better: bool, task: str, about: str = "") -> None:
+    """Make a team's own metric known by `name` (model.own_metrics); the same name registered again must mean
+    the same (two pipelines that share a metric declare it alike)."""
+    if name in REGISTRY:
+        raise ValueError(f"'{name}' is lakeforge's own metric ({REGISTRY[name].about}); give yours another name")
+    known = OWN.get(name)
+    if known is not None and (known.function, known.higher_is_better, known.tasks) != (function, higher_is_better,
+                                                                                        (task,)):
+        raise ValueError(f"metric '{name}' is already declared by another pipeline as {known.function} "
+                         f"({known.tasks[0]}, higher_is_better: {str(known.higher_is_better).lower()}); "
+                         f"declare it alike or name it differently")
+    OWN[name] = Metric(name, (task,), higher_is_better, _calling(function), about or f"the team's own {function}",
+                       function)
+
+
+def lookup(name: str) -> Metric:
+    """lakeforge's metric of that name, else a team's own (registered when its pipeline loaded)."""
+    found = REGISTRY.get(name) or OWN.get(name)
+    if found is None:
+        raise KeyError(f"unknown metric '{name}': not one of lakeforge's ({', '.join(REGISTRY)}) and no loaded "
+                       f"pipeline declares it under model.own_metrics")
+    return found
+
+
+def is_own(name: str) -> bool:
+    return name not in REGISTRY and name in OWN
+
+
 def for_task(task: str) -> list[str]:
-    """The metric names defined for a task, in registry order."""
+    """lakeforge's metric names defined for a task, in registry order (a team's own metrics are not included)."""
     return [name for name, m in REGISTRY.items() if task in m.tasks]
 
 
 def higher_is_better(name: str) -> bool:
-    return REGISTRY[name].higher_is_better
+    return lookup(name).higher_is_better
 
 
 def value(name: str, task: str, y, p, classes: Sequence[str] = (), top_k: float = 0.1) -> float | None:
     """Metric `name` of predictions `p` against labels `y` (see the module docstring); None when undefined."""
     if len(y) == 0:
         return None
-    return REGISTRY[name].compute(task, y, p, list(classes), top_k)
+    return lookup(name).compute(task, y, p, list(classes), top_k)
 
 
 def loss(name: str, task: str, y, p, classes: Sequence[str] = (), top_k: float = 0.1) -> float:

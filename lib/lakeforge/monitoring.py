@@ -207,7 +207,7 @@ def matured(predictions: pd.DataFrame, monitor_date: dt.date, horizon_days: int,
 def metric_value(metric: str, labels, predictions, task: str | None = None) -> float | None:
     """The pipeline's metric (lakeforge.metrics); None when it is undefined for these rows (AUC of a single class,
     no rows). Multiclass `predictions` are one {class: probability} map per row."""
-    task = task or metrics.REGISTRY[metric].tasks[0]
+    task = task or metrics.lookup(metric).tasks[0]
     if task == metrics.MULTICLASS:
         maps = list(predictions)
         classes = sorted({c for row in maps if row for c in row})

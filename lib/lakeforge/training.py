@@ -137,9 +137,9 @@ def regression_metrics(pred: np.ndarray, actual: pd.Series) -> dict[str, float]:
 
 
 def metrics_for(task: str, pred: np.ndarray, actual: pd.Series, top_k: float = 0.1,
-                classes: tuple | list = ()) -> dict[str, float]:
-    """Every metric of the task (lakeforge.metrics) of predictions against the label, and rows (and the base rate
-    of a binary label); a metric undefined for these rows is left out."""
+                classes: tuple | list = (), own: tuple | list = ()) -> dict[str, float]:
+    """Every metric of the task (lakeforge.metrics) and the pipeline's `own` metrics of predictions against the
+    label, and rows (and the base rate of a binary label); a metric undefined for these rows is left out."""
     y = pd.Series(actual).to_numpy()
     if len(y) == 0:
         raise DataError("the holdout has no rows: widen the holdout or check the population filter")
@@ -147,7 +147,7 @@ def metrics_for(task: str, pred: np.ndarray, actual: pd.Series, top_k: float = 0
         raise DataError(f"the holdout has a single label value ({y[0]}); cannot compute AUC: widen the holdout or "
                         "check the label definition")
     out = {}
-    for name in metrics.for_task(task):
+    for name in [*metrics.for_task(task), *own]:
         value = metrics.value(name, task, y, pred, classes, top_k)
         if value is not None:
             out[name] = value
@@ -330,7 +330,11 @@ def evaluate_holdout(pipeline: Pipeline, trained: Trained, data: TrainingSet, lo
     task, model, holdout, label = pipeline.label.task, pipeline.model, data.holdout, data.label
     log(f"training set: {trained.train_rows:,} rows, holdout: {len(holdout):,} rows")
     predictions = trained.model.predict(None, holdout)
-    found = metrics_for(task, predictions, holdout[label], model.top_k, data.classes)
+    found = metrics_for(task, predictions, holdout[label], model.top_k, data.classes, list(model.own_metrics))
+    if model.metric not in found:  # e.g. a team's own metric that returned NaN: the gate would have nothing to compare
+        raise DataError(f"model.metric {model.metric} ({metrics.lookup(model.metric).about}) is undefined on the "
+                        f"holdout's {len(holdout):,} rows; nothing was registered. Widen the holdout "
+                        f"(training.holdout_snapshots) or choose a metric these rows define")
     log("holdout " + ", ".join(f"{k} {v:.3f}" for k, v in found.items() if k != "rows"))
     naive = {} if data.train_rows is None else naive_metrics(
         task, model.metric, data.train_rows, holdout, label, pipeline.keys, catalog.AS_OF, model.top_k, data.classes)
@@ -354,7 +358,7 @@ def champion_metric(champion, data: TrainingSet, pipeline: Pipeline) -> float | 
     if classes and set(map(str, holdout[label])) - set(classes):
         return None  # a class the champion never saw: it cannot be compared on these rows
     return metrics_for(pipeline.label.task, champion.predict(None, holdout), holdout[label],
-                       pipeline.model.top_k, classes).get(pipeline.model.metric)
+                       pipeline.model.top_k, classes, list(pipeline.model.own_metrics)).get(pipeline.model.metric)
 
 
 def train(spark, client, settings: Settings, pipeline: Pipeline, user: str, run: runs.Run, as_of: dt.date | None = None,

@@ -1,6 +1,7 @@
 """Estimators, metrics and gates as configuration, end to end on a user's own source (tests/fixtures/parcels.py):
-a scikit-learn class by import path, XGBoost, a multiclass label and a string feature each train, register,
-score and monitor with no lakeforge change; a model that cannot beat the naive answer is refused @champion."""
+a scikit-learn class by import path (judged by the team's own metric), XGBoost, a multiclass label and a string
+feature each train, register, score and monitor with no lakeforge change; a model that cannot beat the naive
+answer is refused @champion."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ LAST = START + dt.timedelta(days=DAYS - 1)
 ONLY_REGION = "[region_parcels_7d]"  # the model's inputs: region (a string) and weight_kg (noise for `late`)
 PIPELINES = {
     "parcels_sklearn": parcels.pipeline(parcels.LATE, "{estimator: sklearn.ensemble.HistGradientBoostingClassifier, "
-                                                      "params: {max_iter: 20}}", ONLY_REGION),
+                                                      f"params: {{max_iter: 20}}, {parcels.LATE_COST}}}", ONLY_REGION),
     "parcels_xgb": parcels.pipeline(parcels.LATE, "{estimator: xgboost, params: {n_estimators: 20, max_depth: 3}}",
                                     ONLY_REGION),
     "parcels_size": parcels.pipeline(parcels.SIZE, "{metric: macro_f1, params: {n_estimators: 20, num_leaves: 7, "
@@ -99,7 +100,8 @@ def _matured_labels(spark, runs, name: str) -> pd.DataFrame:
 def test_an_estimator_by_import_path_and_xgboost_train_register_score_and_monitor(spark, runs, name):
     trained, scored = runs[name]["train"], runs[name]["score"]
     assert trained["alias"] == registry.CHAMPION and trained["auc"] > 0.75  # region decides lateness
-    assert trained["naive"] == {"base_rate": 0.5}
+    if name == "parcels_xgb":  # the naive answer's AUC (parcels_sklearn's gate compares its own metric: below)
+        assert trained["naive"] == {"base_rate": 0.5}
     model = registry.load_python_model(name, trained["version"])
     assert model.feature_names == ["region", "weight_kg"]
     assert model.estimator.categories == {"region": list(parcels.REGIONS)}
@@ -114,8 +116,26 @@ def test_an_estimator_by_import_path_and_xgboost_train_register_score_and_monito
     perf = _performance(spark, runs, name)
     overall = perf[perf["name"] == "overall"]
     assert overall["rows"].tolist() == [len(labelled)]
-    assert overall["value"].iloc[0] == pytest.approx(
-        metrics.value("auc", "classification", labelled["late"], labelled["prediction"]))
+    if name == "parcels_xgb":
+        assert overall["metric"].tolist() == ["auc"]
+        assert overall["value"].iloc[0] == pytest.approx(
+            metrics.value("auc", "classification", labelled["late"], labelled["prediction"]))
+    else:  # judged by the team's own metric, computed here by hand
+        assert overall["metric"].tolist() == ["late_cost"]
+        assert overall["value"].iloc[0] == pytest.approx(parcels.late_cost(labelled["late"], labelled["prediction"]))
+
+
+def test_a_teams_own_metric_judges_the_gate_and_monitoring_and_is_said_not_estimated(spark, runs):
+    trained = runs["parcels_sklearn"]["train"]
+    # Lower is better: the gate compares the holdout's cost with the naive answer's, as it would AUC's.
+    assert 0 <= trained["late_cost"] < trained["naive"]["base_rate"]
+    assert trained["gate"] == f"holdout LATE_COST {trained['late_cost']:.4f} and no usable champion"
+    # A night's estimate (CBPE) covers lakeforge's metrics and says why the team's own is not estimated.
+    baseline = registry.load_baseline(registry.connect(runs["settings"].mlflow), "parcels_sklearn", trained["version"])
+    predictions = _predictions(spark, runs, "parcels_sklearn", LAST)
+    rows = estimation.estimates(baseline, "late_cost", 0.05, predictions, None).set_index("metric")
+    assert rows.loc["late_cost", "detail"] == estimation.OWN_NOT_ESTIMATED and pd.isna(rows.loc["late_cost", "value"])
+    assert rows.loc["auc", "value"] > 0.5
 
 
 def test_a_string_feature_is_used_and_an_unseen_category_is_counted_not_refused(spark, runs):

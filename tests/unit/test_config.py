@@ -13,7 +13,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from lakeforge import config, features
+from lakeforge import config, features, metrics
 from lakeforge.errors import ConfigError
 
 REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -285,8 +285,47 @@ def test_a_multiclass_label_takes_its_metrics_and_refuses_per_group(conf):
                                     conf)
     assert (delivery.label.task, delivery.model.metric) == ("multiclass", "log_loss")
     with pytest.raises(ConfigError, match=r"key 'model.metric': 'mae' is not a multiclass metric; choose one of "
-                                          r"log_loss, accuracy, macro_f1$"):
+                                          r"log_loss, accuracy, macro_f1, or declare your own under "
+                                          r"model\.own_metrics$"):
         config.load_pipeline("delivery_time", ["pipeline.label.task=multiclass"], conf)
+
+
+OWN = "pipeline.model.own_metrics.late_cost"
+
+
+def test_a_teams_own_metric_is_declared_once_and_named_like_lakeforges(conf):
+    churn = config.load_pipeline("churn", [f"{OWN}.function=parcels.late_cost", f"{OWN}.higher_is_better=false",
+                                           "pipeline.model.metric=late_cost", "pipeline.model.tuning.metric=late_cost"],
+                                 conf)
+    assert (churn.model.metric, churn.model.tuning.metric) == ("late_cost", "late_cost")
+    assert churn.model.own_metrics["late_cost"].function == "parcels.late_cost"
+    assert metrics.is_own("late_cost") and not metrics.higher_is_better("late_cost")
+
+
+@pytest.mark.parametrize("overrides, key, message", [
+    ([f"{OWN}.function=parcels.no_such_cost", f"{OWN}.higher_is_better=false"], "model.own_metrics.late_cost.function",
+     "module 'parcels' ("),
+    (["pipeline.model.own_metrics.auc.function=parcels.late_cost",
+      "pipeline.model.own_metrics.auc.higher_is_better=true"],
+     "model.own_metrics.auc", "'auc' is lakeforge's own metric (area under the ROC curve); give yours another name"),
+    (["pipeline.model.own_metrics.Cost.function=parcels.late_cost",
+      "pipeline.model.own_metrics.Cost.higher_is_better=true"],
+     "model.own_metrics.Cost", "a metric's name is lowercase letters, digits and _, starting with a letter"),
+    (["pipeline.model.metric=late_cost"], "model.metric",
+     "'late_cost' is not a classification metric; choose one of auc, log_loss, f1, accuracy, precision_at_k, or "
+     "declare your own under model.own_metrics"),
+])
+def test_own_metric_mistakes_are_one_error_naming_the_key(conf, overrides, key, message):
+    with pytest.raises(ConfigError, match=rf"churn.yaml: key '{re.escape(key)}': {re.escape(message)}"):
+        config.load_pipeline("churn", overrides, conf)
+
+
+def test_an_own_metric_declared_differently_by_two_pipelines_is_refused(conf):
+    config.load_pipeline("churn", [f"{OWN}.function=parcels.late_cost", f"{OWN}.higher_is_better=false"], conf)
+    with pytest.raises(ConfigError, match=r"key 'model.own_metrics.late_cost': metric 'late_cost' is already declared "
+                                          r"by another pipeline as parcels.late_cost \(classification, "
+                                          r"higher_is_better: false\); declare it alike or name it differently$"):
+        config.load_pipeline("churn", [f"{OWN}.function=parcels.late_cost", f"{OWN}.higher_is_better=true"], conf)
 
 
 def test_a_wrong_parameter_type_exits_2_from_the_cli_before_spark_starts(conf, tmp_path):

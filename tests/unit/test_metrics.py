@@ -77,3 +77,32 @@ def test_the_gate_compares_with_the_champion_in_the_metrics_direction():
         "holdout R2 0.7100 >= champion's 0.6500 + 0.0500 on the same rows"
     assert decide(0.50, 0.45, Gate(min_improvement=0.01), "log_loss").reason == \
         "holdout LOG_LOSS 0.5000 > champion's 0.4500 - 0.0100 on the same rows; champion kept"
+
+
+def test_a_teams_own_metric_is_called_with_the_labels_and_predictions_and_knows_its_direction():
+    metrics.register_own("late_cost", "parcels.late_cost", False, metrics.CLASSIFICATION)
+    y, p = np.array([1, 1, 0, 0]), np.array([0.9, 0.2, 0.7, 0.1])
+    # One late parcel not warned (2) and one warning on time (1), over 4 parcels.
+    assert metrics.value("late_cost", metrics.CLASSIFICATION, y, p) == 0.75
+    assert metrics.loss("late_cost", metrics.CLASSIFICATION, y, p) == 0.75  # lower is better: the loss itself
+    assert metrics.better("late_cost", 0.5, 0.75) and not metrics.higher_is_better("late_cost")
+    assert metrics.is_own("late_cost") and "late_cost" not in metrics.for_task(metrics.CLASSIFICATION)
+    with pytest.raises(KeyError, match="unknown metric 'no_such_metric'"):
+        metrics.higher_is_better("no_such_metric")
+
+
+def test_a_gate_metric_undefined_on_the_holdout_stops_training_before_anything_is_registered():
+    import pandas as pd
+
+    from lakeforge import config, training
+    from lakeforge.errors import DataError
+
+    own = "pipeline.model.own_metrics.undefined_cost"
+    pipeline = config.load_pipeline("churn", [f"{own}.function=parcels.undefined_cost", f"{own}.higher_is_better=false",
+                                              "pipeline.model.metric=undefined_cost"])
+    holdout = pd.DataFrame({"churned": [0, 1, 0, 1]})
+    constant = type("Constant", (), {"predict": lambda self, context, rows: np.full(len(rows), 0.5)})()
+    data = training.TrainingSet(None, None, holdout, [], "churned", [], None)
+    with pytest.raises(DataError, match=r"^model.metric undefined_cost \(the team's own parcels.undefined_cost\) is "
+                                        r"undefined on the holdout's 4 rows; nothing was registered"):
+        training.evaluate_holdout(pipeline, training.Trained(constant, {}, 4), data, log=lambda _: None)

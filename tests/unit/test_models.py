@@ -106,7 +106,7 @@ def test_model_settings_that_do_not_fit_together_are_config_errors():
     from lakeforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"demand.yaml: key 'model.metric': 'auc' is not a regression metric; "
-                                          r"choose one of mae, rmse, mape, r2$"):
+                                          r"choose one of mae, rmse, mape, r2, or declare your own under model\.own_metrics$"):
         config.load_pipeline("demand", ["pipeline.model.metric=auc"])
     with pytest.raises(ConfigError, match=r"key 'model.group_key': 'region' is not a feature column"):
         config.load_pipeline("demand", ["pipeline.model.group_key=region"])
