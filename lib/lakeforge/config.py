@@ -1049,7 +1049,8 @@ def _function_problem(dotted: str) -> str | None:
 
 def _check_model(pipeline: Pipeline, path: Path) -> None:
     """Model settings that are valid alone but not together: the estimator and its parameters, the metrics for
-    the task, and which patterns (per_group, distributed) the estimator and task support."""
+    the task, and which patterns (per_group, distributed) the estimator and task support. The pipeline's own
+    metrics are registered here (lakeforge.metrics.register_own), so that every stage can name them."""
     from lakeforge import estimators, metrics
 
     model, task = pipeline.model, pipeline.label.task

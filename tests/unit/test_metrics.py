@@ -106,3 +106,18 @@ def test_a_gate_metric_undefined_on_the_holdout_stops_training_before_anything_i
     with pytest.raises(DataError, match=r"^model.metric undefined_cost \(the team's own parcels.undefined_cost\) is "
                                         r"undefined on the holdout's 4 rows; nothing was registered"):
         training.evaluate_holdout(pipeline, training.Trained(constant, {}, 4), data, log=lambda _: None)
+
+
+def test_the_champion_is_judged_by_the_teams_own_metric_on_the_same_holdout():
+    import pandas as pd
+
+    from lakeforge import config, training
+
+    own = "pipeline.model.own_metrics.late_cost"
+    pipeline = config.load_pipeline("churn", [f"{own}.function=parcels.late_cost", f"{own}.higher_is_better=false",
+                                              "pipeline.model.metric=late_cost"])
+    holdout = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "churned": [1, 1, 0, 0]})
+    champion = type("Champion", (), {"feature_names": ["x"],
+                                     "predict": lambda self, context, rows: np.array([0.9, 0.2, 0.7, 0.1])})()
+    data = training.TrainingSet(None, None, holdout, ["x"], "churned", [], None)
+    assert training.champion_metric(champion, data, pipeline) == 0.75  # as late_cost by hand, above
