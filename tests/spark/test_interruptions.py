@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from lakeforge import config, lake, runs, scoring, stages
+from lakeforge import config, lake, logs, runs, scoring, stages
 from lakeforge.demo.summary import format_status
 
 pytestmark = pytest.mark.spark
@@ -212,6 +212,7 @@ def test_the_next_run_records_an_abandoned_run_in_the_same_commit_as_its_start(s
     last_beat = dt.datetime(2026, 12, 1, 2, 31, tzinfo=dt.timezone.utc).timestamp()
     os.utime(beat, (last_beat, last_beat))
 
+    logs.configure()  # warnings to stderr, as every stage's Context sets up (this test calls runs directly)
     with runs.recorded(spark, lakehouse, "monitor", "churn", "test"):  # another job: not its business
         pass
     assert "abandoned" not in capsys.readouterr().err
