@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 import pytest
 import yaml
 
@@ -120,7 +121,7 @@ def team(mlflow_auth_server, commands, tmp_path_factory) -> Team:
 class ConstantModel(mlflow.pyfunc.PythonModel):
     """A model sam registers by hand (its predictions are never asked for)."""
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[float]:
         return [0.5] * len(model_input)
 
 
