@@ -75,8 +75,10 @@ def free_port() -> int:
 
 
 def wait_for(what: str, check, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll `check()` until it returns a truthy value; fail with the log's tail on timeout or early exit."""
+    """Poll `check()` until it returns a truthy value; fail with the last error and the log's tail on timeout or
+    early exit."""
     deadline = time.monotonic() + timeout_s
+    last_error = "none"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             pytest.fail(f"{what} exited with {process.returncode} while starting:\n{tail(log)}")
@@ -84,10 +86,14 @@ def wait_for(what: str, check, timeout_s: float, process: subprocess.Popen | Non
             value = check()
             if value:
                 return value
-        except OSError:
-            pass
+        except OSError as exc:  # not listening yet
+            last_error = repr(exc)
+        except ValueError as exc:
+            # Not JSON yet: Spark's UI starts serving before all its pages are attached, so for a moment `/json/`
+            # is answered by the HTML page at `/` (seen once in CI as a JSONDecodeError at the master's start).
+            last_error = repr(exc)
         time.sleep(0.5)
-    pytest.fail(f"{what} not ready after {timeout_s:.0f}s:\n{tail(log)}")
+    pytest.fail(f"{what} not ready after {timeout_s:.0f}s (last error: {last_error}):\n{tail(log)}")
 
 
 def tail(path: Path | None, lines: int = 40) -> str:
