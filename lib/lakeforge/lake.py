@@ -128,11 +128,15 @@ def append(spark: SparkSession, df: DataFrame, lakehouse: Path, name: str, *,
 
 
 def replace_where(spark: SparkSession, df: DataFrame, lakehouse: Path, name: str, where: str, *,
-                  partition_by: list[str] | None = None, properties: dict[str, str] | None = None) -> None:
-    """Atomically replace the rows matching `where` with `df` (one commit: old rows or new, never a mix)."""
+                  partition_by: list[str] | None = None, properties: dict[str, str] | None = None,
+                  merge_schema: bool = False) -> None:
+    """Atomically replace the rows matching `where` with `df` (one commit: old rows or new, never a mix);
+    `merge_schema` adds `df`'s new columns to an existing table (its other rows read them as null)."""
     _ensure(spark, lakehouse, name, df, partition_by, properties)
-    (_writer(df, partition_by).mode("overwrite").option("replaceWhere", where)
-     .save(str(table_path(lakehouse, name))))
+    writer = _writer(df, partition_by).mode("overwrite").option("replaceWhere", where)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
+    writer.save(str(table_path(lakehouse, name)))
 
 
 def merge_latest(spark: SparkSession, updates: DataFrame, lakehouse: Path, name: str, keys: list[str],

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, DoubleType, LongType, StructField, StructType
 
-from lakeforge import catalog, lake
+from lakeforge import catalog, lake, metrics
 from lakeforge.estimators import one_thread
 from lakeforge.training import EstimatorSpec, fit_estimator
 
@@ -104,26 +104,42 @@ def unpickle(rows: pd.DataFrame, group_key: str) -> dict:
 # ---------------------------------------------------------------- the manifest: how each group fared
 
 
-def group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key: str, label: str) -> pd.DataFrame:
-    """Per group: training rows, whether it has its own model, holdout rows, MAE and MAPE (new groups included)."""
+def group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key: str, label: str, task: str,
+                  metric: str, top_k: float = 0.1) -> pd.DataFrame:
+    """Per group: training rows, whether it has its own model, holdout rows, MAE, MAPE and the pipeline's gate
+    `metric` (`metric_value`; null where the group's rows leave it undefined, e.g. AUC of one class), new groups
+    included."""
     actual = holdout[label].astype("float64").to_numpy()
     errors = pd.DataFrame({key: holdout[key].to_numpy(), "abs_error": abs(predictions - actual),
                            "pct_error": abs(predictions - actual) / pd.Series(actual).clip(lower=1.0).to_numpy()})
     per = errors.groupby(key).agg(holdout_rows=("abs_error", "size"), mae=("abs_error", "mean"),
                                   mape=("pct_error", "mean")).reset_index()
+    rows_of = errors.groupby(key).indices  # group -> positions in the holdout
+    labels = holdout[label].to_numpy()
+    per["metric"] = metric
+    per["metric_value"] = [metrics.value(metric, task, labels[rows_of[g]], predictions[rows_of[g]], top_k=top_k)
+                           for g in per[key]]
     out = groups.merge(per, on=key, how="outer")
     out["train_rows"] = out["train_rows"].fillna(0).astype("int64")
-    out["own_model"] = out["own_model"].fillna(False).astype(bool)
+    out["own_model"] = out["own_model"].astype("boolean").fillna(False).astype(bool)  # a new group: no own model
     out["holdout_rows"] = out["holdout_rows"].fillna(0).astype("int64")
+    out["metric"] = metric  # groups without holdout rows too: the column names what metric_value would be
+    out["metric_value"] = out["metric_value"].astype("float64")
     out = out.sort_values(key, kind="mergesort").reset_index(drop=True)
     out.attrs["errors"] = errors
     return out
 
 
 def group_metric_values(groups: pd.DataFrame, key: str) -> dict[str, float]:
-    """The per-group metrics logged with the model: `<key>.<group>.mae` and `.mape` of groups with holdout rows."""
-    return {f"{key}.{g}.{m}": float(r[m]) for g, r in groups.set_index(key).iterrows() for m in ("mae", "mape")
-            if r["holdout_rows"] > 0}
+    """The per-group metrics logged with the model: `<key>.<group>.mae`, `.mape` and `.<gate metric>` of groups
+    with holdout rows (the gate metric where these rows define it)."""
+    found = {}
+    for g, r in groups.set_index(key).iterrows():
+        if r["holdout_rows"] > 0:
+            found |= {f"{key}.{g}.mae": float(r["mae"]), f"{key}.{g}.mape": float(r["mape"])}
+            if not pd.isna(r["metric_value"]):
+                found[f"{key}.{g}.{r['metric']}"] = float(r["metric_value"])
+    return found
 
 
 def write_manifest(spark, lakehouse, pipeline, groups: pd.DataFrame, version: int, mlflow_run_id: str, run_id: str,
@@ -133,12 +149,16 @@ def write_manifest(spark, lakehouse, pipeline, groups: pd.DataFrame, version: in
     rows = groups.assign(model_name=pipeline.name, model_version=version,
                          fallback_used=~groups["own_model"], mlflow_run_id=mlflow_run_id, run_id=run_id)
     rows = rows.rename(columns={key: "group"})[["model_name", "model_version", "group", "fallback_used", "train_rows",
-                                                "holdout_rows", "mae", "mape", "mlflow_run_id", "run_id"]]
+                                                "holdout_rows", "mae", "mape", "metric", "metric_value", "mlflow_run_id",
+                                                "run_id"]]
     schema = ("model_name string, model_version int, group string, fallback_used boolean, train_rows bigint, "
-              "holdout_rows bigint, mae double, mape double, mlflow_run_id string, run_id string")
+              "holdout_rows bigint, mae double, mape double, metric string, metric_value double, mlflow_run_id string, "
+              "run_id string")
     records = [tuple(None if (isinstance(v, float) and v != v) else (v.item() if hasattr(v, "item") else v)
                      for v in r) for r in rows.itertuples(index=False, name=None)]
     df = (spark.createDataFrame(records, schema).withColumnRenamed("group", key)
           .withColumn("trained_at", F.current_timestamp()))
     table = catalog.models_table(pipeline.name, key)
-    lake.replace_where(spark, df, lakehouse, table.name, f"model_version = {version}", **table.options(owner))
+    # merge_schema: a manifest written before the metric columns existed gains them (older versions' rows: null)
+    lake.replace_where(spark, df, lakehouse, table.name, f"model_version = {version}", merge_schema=True,
+                       **table.options(owner))

@@ -343,7 +343,8 @@ def evaluate_holdout(pipeline: Pipeline, trained: Trained, data: TrainingSet, lo
     found.update({f"naive.{k}": v for k, v in naive.items()})
     groups = None
     if trained.groups is not None:
-        groups = many_models.group_metrics(trained.groups, holdout, predictions, model.group_key, label)
+        groups = many_models.group_metrics(trained.groups, holdout, predictions, model.group_key, label, task,
+                                           model.metric, model.top_k)
         found.update(many_models.group_metric_values(groups, model.group_key))
     return Evaluation(predictions, found, naive, groups)
 

@@ -72,6 +72,9 @@ def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by
     # MAE/MAPE per store and overall, logged with the run; the overall MAE weighs every holdout row.
     run = ctx.mlflow.get_run(trained["mlflow_run_id"])
     per_store = {r.store_id: r.mae for r in manifest.collect()}
+    # The gate metric per store (demand's is MAE: the same figure, by scikit-learn rather than a pandas mean).
+    assert [(r.metric, r.metric_value) for r in manifest.collect()] == [("mae", pytest.approx(per_store[f"S00{i}"]))
+                                                                        for i in range(1, 5)]
     assert run.data.metrics["mae"] == pytest.approx(sum(per_store.values()) / 4)
     assert {f"store_id.S00{i}.mae" for i in range(1, 5)} <= set(run.data.metrics)
     assert {"plots/error_by_store_id.png", "plots/feature_importance.png",
@@ -112,6 +115,21 @@ def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by
     night = lake.read(spark, lakehouse, "ops.monitoring").where("kind = 'estimated_performance'").toPandas()
     assert night[["metric", "rows"]].values.tolist() == [["mae", 4]] and night.value.iloc[0] > 0
     assert night.threshold.iloc[0] == pytest.approx(baseline["error_model"]["holdout_estimate"]["mae"])
+
+
+def test_a_manifest_written_before_the_metric_columns_gains_them_and_keeps_its_rows(spark, lakehouse):
+    pipeline = config.load_pipeline("demand")
+    old = spark.createDataFrame(
+        [("demand", 1, "S001", False, 30, 5, 1.5, 0.2, "run-a", "lf-a")],
+        "model_name string, model_version int, store_id string, fallback_used boolean, train_rows bigint, "
+        "holdout_rows bigint, mae double, mape double, mlflow_run_id string, run_id string")
+    lake.replace_where(spark, old, lakehouse, "gold.demand_models", "model_version = 1")
+    groups = pd.DataFrame({"store_id": ["S001"], "train_rows": [31], "own_model": [True], "holdout_rows": [5],
+                           "mae": [1.25], "mape": [0.1], "metric": ["mae"], "metric_value": [1.25]})
+    many_models.write_manifest(spark, lakehouse, pipeline, groups, 2, "run-b", "lf-b", "tests")
+    rows = (lake.read(spark, lakehouse, "gold.demand_models").orderBy("model_version")
+            .select("model_version", "train_rows", "mae", "metric", "metric_value").collect())
+    assert [tuple(r) for r in rows] == [(1, 30, 1.5, None, None), (2, 31, 1.25, "mae", 1.25)]
 
 
 def test_per_group_training_gives_each_task_an_even_share_of_the_rows(spark):

@@ -64,6 +64,23 @@ def test_per_group_fit_and_routing_use_each_groups_model_or_the_fallback():
                           per_group["S1"].predict(rows[["a", "b", "c"]]))
 
 
+def test_the_manifest_measures_each_group_by_the_pipelines_gate_metric_where_its_rows_define_it():
+    groups = pd.DataFrame({"region": ["N", "S", "W"], "train_rows": [40, 40, 3], "own_model": [True, True, False]})
+    holdout = pd.DataFrame({"region": ["N", "N", "N", "N", "S", "S", "E"], "y": [0, 1, 0, 1, 1, 1, 0]})
+    p = np.array([0.1, 0.8, 0.6, 0.4, 0.7, 0.9, 0.2])
+    out = many_models.group_metrics(groups, holdout, p, "region", "y", "classification", "auc")
+    # N: pairs (0.8>0.1), (0.8>0.6), (0.4>0.1), (0.4<0.6): AUC 3/4. S has one class and E one row: undefined.
+    assert out[["region", "holdout_rows", "metric"]].values.tolist() == [
+        ["E", 1, "auc"], ["N", 4, "auc"], ["S", 2, "auc"], ["W", 0, "auc"]]
+    assert out["metric_value"].tolist()[1] == 0.75
+    assert [pd.isna(v) for v in out["metric_value"]] == [True, False, True, True]
+    assert out["mae"].tolist()[1] == pytest.approx((0.1 + 0.2 + 0.6 + 0.6) / 4)
+    assert many_models.group_metric_values(out, "region") == {
+        "region.E.mae": 0.2, "region.E.mape": 0.2, "region.N.mae": pytest.approx(0.375),
+        "region.N.mape": pytest.approx(0.375), "region.N.auc": 0.75, "region.S.mae": pytest.approx(0.2),
+        "region.S.mape": pytest.approx(0.2)}
+
+
 def test_balanced_slots_take_the_largest_group_first_into_the_emptiest_slot():
     sizes = {"A": 700, "B": 500, "C": 400, "D": 300, "E": 100, None: 50}
     assert many_models.balanced_slots(sizes, 2) == {"A": 0, "B": 1, "C": 1, "D": 0, "E": 1, None: 0}  # 1050 | 1000
