@@ -112,11 +112,10 @@ def group_metrics(groups: pd.DataFrame, holdout: pd.DataFrame, predictions, key:
     actual = holdout[label].astype("float64").to_numpy()
     errors = pd.DataFrame({key: holdout[key].to_numpy(), "abs_error": abs(predictions - actual),
                            "pct_error": abs(predictions - actual) / pd.Series(actual).clip(lower=1.0).to_numpy()})
-    per = errors.groupby(key).agg(holdout_rows=("abs_error", "size"), mae=("abs_error", "mean"),
-                                  mape=("pct_error", "mean")).reset_index()
-    rows_of = errors.groupby(key).indices  # group -> positions in the holdout
-    labels = holdout[label].to_numpy()
-    per["metric"] = metric
+    by_group = errors.groupby(key)
+    per = by_group.agg(holdout_rows=("abs_error", "size"), mae=("abs_error", "mean"),
+                       mape=("pct_error", "mean")).reset_index()
+    rows_of, labels = by_group.indices, holdout[label].to_numpy()  # group -> its positions in the holdout
     per["metric_value"] = [metrics.value(metric, task, labels[rows_of[g]], predictions[rows_of[g]], top_k=top_k)
                            for g in per[key]]
     out = groups.merge(per, on=key, how="outer")
@@ -137,8 +136,8 @@ def group_metric_values(groups: pd.DataFrame, key: str) -> dict[str, float]:
     for g, r in groups.set_index(key).iterrows():
         if r["holdout_rows"] > 0:
             found |= {f"{key}.{g}.mae": float(r["mae"]), f"{key}.{g}.mape": float(r["mape"])}
-            if not pd.isna(r["metric_value"]):
-                found[f"{key}.{g}.{r['metric']}"] = float(r["metric_value"])
+            if not pd.isna(r["metric_value"]):  # a gate metric of MAE or MAPE is already there
+                found.setdefault(f"{key}.{g}.{r['metric']}", float(r["metric_value"]))
     return found
 
 

@@ -86,11 +86,10 @@ def wait_for(what: str, check, timeout_s: float, process: subprocess.Popen | Non
             value = check()
             if value:
                 return value
-        except OSError as exc:  # not listening yet
-            last_error = repr(exc)
-        except ValueError as exc:
-            # Not JSON yet: Spark's UI starts serving before all its pages are attached, so for a moment `/json/`
-            # is answered by the HTML page at `/` (seen once in CI as a JSONDecodeError at the master's start).
+        except (OSError, ValueError) as exc:
+            # OSError: not listening yet. ValueError: not JSON yet: Spark's UI adds its pages to the running server
+            # one by one, so for a moment `/json/` is answered by the HTML page at `/` (seen once in CI as a
+            # JSONDecodeError at the master's start).
             last_error = repr(exc)
         time.sleep(0.5)
     pytest.fail(f"{what} not ready after {timeout_s:.0f}s (last error: {last_error}):\n{tail(log)}")

@@ -64,6 +64,7 @@ def test_per_group_fit_and_routing_use_each_groups_model_or_the_fallback():
                           per_group["S1"].predict(rows[["a", "b", "c"]]))
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # pandas' downcasting in the outer merge of a new group
 def test_the_manifest_measures_each_group_by_the_pipelines_gate_metric_where_its_rows_define_it():
     groups = pd.DataFrame({"region": ["N", "S", "W"], "train_rows": [40, 40, 3], "own_model": [True, True, False]})
     holdout = pd.DataFrame({"region": ["N", "N", "N", "N", "S", "S", "E"], "y": [0, 1, 0, 1, 1, 1, 0]})
