@@ -29,7 +29,7 @@ from lakeforge import points as event_points
 from lakeforge.config import PREDICTION_AT, Pipeline
 from lakeforge.errors import ConfigError, DataError
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
-                                       buckets_of, import_function, prepare, schema_of)
+                                       buckets_of, call_span, import_function, prepare, schema_of)
 from lakeforge.runs import Outcome, Run
 
 AS_OF = catalog.AS_OF
@@ -218,9 +218,7 @@ def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[d
         event_time = pipeline.sources[spec.source].event_time
         lookback = spec.lookback_days
         # Read only the backfill's overall window (file skipping), then give each event every date it serves.
-        first = F.lit(dates[0] - dt.timedelta(days=lookback)).cast("timestamp")
-        in_window = (events.where(_keyed(keys) & (F.col(event_time) >= first)
-                                  & (F.col(event_time) < F.lit(dates[-1]).cast("timestamp")))
+        in_window = (_backfill_events(events, dates, pipeline)
                      .select(*_unique([*keys, event_time, *spec.columns]))
                      .join(on_dates, how="inner",
                            on=(F.col(event_time) < cutoff)
@@ -231,6 +229,15 @@ def as_of_rows(spine_history: DataFrame, events: DataFrame | None, dates: list[d
     return rows.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in input_schema(pipeline).fields])
 
 
+def _backfill_events(events: DataFrame, dates: list[dt.date], pipeline: Pipeline) -> DataFrame:
+    """The keyed events some date of the backfill (sorted `dates`) sees in its lookback window."""
+    spec = _events(pipeline)
+    event_time = F.col(pipeline.sources[spec.source].event_time)
+    first = F.lit(dates[0] - dt.timedelta(days=spec.lookback_days)).cast("timestamp")
+    return events.where(_keyed(pipeline.keys) & (event_time >= first)
+                        & (event_time < F.lit(dates[-1]).cast("timestamp")))
+
+
 def snapshot_points(spine_history: DataFrame, dates: list[dt.date], pipeline: Pipeline) -> DataFrame:
     """Each entity known before each date, with its spine columns, predicted at the date's midnight (pure)."""
     rows = as_of_rows(spine_history, None, dates, pipeline)
@@ -239,15 +246,15 @@ def snapshot_points(spine_history: DataFrame, dates: list[dt.date], pipeline: Pi
 
 
 def compute_features(spine_history: DataFrame, events: DataFrame | None, dates: list[dt.date], pipeline: Pipeline,
-                     buckets: int) -> DataFrame:
+                     buckets: int, dates_per_call: int = 1) -> DataFrame:
     """Feature rows for every known entity and date: the as-of rows through the pipeline's function (pure)."""
     rows = as_of_rows(spine_history, events, dates, pipeline)
     fn = import_function(pipeline.features.function)
     if feature_mode(pipeline) == "rowwise":
         return apply_rowwise(rows, fn, output_schema(pipeline))
-    # Grouping by date too keeps each call small in a backfill; the function sees whole (entity, date) groups.
+    # Spans of dates keep each call small in a backfill; the function sees whole (entity, date) groups.
     return apply_grouped(rows, fn, pipeline.keys, output_schema(pipeline), buckets,
-                         by=[AS_OF], order_by=input_order(pipeline))
+                         by_date=AS_OF, dates_per_call=dates_per_call, order_by=input_order(pipeline))
 
 
 def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dates: list[dt.date]) -> DataFrame:
@@ -267,7 +274,23 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dat
     spec = _events(pipeline)
     events = lake.read(spark, lakehouse, catalog.silver(spec.source)) if spec is not None else None
     buckets = buckets_of(spark)
-    return compute_features(spine_history, events, dates, pipeline, buckets)
+    return compute_features(spine_history, events, dates, pipeline, buckets,
+                            _dates_per_call(spine_history, events, as_dates(dates), pipeline, buckets))
+
+
+def _dates_per_call(spine_history: DataFrame, events: DataFrame | None, dates: list[dt.date], pipeline: Pipeline,
+                    buckets: int) -> int:
+    """How many dates a call of the feature function takes (pandas_on_spark.call_span), from an estimate of a
+    date's input rows: at most one per spine row, plus the events of its lookback window (the backfill's events,
+    spread evenly over its days). A single date needs no estimate."""
+    if len(dates) < 2 or feature_mode(pipeline) == "rowwise":
+        return 1
+    rows = spine_history.count()  # the count of a whole Delta table is read from its log, not its files
+    if events is not None:
+        lookback = _events(pipeline).lookback_days
+        days = (dates[-1] - dates[0]).days + lookback
+        rows += -(-_backfill_events(events, dates, pipeline).count() * lookback // days)
+    return call_span(rows, buckets)
 
 
 def write_features(spark: SparkSession, df: DataFrame, lakehouse: Path, pipeline: Pipeline,

@@ -288,13 +288,30 @@ def buckets_of(spark) -> int:
     return max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
 
 
+# Each call of a grouped pandas function has a fixed cost (the Arrow hand-off, the function's own set-up), so one call
+# per date made a backfill of few entities over many dates mostly that cost. A call takes as many consecutive dates
+# as keep it near this many rows; a date that alone holds more still gets calls of its own (memory stays bounded).
+ROWS_PER_CALL = 100_000
+
+
+def call_span(rows_per_date: int, buckets: int) -> int:
+    """How many consecutive dates one call of apply_grouped takes, given (an upper bound of) the rows of a date."""
+    rows_per_bucket = max(1, -(-rows_per_date // buckets))
+    return max(1, ROWS_PER_CALL // rows_per_bucket)
+
+
 def apply_grouped(df: DataFrame, fn: PandasFn, key: str | list[str], schema: StructType, buckets: int,
-                  by: list[str] | None = None, order_by: list[str] | None = None) -> DataFrame:
-    """Run `fn` on Spark so that each call gets every row of some values of (`key`, *`by`) (hash buckets of `key`)."""
+                  by_date: str | None = None, dates_per_call: int = 1,
+                  order_by: list[str] | None = None) -> DataFrame:
+    """Run `fn` on Spark so that each call gets every row of some values of `key` (a hash bucket of them) and, with
+    `by_date`, of a span of `dates_per_call` consecutive days of that date column. A call may hold several keys and
+    dates, as the pandas twin's one call holds them all."""
     keys = [key] if isinstance(key, str) else key
-    bucket = F.pmod(F.xxhash64(*[F.col(k) for k in keys]), F.lit(buckets)).alias("_bucket")
+    groups = [F.pmod(F.xxhash64(*[F.col(k) for k in keys]), F.lit(buckets)).alias("_bucket")]
+    if by_date is not None:
+        groups.append(F.floor(F.unix_date(F.col(by_date)) / dates_per_call).alias("_days"))
     run = conforming(fn, schema, inputs=df.schema, order_by=order_by)
-    return df.groupBy(bucket, *(by or [])).applyInPandas(run, schema)
+    return df.groupBy(*groups).applyInPandas(run, schema)
 
 
 def apply_grouped_pandas(pdf: pd.DataFrame, fn: PandasFn, schema: StructType, inputs: StructType | None = None,

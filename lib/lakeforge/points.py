@@ -193,7 +193,7 @@ def compute_set(pts: DataFrame, source_rows: DataFrame, pipeline: Pipeline, fs: 
     """One set's feature columns per point: its rows through its pandas function (grouped by point)."""
     rows = set_rows(pts, source_rows, pipeline, fs)
     return apply_grouped(rows, import_function(fs.function), pipeline.keys, set_output_schema(pipeline, fs),
-                         buckets, by=[AS_OF_DATE], order_by=set_order(pipeline, fs))
+                         buckets, by_date=AS_OF_DATE, order_by=set_order(pipeline, fs))
 
 
 def compute_features(pts: DataFrame, sources: dict[str, DataFrame], pipeline: Pipeline, buckets: int) -> DataFrame:
@@ -285,7 +285,7 @@ def data_labels(keys: DataFrame, label_rows: DataFrame, pipeline: Pipeline, know
     out = label_schema(pipeline)
     if label.function:
         values = apply_grouped(rows, import_function(label.function), pipeline.keys, out, buckets,
-                               by=[AS_OF_DATE], order_by=[*pipeline.keys, AS_OF_DATE])
+                               by_date=AS_OF_DATE, order_by=[*pipeline.keys, AS_OF_DATE])
         return values.where(F.col(label.name).isNotNull())
     return rows.select(*pipeline.keys, AS_OF_DATE, F.col(f"`{label.column}`").cast(out[label.name].dataType)
                        .alias(label.name)).where(F.col(label.name).isNotNull())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,42 @@ def test_an_output_that_breaks_its_schema_names_the_function_and_the_column(spar
     with pytest.raises(DataError, match=r"with_extra returned column 'note', which its output schema does not "
                                         r"declare: add it to features.columns .*\(e.g. `note: string`\)"):
         apply_grouped_pandas(rows.toPandas(), with_extra, schema)
+
+
+def test_a_call_takes_every_row_of_its_entity_dates_and_the_dates_of_one_span(spark):
+    days = [dt.date(2026, 8, 1) + dt.timedelta(days=i) for i in range(10)]
+    rows = spark.createDataFrame([(k, d, 1.0) for k in "abc" for d in days for _ in range(2)],
+                                 f"customer_id string, {features.AS_OF} date, amount double")
+    schema = schema_of([("customer_id", "string"), (features.AS_OF, "date"), ("rows", "bigint"),
+                        ("dates_in_call", "bigint"), ("keys_in_call", "bigint")])
+
+    def sizes(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.groupby(["customer_id", features.AS_OF], as_index=False).size().rename(columns={"size": "rows"})
+        return out.assign(dates_in_call=frame[features.AS_OF].nunique(), keys_in_call=frame["customer_id"].nunique())
+
+    def calls(span: int) -> list[tuple]:
+        grouped = apply_grouped(rows, sizes, "customer_id", schema, 1, by_date=features.AS_OF, dates_per_call=span)
+        return sorted(map(tuple, grouped.collect()))
+
+    # Spans are of calendar days (days since 1970 // span), so a span may hold fewer of the dates than its length.
+    span_of = Counter((d - dt.date(1970, 1, 1)).days // 4 for d in days)
+    assert sorted(span_of.values()) == [2, 4, 4], "the dates must fill a whole span, or this test proves nothing"
+    assert calls(1) == [(k, d, 2, 1, 3) for k in "abc" for d in days]
+    assert calls(4) == [(k, d, 2, span_of[(d - dt.date(1970, 1, 1)).days // 4], 3) for k in "abc" for d in days]
+
+
+def test_a_backfill_sizes_its_calls_by_the_spine_and_the_events_its_window_sees(spark, churn):
+    d1, d2 = dt.date(2026, 8, 10), dt.date(2026, 8, 20)
+    first = dt.datetime.combine(d1 - dt.timedelta(days=180), dt.time())  # churn looks 180 days back
+    spine = spark.createDataFrame([("a",), ("b",), ("c",)], "customer_id string")
+    inside = [("a", first + dt.timedelta(hours=5 * i)) for i in range(40)]
+    outside = [("a", first - dt.timedelta(seconds=1)), ("b", dt.datetime(2026, 8, 20)), (None, dt.datetime(2026, 8, 1))]
+    events = spark.createDataFrame(inside + outside, "customer_id string, order_ts timestamp")
+
+    # 3 spine rows + 40 events x 180 days of lookback / 190 days of window = 3 + 38 (37.9 rounded up) rows a date,
+    # 21 a bucket: 100,000 // 21 dates a call.
+    assert features._dates_per_call(spine, events, [d1, d2], churn, 2) == 4_761
+    assert features._dates_per_call(spine, events, [d2], churn, 2) == 1
 
 
 def test_a_rowwise_function_gives_the_same_rows_on_pandas_and_spark(spark):
