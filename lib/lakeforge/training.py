@@ -250,8 +250,12 @@ def split(labelled_df, pipeline: Pipeline, holdout_dates: list[dt.date]) -> Trai
     # Spark returns joined rows in no fixed order, and LightGBM's bagging depends on row order:
     # sorting makes the same data, config and seed give the same model and metrics.
     order = [catalog.AS_OF, *pipeline.keys]
-    holdout = _sorted(labelled_df.where(~is_train).toPandas(), order)
-    train_rows = None if pipeline.model.distributed else _sorted(labelled_df.where(is_train).toPandas(), order)
+    if pipeline.model.distributed:  # the training rows stay on the executors
+        holdout, train_rows = _sorted(labelled_df.where(~is_train).toPandas(), order), None
+    else:  # one collect: the labelled rows are computed once, not once per side
+        rows = labelled_df.toPandas()
+        in_holdout = rows[catalog.AS_OF].isin(holdout_dates)
+        holdout, train_rows = _sorted(rows[in_holdout], order), _sorted(rows[~in_holdout], order)
     spec = None if train_rows is None else estimator_spec(pipeline, train_rows, columns, label)
     types = pipeline.feature_table_columns()
     categorical = {c for c in columns if types[c] in ("string", "boolean")}
