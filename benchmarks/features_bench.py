@@ -136,8 +136,9 @@ def run_spark(data: Path, driver_memory: str) -> dict:
 
     def build():
         started = time.perf_counter()
-        out = features.compute_features(read("customers", "customers"), read("orders", "orders"), dates, pipeline,
-                                        buckets=2 * cores)
+        spine, orders, buckets = read("customers", "customers"), read("orders", "orders"), 2 * cores
+        out = features.compute_features(spine, orders, dates, pipeline, buckets,  # as build_features calls it
+                                        features.estimate_dates_per_call(spine, orders, dates, pipeline, buckets))
         row = out.agg(F.count("*").alias("rows"), F.sum("orders_180d").alias("orders_180d"),
                       F.sum("spend_90d").alias("spend_90d")).first()
         return time.perf_counter() - started, row

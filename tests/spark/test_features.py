@@ -259,8 +259,8 @@ def test_a_backfill_sizes_its_calls_by_the_spine_and_the_events_its_window_sees(
 
     # 3 spine rows + 40 events x 180 days of lookback / 190 days of window = 3 + 38 (37.9 rounded up) rows a date,
     # 21 a bucket: 100,000 // 21 dates a call.
-    assert features._dates_per_call(spine, events, [d1, d2], churn, 2) == 4_761
-    assert features._dates_per_call(spine, events, [d2], churn, 2) == 1
+    assert features.estimate_dates_per_call(spine, events, [d1, d2], churn, 2) == 4_761
+    assert features.estimate_dates_per_call(spine, events, [d2], churn, 2) == 1
 
 
 def test_a_rowwise_function_gives_the_same_rows_on_pandas_and_spark(spark):
