@@ -275,7 +275,7 @@ def build_features(spark: SparkSession, lakehouse: Path, pipeline: Pipeline, dat
     events = lake.read(spark, lakehouse, catalog.silver(spec.source)) if spec is not None else None
     buckets = buckets_of(spark)
     return compute_features(spine_history, events, dates, pipeline, buckets,
-                            estimate_dates_per_call(spine_history, events, as_dates(dates), pipeline, buckets))
+                            estimate_dates_per_call(spine_history, events, dates, pipeline, buckets))
 
 
 def estimate_dates_per_call(spine_history: DataFrame, events: DataFrame | None, dates: list[dt.date],
@@ -283,6 +283,7 @@ def estimate_dates_per_call(spine_history: DataFrame, events: DataFrame | None, 
     """How many dates a call of the feature function takes (pandas_on_spark.call_span), from an estimate of a
     date's input rows: at most one per spine row, plus the events of its lookback window (the backfill's events,
     spread evenly over its days). A single date needs no estimate."""
+    dates = as_dates(dates)
     if len(dates) < 2 or feature_mode(pipeline) == "rowwise":
         return 1
     rows = spine_history.count()  # the count of a whole Delta table is read from its log, not its files
