@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -85,19 +85,29 @@ def export_text() -> str:
     return json.dumps(export(), indent=2) + "\n"
 
 
+@dataclass
+class Tonight:
+    """What the pipelines run so far tonight in this process did that the next must not do again."""
+
+    ingested: set[str] = field(default_factory=set)  # sources
+    maintained: set[str] = field(default_factory=set)  # tables (a source's, and the ops tables every ingest writes)
+
+
 def run_nightly(ctx, first: dt.date | None = None, last: dt.date | None = None,
-                done: dict[str, list[dict]] | None = None, ingested: set[str] | None = None) -> dict:
+                done: dict[str, list[dict]] | None = None, tonight: Tonight | None = None) -> dict:
     """Run NIGHTLY for the dates first..last (default: the next night to score): the steps that are not per
     date once, then the others date by date in order, so each date is its own rerunnable run in ops.runs and a
     retrain changes the champion for the dates after it. Returns each step's summary (a backfill's summed).
 
-    `done` (each step's summaries, filled as they finish) tells a caller how far a failed night got; `ingested`
-    names the sources an earlier pipeline loaded tonight in this process: ingest skips them and adds its own."""
+    `done` (each step's summaries, filled as they finish) tells a caller how far a failed night got; `tonight`
+    names the sources and tables earlier pipelines ingested and maintained tonight in this process: ingest and
+    maintain skip them and add their own."""
     from lakeforge import stages
     from lakeforge.errors import DataError
 
     done = _no_steps_done() if done is None else done
-    run = _RUN if ingested is None else {**_RUN, "ingest": partial(_ingest_new_sources, ingested=ingested)}
+    run = _RUN if tonight is None else {**_RUN, "ingest": partial(_ingest_new_sources, ingested=tonight.ingested),
+                                        "maintain": partial(_maintain_new_tables, maintained=tonight.maintained)}
     dates: list[dt.date] = []
     for step in ONCE:
         if step.when is not None and not _CONDITIONS[step.name](ctx):
@@ -129,12 +139,13 @@ def run_every_pipeline(names: list[str], context_of: Callable[[str], object], fi
                        last: dt.date | None = None) -> Iterator[Outcome]:
     """run_nightly for each pipeline in turn (`context_of(name)` loads it; the contexts share one Spark session),
     yielding each one's outcome as it ends. A pipeline that fails (its configuration, a step) does not stop the
-    next; a stop signal does. A source several pipelines name is ingested by the first of them only."""
-    ingested: set[str] = set()
+    next; a stop signal does. A source several pipelines name is ingested (and maintained) by the first of them
+    only."""
+    tonight = Tonight()
     for name in names:
         done = _no_steps_done()
         try:
-            summary = run_nightly(context_of(name), first, last, done, ingested)
+            summary = run_nightly(context_of(name), first, last, done, tonight)
         except Exception as exc:  # the pipeline's failure, reported with the others'; Interrupted is no Exception
             yield Outcome(name, _steps_done(done), error=exc)
         else:
@@ -167,6 +178,16 @@ def _ingest_new_sources(ctx, _when, _done, ingested: set[str]) -> dict:
                                        spark_factory=lambda _: ctx.spark)
     summary = stages.ingest(only_new)
     ingested.update(new)
+    return summary
+
+
+def _maintain_new_tables(ctx, _when, _done, maintained: set[str]) -> dict:
+    """The maintain step for the pipeline's tables that no earlier pipeline maintained tonight; recorded even
+    when that leaves none, so the pipeline's maintenance.every_days count from tonight."""
+    from lakeforge import ingest, stages
+
+    summary = stages.maintain(ctx, skip=set(maintained))
+    maintained.update(ingest.ingest_tables(ctx.pipeline.sources))
     return summary
 
 

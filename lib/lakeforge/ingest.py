@@ -32,6 +32,7 @@ import re
 import stat
 import threading
 import zlib
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import reduce
@@ -810,12 +811,16 @@ def ingest_tables(sources: dict[str, Source]) -> list[str]:
 
 
 def maintain(spark: SparkSession, lakehouse: Path, sources: dict[str, Source], target_file_mb: int,
-             retention_hours: float, log=print) -> dict[str, dict[str, int]]:
+             retention_hours: float, log=print, skip: Collection[str] = ()) -> dict[str, dict[str, int]]:
     """Compact the small files of every table ingest writes for these sources, then VACUUM it; per table, its data
-    files before and after and how many unreferenced files VACUUM deleted. Run under the ingest lock: OPTIMIZE
-    rewrites files a concurrent MERGE may be rewriting too."""
+    files before and after and how many unreferenced files VACUUM deleted. Tables in `skip` (maintained earlier in
+    this process: a source or ops table another pipeline shares) are left alone. Run under the ingest lock:
+    OPTIMIZE rewrites files a concurrent MERGE may be rewriting too."""
     done = {}
     for table in ingest_tables(sources):
+        if table in skip:
+            log(f"{table}: maintained tonight already (a pipeline before this one shares it)")
+            continue
         if not lake.exists(lakehouse, table):
             continue
         before = lake.data_files(spark, lakehouse, table)
@@ -884,10 +889,10 @@ def ingest_sources(spark: SparkSession, sources: dict[str, Source], landing: Pat
 
 
 def maintain_sources(spark: SparkSession, lakehouse: Path, sources: dict[str, Source], target_file_mb: int,
-                     retention_hours: float, log=print) -> Outcome:
-    """The maintain stage's work: compact and VACUUM the tables ingest writes (`maintain`), per table and count
-    for ops.runs, the totals as the summary."""
-    tables = maintain(spark, lakehouse, sources, target_file_mb, retention_hours, log=log)
+                     retention_hours: float, log=print, skip: Collection[str] = ()) -> Outcome:
+    """The maintain stage's work: compact and VACUUM the tables ingest writes (`maintain`, but not those in
+    `skip`), per table and count for ops.runs, the totals as the summary."""
+    tables = maintain(spark, lakehouse, sources, target_file_mb, retention_hours, log=log, skip=skip)
     counts, totals = maintenance_summary(tables)
     return Outcome({"stage": "maintain", **totals}, rows=counts, outputs=list(tables))
 

@@ -8,6 +8,7 @@ the rules live in those modules, not here. The CLI, jobs/*.py and lakeforge.flow
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -81,13 +82,14 @@ def ingest(ctx: Context) -> dict:
             ctx.spark, ctx.pipeline.sources, ctx.settings.paths.landing, ctx.lakehouse, ctx.settings.owner, run))
 
 
-def maintain(ctx: Context) -> dict:
-    """Compact small files and VACUUM the tables ingest writes (maintenance settings), recorded in ops.runs."""
+def maintain(ctx: Context, skip: Collection[str] = ()) -> dict:
+    """Compact small files and VACUUM the tables ingest writes (maintenance settings) but those in `skip`, recorded
+    in ops.runs."""
     with ctx.recorded("maintain") as run:
         every = ctx.settings.maintenance
         return run.record(ctx.spark, ctx.lakehouse, ingestion.maintain_sources(
             ctx.spark, ctx.lakehouse, ctx.pipeline.sources, every.target_file_mb, every.vacuum_retention_hours,
-            log=run.log))
+            log=run.log, skip=skip))
 
 
 def maintenance_due(ctx: Context) -> bool:

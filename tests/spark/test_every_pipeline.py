@@ -1,6 +1,6 @@
 """`run nightly` without --pipeline on a user's own project of two pipelines over one source
-(tests/fixtures/parcels.py): both run in the same session, the shared source is ingested once, and a pipeline
-whose feature function raises fails alone, named in the summary and the exit code."""
+(tests/fixtures/parcels.py): both run in the same session, the shared source is ingested and maintained once, and
+a pipeline whose feature function raises fails alone, named in the summary and the exit code."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def test_every_pipeline_runs_in_turn_and_a_failing_one_stops_no_other(spark, con
                                                                       capsys):
     monkeypatch.setenv("LAKEFORGE_CONF_DIR", str(conf))
     settings = settings_at(tmp_path / "landing", tmp_path / "lakehouse", tmp_path, tmp_path / "reports")
+    settings = settings.model_copy(update={"maintenance": settings.maintenance.model_copy(update={"every_days": 1})})
     landing = settings.paths.landing / "parcels"
     parcels.generate(landing, DAYS, START)
     lake.forget_tables(spark)
@@ -56,15 +57,21 @@ def test_every_pipeline_runs_in_turn_and_a_failing_one_stops_no_other(spark, con
     out, err = (re.sub(r", /\S*/parcels\.py, line", ", <parcels.py>, line", text) for text in capsys.readouterr())
     assert out.split("nightly: ")[-1].splitlines() == [
         "1 of 2 pipelines done, 1 failed (rerun one: lakeforge run nightly --pipeline NAME)",
-        f"  a_broken  failed  steps done: ingest; a_broken: {failure}",
-        "  b_late    done    steps done: ingest, features, score, monitor"]
+        f"  a_broken  failed  steps done: ingest, maintain; a_broken: {failure}",
+        "  b_late    done    steps done: ingest, maintain, features, score, monitor"]
     assert f"lakeforge run: pipeline a_broken: {failure}" in err.splitlines()
     tonight = (runs.read_runs(spark, settings.paths.lakehouse).where(~F.col("run_id").isin(*before))
-               .orderBy("started_at").select("pipeline", "job", "status").collect())
-    # b_late ingests nothing: a_broken loaded the night's file of their one source.
-    assert [tuple(r) for r in tonight] == [
-        ("a_broken", "ingest", "succeeded"), ("a_broken", "features", "failed"),
-        ("b_late", "features", "succeeded"), ("b_late", "score", "succeeded"), ("b_late", "monitor", "succeeded")]
+               .orderBy("started_at").select("pipeline", "job", "status", "outputs").collect())
+    # b_late ingests nothing: a_broken loaded the night's file of their one source. Its maintenance is due too,
+    # and finds every table it would compact (the source's and the ops tables ingest writes) maintained: it is
+    # recorded (its maintenance.every_days count from tonight) and writes nothing.
+    assert [tuple(r[:3]) for r in tonight] == [
+        ("a_broken", "ingest", "succeeded"), ("a_broken", "maintain", "succeeded"), ("a_broken", "features", "failed"),
+        ("b_late", "maintain", "succeeded"), ("b_late", "features", "succeeded"), ("b_late", "score", "succeeded"),
+        ("b_late", "monitor", "succeeded")]
+    maintained = {r["pipeline"]: sorted(r["outputs"]) for r in tonight if r["job"] == "maintain"}
+    assert maintained == {"a_broken": ["bronze.parcels", "ops.ingested_files", "ops.quality", "silver.parcels"],
+                          "b_late": []}
     files = lake.read(spark, settings.paths.lakehouse, "ops.ingested_files").where(
         F.col("file").endswith(f"parcels_{night}.csv")).count()
     assert files == 1

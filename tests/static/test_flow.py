@@ -47,12 +47,13 @@ def executed(monkeypatch) -> Calls:
     monkeypatch.setattr(stages, "_default_score_date", lambda ctx: NIGHT)
 
     def record(step: str, result):
-        def stage(ctx, when=None, *rest):
+        def stage(ctx, when=None, *rest, skip=None):
             day = when[0] if isinstance(when, list) else when
             calls.append((step, day.isoformat() if day else None))
             pipeline = getattr(ctx, "pipeline", None)
-            if pipeline is not None:
-                calls.by_pipeline.append((pipeline.name, step, *([list(pipeline.sources)] if step == "ingest" else [])))
+            if pipeline is not None:  # what ingest loads; what maintain leaves to an earlier pipeline of the night
+                calls.by_pipeline.append((pipeline.name, step, *([list(pipeline.sources)] if step == "ingest" else []),
+                                          *([sorted(skip)] if skip is not None else [])))
             return result(day) if callable(result) else result
         return stage
 
@@ -67,6 +68,12 @@ def executed(monkeypatch) -> Calls:
         "date": d.isoformat(), "drifted": [], "retrain": calls.fires, "reason": "psi over 0.2 for 3 days"}))
     monkeypatch.setattr(stages, "retrain", record("retrain", lambda d: {"date": d.isoformat()}))
     return calls
+
+
+def ingest_tables(*sources: str) -> list[str]:
+    """What ingest writes for these sources (bronze, silver), and its ops tables, sorted."""
+    return sorted([f"{layer}.{s}" for s in sources for layer in ("bronze", "silver")]
+                  + ["ops.ingested_files", "ops.quality", "ops.quarantine"])
 
 
 def steps_of(calls) -> list[str]:
@@ -128,11 +135,16 @@ def test_the_flow_run_nightly_cron_compose_and_the_dag_list_the_same_steps_in_th
     for dag in airflow_dags.values():
         assert [task["task_id"] for task in dag["tasks"]] == declared
         assert dag["schedule"] == flow.SCHEDULE
-    # Every pipeline in turn, sorted by name; a source is ingested by the first pipeline that names it only.
+    # Every pipeline in turn, sorted by name; a source is ingested and maintained by the first pipeline that names
+    # it only (maintain is told the tables the pipelines before it maintained).
     assert cron == compose == [
-        ("churn", "ingest", ["stores", "customers", "orders"]), *[("churn", step) for step in declared[1:]],
-        ("delivery_time", "ingest", ["deliveries", "staffing"]), *[("delivery_time", step) for step in declared[1:]],
-        *[("demand", step) for step in declared[1:]]]
+        ("churn", "ingest", ["stores", "customers", "orders"]), ("churn", "maintain", []),
+        *[("churn", step) for step in declared[2:]],
+        ("delivery_time", "ingest", ["deliveries", "staffing"]),
+        ("delivery_time", "maintain", ingest_tables("stores", "customers", "orders")),
+        *[("delivery_time", step) for step in declared[2:]],
+        ("demand", "maintain", ingest_tables("stores", "customers", "orders", "deliveries", "staffing")),
+        *[("demand", step) for step in declared[2:]]]
     minute, hour = flow.SCHEDULE.split()[:2]
     assert at == compose_at == f"{int(hour):02d}:{int(minute):02d}"
 
@@ -208,11 +220,13 @@ def test_a_pipeline_that_fails_does_not_stop_the_others_and_the_summary_names_it
     monkeypatch.setattr(stages, "score", score)
     assert cli.main(["run", "nightly", "--env", "test", "--date", NIGHT.isoformat()]) == 1
     assert executed.by_pipeline == [
-        ("churn", "ingest", ["stores", "customers", "orders"]), ("churn", "maintain"),
-        ("delivery_time", "ingest", ["deliveries", "staffing"]), ("delivery_time", "maintain"),
+        ("churn", "ingest", ["stores", "customers", "orders"]), ("churn", "maintain", []),
+        ("delivery_time", "ingest", ["deliveries", "staffing"]),
+        ("delivery_time", "maintain", ingest_tables("stores", "customers", "orders")),
         ("delivery_time", "features"), ("delivery_time", "score"), ("delivery_time", "monitor"),
         ("delivery_time", "retrain"),
-        ("demand", "maintain"), ("demand", "features")]
+        ("demand", "maintain", ingest_tables("stores", "customers", "orders", "deliveries", "staffing")),
+        ("demand", "features")]
     out, err = capsys.readouterr()
     spark_failure = (f"failed: RuntimeError: Python worker exited unexpectedly (raised in features, {__file__}, line "
                      f"{features.__code__.co_firstlineno + 2}) (rerun with --debug for the traceback; the run is "
