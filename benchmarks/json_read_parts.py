@@ -7,14 +7,13 @@ megabytes, then times each expression over the same files into Spark's no-op sin
 times, and reports the median seconds and MB/s of each:
 - text: the lines only (`spark.read.text`), the floor of every JSON path here;
 - spark_json_reader: Spark's own JSON reader with the declared schema (no raw line, no checks);
-- from_json: the lines parsed by `from_json` with the declared schema, as read_batch parses them;
-- object_keys: the second parse read_batch makes of every line, `json_object_keys`, which finds keys the
-  schema does not know (new columns);
-- string_gate / instr_gate: two ways tried to skip that second parse on the usual line: count the `":` pairs
-  left once every declared `"name":` is taken out with `replace` (string_gate), or compare a `":` count with the
-  declared names found by `instr` (instr_gate), each with the tests for the spellings the count cannot see
-  (`\\"`, `'`, white space after a quote). A gate pays only if it costs less than object_keys;
-- read_batch_without_new_keys and read_batch: the whole JSON read, without and with the new-key column.
+- from_json: the lines parsed by `from_json` with the declared schema (Spark's expression);
+- object_keys: `json_object_keys`, the second parse of every line on ingest's all-Spark path, which finds keys
+  the schema does not know (new columns);
+- one_pass: lakeforge's JSON line parser (`lib/lakeforge/jvm`, from_json's own parser with its tokens watched):
+  the typed record, the undeclared keys and the text after the object from one parse;
+- read_batch_two_parses and read_batch: the whole JSON read of ingest (`ingest.read_batch`) on its all-Spark path
+  (from_json, then json_object_keys) and with the one-pass parser; the rows must be the same both ways.
 
 The figures go to benchmarks/results/json_read_parts.json (date, machine, load before and after). Not part of
 the test suite.
@@ -29,39 +28,14 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import reduce
 from pathlib import Path
+from unittest import mock
 
 import record  # benchmarks/record.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
 ORDER_BYTES_PER_CUSTOMER = 1310  # order-file bytes per demo customer over 180 days (280,000 customers: 351 MB)
-
-
-def _removed(text, tokens):
-    from pyspark.sql import functions as F
-
-    return reduce(lambda t, token: F.replace(t, F.lit(token), F.lit("")), tokens, text)
-
-
-ODD = ['\\"', "'", '" ', '"\t', '"\r']  # spellings a `":` count does not see
-
-
-def string_gate(value, columns):
-    from pyspark.sql import functions as F
-
-    stripped = _removed(value, [f'"{n}":' for n in columns])
-    left = F.octet_length(stripped) > F.octet_length(F.replace(stripped, F.lit('":'), F.lit("")))
-    return (F.octet_length(value) > F.octet_length(_removed(value, ODD))) | left
-
-
-def instr_gate(value, columns):
-    from pyspark.sql import functions as F
-
-    pairs = (F.octet_length(value) - F.octet_length(F.replace(value, F.lit('":'), F.lit("")))) / 2
-    known = reduce(lambda a, b: a + b, [F.when(F.instr(value, f'"{n}":') > 0, 1).otherwise(0) for n in columns])
-    return reduce(lambda a, b: a | b, [F.instr(value, s) > 0 for s in ODD]) | (pairs > known)
 
 
 def main() -> None:
@@ -97,17 +71,30 @@ def main() -> None:
         def text():
             return spark.read.text(paths)
 
+        parser = ingest._json_lines(spark)
+        if parser is None:
+            sys.exit("lakeforge's JVM jar is not in the session: run `lakeforge setup-jars` (make setup) first")
+        schema = ingest._ddl(columns) + f", `{ingest.CORRUPT}` string"
+
+        def two_parses():
+            with mock.patch.object(ingest, "_json_lines", lambda _spark: None):
+                return ingest.read_batch(spark, files, source, columns)
+
         parts = {
             "text": text,
             "spark_json_reader": lambda: spark.read.schema(ingest._ddl(columns)).json(paths),
             "from_json": lambda: text().select(F.from_json(value, ingest._ddl(columns)).alias("r")).select("r.*"),
             "object_keys": lambda: text().select(F.json_object_keys(value).alias("keys")),
-            "string_gate": lambda: text().select(string_gate(value, columns).alias("gate")),
-            "instr_gate": lambda: text().select(instr_gate(value, columns).alias("gate")),
-            "read_batch_without_new_keys": lambda: ingest.read_batch(spark, files, source, columns).drop(
-                ingest.NEW_KEYS),
+            "one_pass": lambda: ingest._parse_once(spark, parser, text(), schema, {}, list(columns),
+                                                   ingest.JSON_MAX_STRING).select("record.*", "other_keys", "trailing"),
+            "read_batch_two_parses": two_parses,
             "read_batch": lambda: ingest.read_batch(spark, files, source, columns),
         }
+        one, two = parts["read_batch"](), two_parses()
+        differ = one.exceptAll(two).count() + two.exceptAll(one).count()
+        if differ:
+            sys.exit(f"read_batch's two paths differ by {differ} rows")
+        rows = one.count()
         parts["text"]().write.format("noop").mode("overwrite").save()  # warm-up: JIT, file listing
         seconds = {name: [] for name in parts}
         for r in range(args.rounds):
@@ -125,9 +112,9 @@ def main() -> None:
         "median_s": {name: round(s, 2) for name, s in medians.items()},
         "mb_s": {name: round(mb / s, 1) for name, s in medians.items()},
         "over_text_s": {name: round(s - medians["text"], 2) for name, s in medians.items() if name != "text"},
-        "new_keys_share_of_read_batch": round(1 - medians["read_batch_without_new_keys"] / medians["read_batch"], 3),
-        "string_gate_over_object_keys": round(medians["string_gate"] / medians["object_keys"], 3),
-        "instr_gate_over_object_keys": round(medians["instr_gate"] / medians["object_keys"], 3),
+        "rows": rows, "same_rows_both_ways": True,
+        "read_batch_over_two_parses": round(medians["read_batch"] / medians["read_batch_two_parses"], 3),
+        "one_pass_over_from_json": round(medians["one_pass"] / medians["from_json"], 3),
     })
 
 

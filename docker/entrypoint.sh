@@ -32,9 +32,10 @@ run() {
     exec "$@"
 }
 
-# The Delta jars for spark-submit: the cached ones (`lakeforge setup-jars`, baked into the image),
-# or Maven coordinates with LAKEFORGE_DELTA_FROM=packages on a cluster that reaches Maven Central.
-# Either way lakeforge's session sees delta-spark already supplied and adds nothing itself.
+# The Delta jars for spark-submit: the cached ones (`lakeforge setup-jars`, baked into the image, with
+# lakeforge's own JVM jar it builds), or Maven coordinates with LAKEFORGE_DELTA_FROM=packages on a cluster
+# that reaches Maven Central (ingest then parses JSON lines on its all-Spark path). Either way lakeforge's
+# session sees delta-spark already supplied and adds nothing itself.
 delta_args() {
     local value
     case "${LAKEFORGE_DELTA_FROM:-cache}" in
@@ -47,7 +48,7 @@ import sys
 from lakeforge import jars
 from lakeforge.errors import EnvironmentProblem
 try:
-    print(",".join(str(jar) for jar in jars.cached_jars()))
+    print(",".join(str(jar) for jar in jars.session_jars()))
 except EnvironmentProblem as exc:
     sys.exit(f"entrypoint: {exc}")')
                delta=(--jars "$value") ;;

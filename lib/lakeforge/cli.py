@@ -100,9 +100,10 @@ DETAILS = {
               "example: lakeforge access sync --env compose",
     "setup-jars": "Resolves io.delta:delta-spark and its dependencies, and the PostgreSQL JDBC driver (the shared\n"
                   "catalog's metastore), with spark-submit --packages (Ivy) into\n"
-                  "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Then builds\n"
-                  "a JVM class archive next to the jars (a small Delta job run once), which every session\n"
-                  "lakeforge starts maps: each command starts sooner.",
+                  "lakeforge's jar cache, once; later runs, tests and spark-submit use the cache. Compiles\n"
+                  "lakeforge's own JVM code (ingest's one-pass JSON line parser) with the JDK's javac against\n"
+                  "the installed Spark. Then builds a JVM class archive next to the jars (a small Delta job run\n"
+                  "once), which every session lakeforge starts maps: each command starts sooner.",
 }
 
 
@@ -253,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
         driver = jars.fetch_jars(force=args.force, package=jars.POSTGRES_JDBC_PACKAGE)
         print(f"PostgreSQL JDBC driver ready (the shared catalog's metastore): {len(driver)} jar(s) for "
               f"{jars.POSTGRES_JDBC_PACKAGE} in {jars.cache_dir(jars.POSTGRES_JDBC_PACKAGE)}")
+        try:
+            own, built = jars.build_jvm_jar(force=args.force)
+            print(f"lakeforge's JVM jar (one-pass JSON line parser) {'built' if built else 'ready'}: {own}")
+        except LakeforgeError as exc:
+            print(f"lakeforge setup-jars: warning: {exc}", file=sys.stderr)
         if args.class_archive:
             started = time.monotonic()
             try:

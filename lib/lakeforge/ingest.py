@@ -53,6 +53,7 @@ QUARANTINE = catalog.QUARANTINE
 AUDIT_COLUMNS = ["_ingested_at", "_source_file", "_batch_id"]
 EXTENSIONS = {"csv": (".csv",), "json": (".json", ".jsonl", ".ndjson"), "parquet": (".parquet",)}
 CORRUPT = "_lf_corrupt"
+RECORD = "record"  # the struct a JSON line parses to
 JSON_MAX_STRING = 20_000_000  # Spark's JSON parser (Jackson 2.15+): the longest string value, in characters
 LEDGER_SCHEMA = ("source string, file string, batch_id string, status string, ingested_at timestamp, bytes bigint, "
                  "modified_at timestamp, content_sha256 string, duplicate_of string, error string, rows_read bigint, "
@@ -358,36 +359,62 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
     # at all: it is quarantined for its size.
     size = F.octet_length(value)
     too_large = size > max_record_bytes(source)
-    record = F.col("_lf_record")
-    parsed = lines.select(value, FILE, F.from_json(F.when(~too_large, value),
-                                                   _ddl(columns) + f", `{CORRUPT}` string", options)
-                          .alias("_lf_record"))
+    record = F.col(RECORD)
+    schema = _ddl(columns) + f", `{CORRUPT}` string"
+    parser = _json_lines(spark)
+    if parser is not None:  # one pass: the record, the keys not spelled as declared, text after the object
+        parsed = _parse_once(spark, parser, lines, schema, options, list(columns), max_record_bytes(source))
+        other = F.col("other_keys")
+        more_text = F.col("trailing")
+    else:  # Spark's expressions: from_json, then json_object_keys, a second parse of every line
+        parsed = lines.select(value, FILE, F.from_json(F.when(~too_large, value), schema, options).alias(RECORD))
+        other = F.array_except(F.json_object_keys(F.when(~too_large, value)), F.array(*[F.lit(n) for n in columns]))
+        # Spark stops at the end of the first JSON value and ignores the rest of the line; as the first item of an
+        # array, anything after it (a second object, garbage) makes the array invalid. That second parse costs as
+        # much as the first, so only lines where a `}` is followed by more text take it.
+        more_text = (value.rlike(r"\}\s*\S")
+                     & (F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) != 2))
     corrupt = record[CORRUPT].isNotNull()
     # A record with a value of the wrong type: the key is there (not JSON null) but the typed field is null.
     mismatched = F.concat_ws(", ", *[
         F.when(record[name].isNull() & F.get_json_object(value, f"$['{name}']").isNotNull(),
                F.lit(f"{name} (expected {kind})"))
         for name, kind in columns.items() if kind != "string" and "'" not in name])
-    # Spark stops at the end of the first JSON value and ignores the rest of the line; as the
-    # first item of an array, anything after it (a second object, garbage) makes the array invalid.
-    # That second parse costs as much as the first, so only lines where a `}` is followed by more text
-    # (a necessary condition for text after the object) take it: a flat record's only `}` ends the line.
-    one_value = (~value.rlike(r"\}\s*\S")
-                 | (F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) == 2))
     malformed = (F.when(too_large, F.concat(F.lit("record too large: "), size.cast("string"), F.lit(" bytes")))
                  .when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
                  .when(~value.rlike(r"^\s*\{"), F.lit("malformed JSON line: not a JSON object"))
                  .when(corrupt & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
-                 .when(~one_value, F.lit("malformed JSON line: more text after the JSON object")))
+                 .when(more_text, F.lit("malformed JSON line: more text after the JSON object")))
     known = [name.lower() for name in columns]
-    # Keys spelled as declared are taken out by array_except (compiled); only the rare line with another key
-    # takes the case-insensitive test, a lambda Spark interprets row by row.
-    other = F.array_except(F.json_object_keys(F.when(~too_large, value)), F.array(*[F.lit(n) for n in columns]))
+    # Keys spelled as declared are already out; only the rare line with another key takes the case-insensitive
+    # test, a lambda Spark interprets row by row.
     unknown = F.filter(other, lambda key: ~F.lower(key).isin(known))
     new_keys = F.when(F.size(other) > 0, F.when(F.size(unknown) > 0, unknown))  # null on the usual line: less to cache
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
+
+
+def _json_lines(spark: SparkSession):
+    """lakeforge's one-pass JSON line parser (lib/lakeforge/jvm, built by `lakeforge setup-jars`) in the session's
+    JVM, or None: not built, or a spark-submit that did not pass its jar (`jars.session_jars`)."""
+    from py4j.java_gateway import JavaClass
+
+    found = spark.sparkContext._jvm.lakeforge.JsonLines
+    return found if isinstance(found, JavaClass) else None
+
+
+def _parse_once(spark: SparkSession, parser, lines: DataFrame, schema: str, options: dict[str, str],
+                declared: list[str], max_bytes: int) -> DataFrame:
+    """`lines` with `record` (from_json of `value` with `schema`, by from_json's own parser), `other_keys` (the
+    top-level keys of a line that parses not spelled as `declared`, null when none) and `trailing` (more than white
+    space after the object), from one parse of each line; lines over `max_bytes` are not parsed (nulls)."""
+    from pyspark.sql.types import StructType
+
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    found = parser.parse(lines._jdf, "value", StructType.fromDDL(schema).json(), options, zone, CORRUPT, declared,
+                         max_bytes)
+    return DataFrame(found, spark)
 
 
 def _read_csv(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:

@@ -10,6 +10,11 @@ workload runs once with `-XX:ArchiveClassesAtExit`, and every session lakeforge 
 the archive instead of loading Spark's classes one by one (see `spark.with_class_archive`). The
 archive is named after this Java, PySpark installation and jar set, so a change of any of them is
 never served a stale one (archives of other checkouts' venvs stay: delete `classes-*.jsa` to reclaim them).
+
+`setup-jars` also compiles lakeforge's own JVM code (`lib/lakeforge/jvm`: ingest's one-pass JSON line parser)
+with the JDK's `javac` against the installed Spark, into a jar named after its sources and that Spark. Sessions
+lakeforge starts add it next to the Delta jars when it is there; without it (no JDK, or a spark-submit that did
+not pass it) ingest takes its slower all-Spark path to the same rows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from pyspark.find_spark_home import _find_spark_home
@@ -69,10 +75,13 @@ spark.stop()
 """
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("LAKEFORGE_JAR_CACHE") or Path.home() / ".cache" / "lakeforge" / "jars")
+
+
 def cache_dir(package: str = DELTA_PACKAGE) -> Path:
     """Where resolved jars live: $LAKEFORGE_JAR_CACHE, else ~/.cache/lakeforge/jars/<package>."""
-    root = os.environ.get("LAKEFORGE_JAR_CACHE") or Path.home() / ".cache" / "lakeforge" / "jars"
-    return Path(root) / package.replace(":", "_")
+    return _cache_root() / package.replace(":", "_")
 
 
 def cached_jars(package: str = DELTA_PACKAGE) -> list[Path]:
@@ -168,3 +177,65 @@ def build_class_archive(force: bool = False) -> tuple[Path, bool]:
                                  f"each command only starts a few seconds slower.")
     os.replace(partial, target)
     return target, True
+
+
+JVM_SOURCES = Path(__file__).resolve().parent / "jvm"  # lakeforge's own Java, one folder per package
+
+
+def _jvm_sources() -> list[Path]:
+    return sorted(JVM_SOURCES.rglob("*.java"))
+
+
+def jvm_jar() -> Path:
+    """Where lakeforge's own JVM classes are (or would be) for these sources and this PySpark installation: a
+    change of either is never served a stale jar (Spark's internal classes it calls may change between versions)."""
+    spark_jars = Path(_find_spark_home()) / "jars"
+    identity = "\n".join([*(f"{p.relative_to(JVM_SOURCES)}\n{p.read_text()}" for p in _jvm_sources()),
+                          str(spark_jars.resolve()), str(spark_jars.stat().st_mtime_ns) if spark_jars.is_dir() else ""])
+    return _cache_root() / "lakeforge" / f"lakeforge-jvm-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jar"
+
+
+def _javac() -> str:
+    """The compiler of the JDK Spark runs on (next to its `java`), else the PATH's."""
+    from lakeforge.spark import java_binary
+
+    beside = Path(java_binary()).resolve().parent / "javac"
+    javac = str(beside) if beside.is_file() else shutil.which("javac")
+    if not javac:
+        raise EnvironmentProblem(f"no `javac` beside {java_binary()} or on PATH: install a JDK (Debian: "
+                                 f"openjdk-17-jdk-headless), not only a JRE, to build lakeforge's JSON line parser; "
+                                 f"lakeforge works without it, ingest only parses each JSON line twice.")
+    return javac
+
+
+def build_jvm_jar(force: bool = False) -> tuple[Path, bool]:
+    """Compile lib/lakeforge/jvm against the installed Spark into `jvm_jar()` (once); return it and whether it was
+    built now."""
+    target = jvm_jar()
+    if target.is_file() and not force:
+        return target, False
+    spark_jars = Path(_find_spark_home()) / "jars"
+    with tempfile.TemporaryDirectory() as tmp:
+        classes = Path(tmp)
+        done = subprocess.run([_javac(), "-nowarn", "--release", "17", "-encoding", "UTF-8",
+                               "-cp", str(spark_jars / "*"), "-d", str(classes), *map(str, _jvm_sources())],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            errors = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+            raise EnvironmentProblem(f"could not compile lakeforge's JVM code in {JVM_SOURCES} against {spark_jars} "
+                                     f"({(errors or ['javac printed nothing'])[0][:300]}); lakeforge works without "
+                                     f"it, ingest only parses each JSON line twice.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")  # renamed once complete: never loaded half-written
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as jar:
+            jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: lakeforge setup-jars\n")
+            for cls in sorted(classes.rglob("*.class")):
+                jar.write(cls, cls.relative_to(classes).as_posix())
+        os.replace(partial, target)
+    return target, True
+
+
+def session_jars() -> list[Path]:
+    """The jars a session lakeforge starts adds: the cached Delta jars, and lakeforge's JVM jar when it is built."""
+    own = jvm_jar()
+    return cached_jars() + ([own] if own.is_file() else [])

@@ -218,7 +218,7 @@ def build_session(settings: Settings, app_name: str | None = None) -> SparkSessi
     for key, value in conf.items():
         builder = builder.config(key, value)
     if not _delta_already_supplied(submitted):
-        builder = builder.config("spark.jars", ",".join(str(jar) for jar in jars.cached_jars()))
+        builder = builder.config("spark.jars", ",".join(str(jar) for jar in jars.session_jars()))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
     lake.register_tables(spark, settings.paths.lakehouse)

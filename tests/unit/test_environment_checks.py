@@ -128,3 +128,46 @@ def test_a_class_archive_that_cannot_be_built_is_a_warning_and_leaves_no_file(tm
     assert err.startswith("lakeforge setup-jars: warning: could not build the JVM class archive (")
     assert err.rstrip().endswith("lakeforge works without it, each command only starts a few seconds slower.")
     assert sorted(p.name for p in jars.cache_dir().iterdir()) == [jars.MANIFEST]
+
+
+def test_lakeforge_jvm_jar_is_built_from_its_sources_named_after_them_and_joins_the_session_jars(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path / "cache"))
+    jars.cache_dir().mkdir(parents=True)
+    (tmp_path / "delta-spark.jar").write_bytes(b"jar")
+    (jars.cache_dir() / jars.MANIFEST).write_text(f"{tmp_path / 'delta-spark.jar'}\n")
+    assert jars.session_jars() == [tmp_path / "delta-spark.jar"]  # not built: Delta's only
+    jar, built = jars.build_jvm_jar()
+    assert built and jar == jars.jvm_jar() and jars.session_jars() == [tmp_path / "delta-spark.jar", jar]
+    import zipfile
+
+    with zipfile.ZipFile(jar) as contents:
+        assert "lakeforge/JsonLines.class" in contents.namelist()
+    assert jars.build_jvm_jar() == (jar, False)  # once
+    # Another version of the sources is another jar: a session never loads classes built from older sources.
+    sources = tmp_path / "jvm" / "lakeforge"
+    sources.mkdir(parents=True)
+    (sources / "JsonLines.java").write_text((jars.JVM_SOURCES / "lakeforge" / "JsonLines.java").read_text() + "\n")
+    monkeypatch.setattr(jars, "JVM_SOURCES", tmp_path / "jvm")
+    assert jars.jvm_jar() != jar and jars.jvm_jar().parent == jar.parent
+
+
+def test_lakeforge_jvm_jar_without_a_jdk_is_a_warning_of_setup_jars(tmp_path, monkeypatch, capsys):
+    from lakeforge import cli
+
+    # A JRE: `java` (passing the version check) and no `javac` beside it or on PATH.
+    monkeypatch.setenv("JAVA_HOME", str(fake_java(tmp_path, 'openjdk version "17.0.15" 2025-04-15')))
+    monkeypatch.setenv("PATH", str(tmp_path / "jdk" / "bin"))
+    with pytest.raises(EnvironmentProblem, match=r"no `javac` beside .*/jdk/bin/java or on PATH: install a JDK "
+                                                 r"\(Debian: openjdk-17-jdk-headless\).*parses each JSON line twice"):
+        jars.build_jvm_jar(force=True)
+    monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "some.jar").write_bytes(b"jar")
+    for package in (jars.DELTA_PACKAGE, jars.POSTGRES_JDBC_PACKAGE):
+        jars.cache_dir(package).mkdir(parents=True)
+        (jars.cache_dir(package) / jars.MANIFEST).write_text(f"{tmp_path / 'some.jar'}\n")
+    assert cli.main(["setup-jars", "--no-class-archive"]) == 0
+    out, err = capsys.readouterr()
+    assert "JVM jar" not in out
+    assert err.startswith("lakeforge setup-jars: warning: no `javac` beside ")
+    assert not (tmp_path / "cache" / "lakeforge").exists()
