@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-browser demo test test-fast clean
+.PHONY: setup setup-browser setup-jdk demo test test-fast clean
 
 setup: $(STAMP)
 	@$(BIN)/lakeforge setup-jars
@@ -21,6 +21,13 @@ setup-browser:
 		|| { $(APT) update && $(APT) install -y chromium; } \
 		|| { echo "make setup-browser: install Debian's chromium package (apt-get install chromium)"; exit 1; }
 
+# The tests run ingest's one-pass JSON parser, whose jar `setup-jars` compiles with the JDK's javac (Debian's
+# package); without a JDK lakeforge still runs (the parser's slower all-Spark path), so the demo does not need it.
+setup-jdk:
+	@command -v javac >/dev/null 2>&1 || $(APT) install -y openjdk-17-jdk-headless 2>/dev/null \
+		|| { $(APT) update && $(APT) install -y openjdk-17-jdk-headless; } \
+		|| { echo "make setup-jdk: install a JDK (apt-get install openjdk-17-jdk-headless)"; exit 1; }
+
 # Reinstall only when the dependency pins change.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make setup: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -32,10 +39,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/lakeforge demo
 
-test: setup setup-browser
+test: setup-jdk setup setup-browser
 	$(BIN)/python -m pytest
 
-test-fast: setup setup-browser
+test-fast: setup-jdk setup setup-browser
 	$(BIN)/python -m pytest -m "$(FAST)"
 
 clean:
