@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["sync", "show"])
     _common(p, pipeline=False)
 
-    p = _verb(verbs, "setup-jars", help="download and cache the Delta Lake jars (run by `make setup`)")
+    p = _verb(verbs, "setup-jars", help="cache the Delta Lake jars and build lakeforge's JVM jar (run by `make setup`)")
     p.add_argument("--force", action="store_true", help="resolve and build again even when cached")
     p.add_argument("--no-class-archive", dest="class_archive", action="store_false",
                    help="skip the JVM class archive (saves its disk space and build time; each command starts slower)")
