@@ -186,7 +186,7 @@ def _maintain_new_tables(ctx, _when, _done, maintained: set[str]) -> dict:
     when that leaves none, so the pipeline's maintenance.every_days count from tonight."""
     from lakeforge import ingest, stages
 
-    summary = stages.maintain(ctx, skip=set(maintained))
+    summary = stages.maintain(ctx, skip=maintained)
     maintained.update(ingest.ingest_tables(ctx.pipeline.sources))
     return summary
 

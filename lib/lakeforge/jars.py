@@ -142,6 +142,17 @@ def fetch_jars(force: bool = False, ivy_settings: Path | None = None, package: s
     return jars
 
 
+def _spark_jars() -> Path:
+    """The installed PySpark's own jars (what javac compiles against and the JVM's class path starts with)."""
+    return Path(_find_spark_home()) / "jars"
+
+
+def _spark_jars_identity() -> list[str]:
+    """Where the PySpark jars are and when they last changed: a reinstall or another venv is another identity."""
+    jars = _spark_jars()
+    return [str(jars.resolve()), str(jars.stat().st_mtime_ns) if jars.is_dir() else ""]
+
+
 def class_archive() -> Path:
     """Where the class archive for this Java, PySpark installation and Delta jar set is (or would be).
 
@@ -150,10 +161,8 @@ def class_archive() -> Path:
     from lakeforge.spark import java_binary, java_version_text
 
     java = java_binary()
-    spark_jars = Path(_find_spark_home()) / "jars"
     manifest = cache_dir() / MANIFEST
-    identity = "\n".join([java, java_version_text(java), str(spark_jars.resolve()),
-                           str(spark_jars.stat().st_mtime_ns) if spark_jars.is_dir() else "",
+    identity = "\n".join([java, java_version_text(java), *_spark_jars_identity(),
                            manifest.read_text() if manifest.is_file() else ""])
     return cache_dir() / f"classes-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsa"
 
@@ -189,9 +198,8 @@ def _jvm_sources() -> list[Path]:
 def jvm_jar() -> Path:
     """Where lakeforge's own JVM classes are (or would be) for these sources and this PySpark installation: a
     change of either is never served a stale jar (Spark's internal classes it calls may change between versions)."""
-    spark_jars = Path(_find_spark_home()) / "jars"
     identity = "\n".join([*(f"{p.relative_to(JVM_SOURCES)}\n{p.read_text()}" for p in _jvm_sources()),
-                          str(spark_jars.resolve()), str(spark_jars.stat().st_mtime_ns) if spark_jars.is_dir() else ""])
+                          *_spark_jars_identity()])
     return _cache_root() / "lakeforge" / f"lakeforge-jvm-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jar"
 
 
@@ -214,7 +222,7 @@ def build_jvm_jar(force: bool = False) -> tuple[Path, bool]:
     target = jvm_jar()
     if target.is_file() and not force:
         return target, False
-    spark_jars = Path(_find_spark_home()) / "jars"
+    spark_jars = _spark_jars()
     with tempfile.TemporaryDirectory() as tmp:
         classes = Path(tmp)
         done = subprocess.run([_javac(), "-nowarn", "--release", "17", "-encoding", "UTF-8",
@@ -227,10 +235,15 @@ def build_jvm_jar(force: bool = False) -> tuple[Path, bool]:
                                      f"it, ingest only parses each JSON line twice.")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")  # renamed once complete: never loaded half-written
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as jar:
-            jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: lakeforge setup-jars\n")
-            for cls in sorted(classes.rglob("*.class")):
-                jar.write(cls, cls.relative_to(classes).as_posix())
+        partial.unlink(missing_ok=True)  # a leftover (or a link put there) is replaced, never written through
+        try:
+            with zipfile.ZipFile(partial, "x", zipfile.ZIP_DEFLATED) as jar:
+                jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: lakeforge setup-jars\n")
+                for cls in sorted(classes.rglob("*.class")):
+                    jar.write(cls, cls.relative_to(classes).as_posix())
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, target)
     return target, True
 

@@ -137,7 +137,14 @@ def test_lakeforge_jvm_jar_is_built_from_its_sources_named_after_them_and_joins_
     (tmp_path / "delta-spark.jar").write_bytes(b"jar")
     (jars.cache_dir() / jars.MANIFEST).write_text(f"{tmp_path / 'delta-spark.jar'}\n")
     assert jars.session_jars() == [tmp_path / "delta-spark.jar"]  # not built: Delta's only
+    # A link left where the jar is first written: replaced, never written through.
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    jars.jvm_jar().parent.mkdir(parents=True)
+    jars.jvm_jar().with_name(jars.jvm_jar().name + ".partial").symlink_to(outside)
     jar, built = jars.build_jvm_jar()
+    assert outside.read_text() == "keep" and not jar.is_symlink()
+    assert not jar.with_name(jar.name + ".partial").exists()
     assert built and jar == jars.jvm_jar() and jars.session_jars() == [tmp_path / "delta-spark.jar", jar]
     import zipfile
 
