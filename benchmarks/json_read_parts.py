@@ -11,7 +11,8 @@ times, and reports the median seconds and MB/s of each:
 - object_keys: `json_object_keys`, the second parse of every line on ingest's all-Spark path, which finds keys
   the schema does not know (new columns);
 - one_pass: lakeforge's JSON line parser (`lib/lakeforge/jvm`, from_json's own parser with its tokens watched):
-  the typed record, the undeclared keys and the text after the object from one parse;
+  the typed record, the undeclared keys, the text after the object and the byte tests (blank, size, UTF-8, an
+  object) from one pass;
 - read_batch_two_parses and read_batch: the whole JSON read of ingest (`ingest.read_batch`) on its all-Spark path
   (from_json, then json_object_keys) and with the one-pass parser; the rows must be the same both ways.
 
@@ -86,7 +87,7 @@ def main() -> None:
             "from_json": lambda: text().select(F.from_json(value, ingest._ddl(columns)).alias("r")).select("r.*"),
             "object_keys": lambda: text().select(F.json_object_keys(value).alias("keys")),
             "one_pass": lambda: ingest._parse_once(spark, parser, text(), schema, {}, list(columns),
-                                                   ingest.JSON_MAX_STRING).select("record.*", "other_keys", "trailing"),
+                                                   ingest.JSON_MAX_STRING).select("record.*", "new_keys", "trailing", "flaw"),
             "read_batch_two_parses": two_parses,
             "read_batch": lambda: ingest.read_batch(spark, files, source, columns),
         }

@@ -324,8 +324,8 @@ def _ddl(columns: dict[str, str]) -> str:
 
 def read_batch(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
     """Parse the files with the schema `columns`: the typed columns, `_source_file`, `_lf_malformed` (why a
-    record does not parse, else null), `_lf_raw` (its original text where the reader has it) and, for JSON,
-    `_lf_new_keys` (keys the schema does not know)."""
+    record does not parse, else null), `_lf_raw` (its original text where the reader has it, as read: not
+    always valid UTF-8) and, for JSON, `_lf_new_keys` (keys the schema does not know)."""
     readable = [f for f in files if f.bytes]
     if not readable:
         empty = ", ".join([_ddl(columns), f"`{FILE}` string, `{MALFORMED}` string, `{RAW}` string"])
@@ -352,47 +352,33 @@ def max_record_bytes(source: Source) -> int:
 def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
     value = F.col("value")
     options = {**_options(source), "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
-    lines = (spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name(files))
-             .where(~value.rlike(r"^\s*$")))  # blank lines are not records
-    # The JSON parser refuses a string value longer than its limit, and the record would then be blamed on
-    # its typed keys. A line within the limit in bytes holds no longer string, so a longer line is not parsed
-    # at all: it is quarantined for its size.
-    size = F.octet_length(value)
-    too_large = size > max_record_bytes(source)
-    record = F.col(RECORD)
+    lines = spark.read.text([_spark_path(f.path) for f in files]).select(value, _file_name(files))
     schema = _ddl(columns) + f", `{CORRUPT}` string"
     parser = _json_lines(spark)
-    if parser is not None:  # one pass: the record, the keys not spelled as declared, text after the object
+    if parser is not None:
         parsed = _parse_once(spark, parser, lines, schema, options, list(columns), max_record_bytes(source))
-        other = F.col("other_keys")
-        more_text = F.col("trailing")
-    else:  # Spark's expressions: from_json, then json_object_keys, a second parse of every line
-        parsed = lines.select(value, FILE, F.from_json(F.when(~too_large, value), schema, options).alias(RECORD))
-        other = F.array_except(F.json_object_keys(F.when(~too_large, value)), F.array(*[F.lit(n) for n in columns]))
-        # Spark stops at the end of the first JSON value and ignores the rest of the line; as the first item of an
-        # array, anything after it (a second object, garbage) makes the array invalid. That second parse costs as
-        # much as the first, so only lines where a `}` is followed by more text take it.
-        more_text = (value.rlike(r"\}\s*\S")
-                     & (F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))), F.lit(0)) != 2))
+    else:
+        parsed = _parse_in_spark(lines, schema, options, list(columns), max_record_bytes(source))
+    record, flaw = F.col(RECORD), F.col("flaw")
     corrupt = record[CORRUPT].isNotNull()
     # A record with a value of the wrong type: the key is there (not JSON null) but the typed field is null.
     mismatched = F.concat_ws(", ", *[
         F.when(record[name].isNull() & F.get_json_object(value, f"$['{name}']").isNotNull(),
                F.lit(f"{name} (expected {kind})"))
         for name, kind in columns.items() if kind != "string" and "'" not in name])
-    malformed = (F.when(too_large, F.concat(F.lit("record too large: "), size.cast("string"), F.lit(" bytes")))
-                 .when(~F.is_valid_utf8(value), F.lit("malformed JSON line: not valid UTF-8"))
-                 .when(~value.rlike(r"^\s*\{"), F.lit("malformed JSON line: not a JSON object"))
+    malformed = (F.when(flaw == TOO_LARGE, F.concat(F.lit("record too large: "), F.octet_length(value).cast("string"),
+                                                    F.lit(" bytes")))
+                 .when(flaw == NOT_UTF8, F.lit("malformed JSON line: not valid UTF-8"))
+                 .when(flaw == NOT_AN_OBJECT, F.lit("malformed JSON line: not a JSON object"))
                  .when(corrupt & (mismatched != ""), F.concat(F.lit("type mismatch: "), mismatched))
                  .when(corrupt, F.lit("malformed JSON line: does not parse"))
-                 .when(more_text, F.lit("malformed JSON line: more text after the JSON object")))
-    known = [name.lower() for name in columns]
-    # Keys spelled as declared are already out; only the rare line with another key takes the case-insensitive
-    # test, a lambda Spark interprets row by row.
-    unknown = F.filter(other, lambda key: ~F.lower(key).isin(known))
-    new_keys = F.when(F.size(other) > 0, F.when(F.size(unknown) > 0, unknown))  # null on the usual line: less to cache
+                 .when(F.col("trailing"), F.lit("malformed JSON line: more text after the JSON object")))
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
-                         F.make_valid_utf8(value).alias(RAW), new_keys.alias(NEW_KEYS))
+                         value.alias(RAW), F.col("new_keys").alias(NEW_KEYS))
+
+
+# Why a JSON line is not parsed (the `flaw` of `_parse_once` and `_parse_in_spark`).
+TOO_LARGE, NOT_UTF8, NOT_AN_OBJECT = 1, 2, 3
 
 
 def _json_lines(spark: SparkSession):
@@ -406,15 +392,45 @@ def _json_lines(spark: SparkSession):
 
 def _parse_once(spark: SparkSession, parser, lines: DataFrame, schema: str, options: dict[str, str],
                 declared: list[str], max_bytes: int) -> DataFrame:
-    """`lines` with `record` (from_json of `value` with `schema`, by from_json's own parser), `other_keys` (the
-    top-level keys of a line that parses not spelled as `declared`, null when none) and `trailing` (more than white
-    space after the object), from one parse of each line; lines over `max_bytes` are not parsed (nulls)."""
+    """`lines` without blank lines, with `record`, `new_keys`, `trailing` and `flaw` as `_parse_in_spark` makes
+    them, from one pass over each line in lakeforge's JVM class."""
     from pyspark.sql.types import StructType
 
     zone = spark.conf.get("spark.sql.session.timeZone")
     found = parser.parse(lines._jdf, "value", StructType.fromDDL(schema).json(), options, zone, CORRUPT, declared,
                          max_bytes)
     return DataFrame(found, spark)
+
+
+def _parse_in_spark(lines: DataFrame, schema: str, options: dict[str, str], declared: list[str],
+                    max_bytes: int) -> DataFrame:
+    """`lines` without blank lines (white space only: not records), with `record` (from_json of `value` with
+    `schema`), `new_keys` (the top-level keys `declared` spells in no case, null when none), `trailing` (more than
+    white space after the object) and `flaw`: why a line is not parsed (TOO_LARGE, NOT_UTF8, NOT_AN_OBJECT), null
+    when it is. Spark's expressions only: from_json, then json_object_keys, a second parse of every line."""
+    value = F.col("value")
+    # The JSON parser refuses a string value longer than its limit, and the record would then be blamed on its
+    # typed keys. A line within the limit in bytes holds no longer string, so a longer line is not parsed at all:
+    # it is quarantined for its size.
+    flaw = (F.when(F.octet_length(value) > max_bytes, F.lit(TOO_LARGE))
+            .when(~F.is_valid_utf8(value), F.lit(NOT_UTF8))
+            .when(~value.rlike(r"^\s*\{"), F.lit(NOT_AN_OBJECT)))
+    text = F.when(F.col("flaw").isNull(), value)
+    other = F.array_except(F.json_object_keys(text), F.array(*[F.lit(n) for n in declared]))
+    # Keys spelled as declared are already out; only the rare line with another key takes the case-insensitive
+    # test, a lambda Spark interprets row by row.
+    known = [name.lower() for name in declared]
+    unknown = F.filter(other, lambda key: ~F.lower(key).isin(known))
+    new_keys = F.when(F.size(other) > 0, F.when(F.size(unknown) > 0, unknown))
+    # Spark stops at the end of the first JSON value and ignores the rest of the line; as the first item of an
+    # array, anything after it (a second object, garbage) makes the array invalid. That second parse costs as
+    # much as the first, so only lines where a `}` is followed by more text take it.
+    trailing = (text.rlike(r"\}\s*\S")
+                & (F.coalesce(F.json_array_length(F.concat(F.lit("["), text, F.lit(",0]"))), F.lit(0)) != 2))
+    return (lines.where(~value.rlike(r"^\s*$"))
+            .select("*", flaw.alias("flaw"))
+            .select("*", F.from_json(text, schema, options).alias(RECORD), new_keys.alias("new_keys"),
+                    trailing.alias("trailing")))
 
 
 def _read_csv(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
@@ -570,7 +586,7 @@ def _prepare(spark: SparkSession, files: list[LandingFile], source: Source, colu
     checked = quality.check(read_batch(spark, files, source, columns), source)
     data = [F.col(f"`{name}`") for name in columns]
     quarantined = F.col(OUTCOME) == "quarantine"
-    raw = F.when(quarantined, F.coalesce(F.col(RAW), F.to_json(F.struct(*data))))
+    raw = F.when(quarantined, F.coalesce(F.make_valid_utf8(F.col(RAW)), F.to_json(F.struct(*data))))
     flags = [c for c in checked.columns if c.startswith("_lf_fail_")]
     extra = [NEW_KEYS] if NEW_KEYS in checked.columns else []
     return checked.select(*data, FILE, OUTCOME, F.when(quarantined, F.col(REASON)).alias(REASON), raw.alias(RAW),

@@ -625,8 +625,13 @@ def test_every_line_with_a_key_the_schema_does_not_know_is_found(spark, json_pat
         "a comma after the object": order("K11", "2026-05-01T10:00:00") + ",",
         "a new key, then the line breaks off": order("K12", "2026-05-01T10:00:00", spare=1)[:-1],
         "a wrong type, then a new key": order("K13", "2026-05-01T10:00:00", items="one", after=2),
+        "text and a new key beyond ASCII, as UTF-8 bytes": json.dumps(
+            {"order_id": "K14", "customer_id": "C1", "order_ts": "2026-05-01T10:00:00", "channel": "café ☕ été",
+             "items": 1, "größe": 2}, ensure_ascii=False),
+        "white space before the object": " \t " + order("K15", "2026-05-01T10:00:00"),
     }
-    path = write(tmp_path / "landing" / "orders" / "keys.jsonl", "\n".join(lines.values()) + "\n")
+    blank = " \t \n"  # white space only: not a record
+    path = write(tmp_path / "landing" / "orders" / "keys.jsonl", "\n".join(lines.values()) + "\n" + blank)
     files = [ingest.inspect_file(f, ORDERS, {n.lower(): n for n in ORDERS.columns})
              for f in ingest.landing_entries(tmp_path / "landing", ORDERS, "orders")]
     assert [f.path for f in files] == [path]
@@ -640,4 +645,6 @@ def test_every_line_with_a_key_the_schema_does_not_know_is_found(spark, json_pat
                      "K9": ([], None), "K10": (["late"], "malformed JSON line: more text after the JSON object"),
                      "K11": ([], "malformed JSON line: more text after the JSON object"),
                      "K12": ([], "malformed JSON line: does not parse"),
-                     "K13": (["after"], "type mismatch: items (expected int)")}
+                     "K13": (["after"], "type mismatch: items (expected int)"), "K14": (["größe"], None),
+                     "K15": ([], None)}
+    assert batch.where("order_id = 'K14'").first()["channel"] == "café ☕ été"
