@@ -141,11 +141,13 @@ def promote(ctx: Context, version: int, reason: str, alias: str = registry.CHAMP
             ctx.mlflow, ctx.spark, ctx.settings, ctx.pipeline.name, alias, version, reason, run, ctx.user))
 
 
-def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | None = None) -> dict:
-    """The nightly flow (lakeforge.flow.NIGHTLY) for score_date..until (one date by default)."""
+def nightly(ctx: Context, score_date: dt.date | None = None, until: dt.date | None = None, tonight=None) -> dict:
+    """The nightly flow (lakeforge.flow.NIGHTLY) for score_date..until (one date by default); `tonight`
+    (flow.Tonight), when pipelines run one after another in this process, keeps a shared source or table from
+    being ingested or maintained twice."""
     from lakeforge import flow
 
-    return flow.run_nightly(ctx, score_date, until)
+    return flow.run_nightly(ctx, score_date, until, tonight=tonight)
 
 
 def retrain(ctx: Context, day: dt.date, reason: str) -> dict:

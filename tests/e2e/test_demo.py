@@ -137,9 +137,13 @@ def test_second_run_duplicates_nothing_and_keeps_one_champion(demo_runs):
     ended = ledger[ledger.status != "running"]
     assert sorted(ended.run_id) == sorted(ledger[ledger.status == "running"].run_id)  # every run that started ended
     assert (ended.status == "succeeded").all()
-    # Per run and pipeline: the demo's ingest, then train, and the nightly ingest, features, score, monitor.
-    assert sorted(ended.job.value_counts().items()) == [("features", 6), ("ingest", 12), ("monitor", 6), ("score", 6),
+    # Per run and pipeline: the demo's ingest, then train, and the nightly features, score, monitor. The nightly
+    # ingest runs for churn and delivery_time (deliveries, staffing) only: demand's sources, stores and orders, were
+    # churn's that night.
+    assert sorted(ended.job.value_counts().items()) == [("features", 6), ("ingest", 10), ("monitor", 6), ("score", 6),
                                                        ("train", 6)]
+    assert ended[ended.job == "ingest"].pipeline.value_counts().to_dict() == {"churn": 4, "delivery_time": 4,
+                                                                              "demand": 2}
 
 
 @pytest.mark.story

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from lakeforge import lake, metrics, ownership, stages
+from lakeforge import flow, lake, metrics, ownership, stages
 from lakeforge.demo.commands import generate
 from lakeforge.scoring import predictions_table
 
@@ -36,11 +36,12 @@ def run_demo(ctx: stages.Context, fresh: bool = False, pipelines: list[str] | No
     for each in contexts:  # each pipeline's sources; a source already loaded has no new files
         stages.ingest(each)
     results = []
+    tonight = flow.Tonight()  # one night for every pipeline: a table they share is maintained once
     for each in contexts:
         step(f"{each.pipeline.name}: build features, train, register @champion")
         trained = stages.train(each)
         step(f"{each.pipeline.name}: build features and score the next night")
-        results.append((each.pipeline, trained, stages.nightly(each)["score"]))
+        results.append((each.pipeline, trained, stages.nightly(each, tonight=tonight)["score"]))
     return format_summary(ctx, manifest, results, time.monotonic() - started)
 
 
