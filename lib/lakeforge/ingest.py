@@ -349,6 +349,10 @@ def max_record_bytes(source: Source) -> int:
     return int(limits[-1])
 
 
+# Why a JSON line is not parsed (the `flaw` of `_parse_once` and `_parse_in_spark`).
+TOO_LARGE, NOT_UTF8, NOT_AN_OBJECT = 1, 2, 3
+
+
 def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, columns: dict[str, str]) -> DataFrame:
     value = F.col("value")
     options = {**_options(source), "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
@@ -375,10 +379,6 @@ def _read_json(spark: SparkSession, files: list[LandingFile], source: Source, co
                  .when(F.col("trailing"), F.lit("malformed JSON line: more text after the JSON object")))
     return parsed.select(*[record[name].alias(name) for name in columns], FILE, malformed.alias(MALFORMED),
                          value.alias(RAW), F.col("new_keys").alias(NEW_KEYS))
-
-
-# Why a JSON line is not parsed (the `flaw` of `_parse_once` and `_parse_in_spark`).
-TOO_LARGE, NOT_UTF8, NOT_AN_OBJECT = 1, 2, 3
 
 
 def _json_lines(spark: SparkSession):

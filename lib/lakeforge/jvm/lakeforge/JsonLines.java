@@ -42,7 +42,7 @@ import org.apache.spark.unsafe.types.UTF8String;
 public final class JsonLines {
   private JsonLines() {}
 
-  /** Why a line is not parsed (the `flaw` column; lakeforge.ingest words the reasons). */
+  /** Why a line is not parsed (the `flaw` column): the numbers of lakeforge.ingest's constants of the same names. */
   static final int TOO_LARGE = 1;
   static final int NOT_UTF8 = 2;
   static final int NOT_AN_OBJECT = 3;
@@ -109,7 +109,7 @@ public final class JsonLines {
     }
   }
 
-  /** Java's regex `\\s`: what `^\\s*$` (blank) and `^\\s*\\{` (an object) skip. */
+  /** Java's regex `\s`: what `^\s*$` (blank) and `^\s*\{` (an object) skip. */
   private static boolean space(byte b) {
     return b == ' ' || b == '\t' || b == '\n' || b == 0x0B || b == '\f' || b == '\r';
   }
