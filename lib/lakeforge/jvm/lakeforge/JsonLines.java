@@ -188,13 +188,17 @@ public final class JsonLines {
               line -> jackson.parse(line, open, asText), PermissiveMode$.MODULE$, recordType, corrupt);
           return new Iterator<InternalRow>() {
             private InternalRow ahead;  // the next line that is not blank
+            private int aheadFirst;  // its first byte that is not white space (-1 for a null line)
 
             @Override
             public boolean hasNext() {
               while (ahead == null && it.hasNext()) {
                 InternalRow row = it.next();
-                if (row.isNullAt(at) || firstNonSpace(row.getUTF8String(at)) != -1) {
+                boolean none = row.isNullAt(at);
+                int first = none ? -1 : firstNonSpace(row.getUTF8String(at));
+                if (none || first != -1) {
                   ahead = row.copy();  // the scan reuses its row: keep this one's strings
+                  aheadFirst = first;
                 }
               }
               return ahead != null;
@@ -219,7 +223,7 @@ public final class JsonLines {
                 values[fields.length + 3] = TOO_LARGE;
               } else if (!line.isValid()) {
                 values[fields.length + 3] = NOT_UTF8;
-              } else if (firstNonSpace(line) != '{') {
+              } else if (aheadFirst != '{') {
                 values[fields.length + 3] = NOT_AN_OBJECT;
               } else {
                 watched[0] = null;
