@@ -1,9 +1,10 @@
 # The two commands: `make demo` and `make test`. Both run `make setup` first when needed.
 # `make test-fast` is the edit-test loop (FAST below); `make test` stays the whole suite, which CI runs.
 PYTHON ?= python3.11
-# Everything that needs no cluster (Spark standalone, PostgreSQL, an MLflow server), no multi-night story and no whole
-# demo run (the `story` marker).
-FAST := not cluster and not story
+# Everything that needs no cluster (Spark standalone, PostgreSQL, an MLflow server), no multi-night story or whole
+# demo run (`story`), and takes seconds rather than tens of seconds (`slow`: whole train-register-score paths, killed
+# and rerun `lakeforge` processes, the notebooks).
+FAST := not cluster and not story and not slow
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

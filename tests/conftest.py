@@ -12,6 +12,25 @@ os.environ.setdefault("LAKEFORGE_CONF_DIR", str(REPO / "conf"))
 
 # Small enough for seconds, large enough for a purged time split and a learnable signal.
 TINY_DEMO = {"customers": 300, "stores": 4, "days": 150}
+# A test that takes longer alone (its setup included) is left out of `make test-fast`, the edit-test loop, by the
+# `slow` marker; the end of each run names any such test not marked (nor `story` or `cluster`).
+SLOW_SECONDS = 30.0
+_seconds: dict[str, float] = {}
+_left_out = {"slow", "story", "cluster"}
+
+
+def pytest_runtest_logreport(report):
+    if not _left_out & set(report.keywords):
+        _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    unmarked = sorted((seconds, test) for test, seconds in _seconds.items() if seconds > SLOW_SECONDS)
+    if unmarked:
+        terminalreporter.write_sep("-", f"over {SLOW_SECONDS:.0f} s and not marked slow (add pytest.mark.slow: "
+                                        f"`make test-fast` must stay quick)")
+        for seconds, test in reversed(unmarked):
+            terminalreporter.write_line(f"{seconds:7.1f} s  {test}")
 
 
 @pytest.fixture(scope="session")

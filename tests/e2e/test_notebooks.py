@@ -25,6 +25,7 @@ def test_notebooks_are_committed_without_outputs():
 
 
 @pytest.mark.spark
+@pytest.mark.slow
 def test_notebooks_run_and_spark_gives_the_prototype_rows(tmp_path, monkeypatch):
     # A kernel spec of our own, so the notebooks run on this interpreter (the venv), whatever else is installed.
     spec = tmp_path / "jupyter" / "kernels" / KERNEL

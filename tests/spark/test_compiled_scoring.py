@@ -41,6 +41,7 @@ class WritesAMarker:
         return open, (str(self.path), "w")
 
 
+@pytest.mark.slow
 def test_compiled_scoring_equals_the_registered_model_and_a_rerun_compiles_nothing(ctx, spark, lakehouse):
     stages.train(ctx)
     stages.build_features(ctx)
@@ -65,6 +66,7 @@ def test_compiled_scoring_equals_the_registered_model_and_a_rerun_compiles_nothi
     assert np.array_equal(rescored.loc[rows["customer_id"], "prediction"].to_numpy(), scored)
 
 
+@pytest.mark.slow
 def test_a_tampered_model_file_is_refused_by_lakeforge_score_and_never_unpickled(ctx, spark, lakehouse, tmp_path):
     stages.train(ctx)
     scored = stages.nightly(ctx)["score"]

@@ -18,6 +18,8 @@ from lakeforge import runs as lake_runs
 
 import parcels  # tests/fixtures (pytest's pythonpath): the user's own module, known to no lakeforge code
 
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
 DAYS = 16
 START = dt.date(2026, 3, 1)
 LAST = START + dt.timedelta(days=DAYS - 1)

@@ -141,6 +141,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values(keys, ignore_index=True)
 
 
+@pytest.mark.slow
 def test_delivery_time_features_and_labels_are_identical_on_pandas_and_spark(spark, delivery_lake):
     settings, pipeline = delivery_lake
     where = settings.paths.lakehouse
@@ -171,6 +172,7 @@ def test_delivery_time_features_and_labels_are_identical_on_pandas_and_spark(spa
     assert len(labels_spark) > 0 and labels_spark["minutes_to_deliver"].gt(0).all()
 
 
+@pytest.mark.slow
 def test_a_late_row_changes_no_built_date_and_reaches_the_next(spark, delivery_lake, tmp_path):
     settings, pipeline = delivery_lake
     where = settings.paths.lakehouse
@@ -221,6 +223,7 @@ def _settings(conf: Path, where: Path):
                                          f"mlflow.artifact_root={where / 'mlartifacts'}"], directory=conf)
 
 
+@pytest.mark.slow
 def test_a_composite_key_and_two_sets_joined_by_different_keys_train_and_score(spark, shipments_conf, shipping,
                                                                               tmp_path):
     settings = _settings(shipments_conf, tmp_path)
@@ -279,6 +282,7 @@ def test_a_composite_key_and_two_sets_joined_by_different_keys_train_and_score(s
     assert (lake.read(spark, where, "bronze.shipments").where("weight_kg = 999.0").count()) == 1
 
 
+@pytest.mark.slow
 def test_a_nights_work_does_not_grow_with_history(spark, shipping, tmp_path):
     """The points, the source rows read and the rows given to each function for one night: the same with 30 and
     300 nights of history (the source's read is limited to the night's longest window)."""
@@ -303,6 +307,7 @@ def test_a_nights_work_does_not_grow_with_history(spark, shipping, tmp_path):
     assert short["points"] == 24 and short["source rows read"] == 8 * 24  # the night and its 7-day window
 
 
+@pytest.mark.slow
 def test_snapshot_points_with_a_composite_key_and_feature_sets_train_and_score(spark, shipments_conf, tmp_path):
     """Every (store, carrier) pair on every date (a composite entity), two sets joined by different keys: the same
     rows on pandas and Spark, labels from the rule over later events, then train and score."""
@@ -353,6 +358,7 @@ def test_snapshot_points_with_a_composite_key_and_feature_sets_train_and_score(s
         (s, c) for s in ("S1", "S2") for c in shipments.CARRIERS)
 
 
+@pytest.mark.slow
 def test_delivery_time_estimates_mae_before_labels_beside_the_realized(spark, delivery_lake):
     """DLE: the error model fitted on the holdout is stored with the baseline (LightGBM text and its SHA-256); a
     night's estimated MAE is its mean over that night's predictions, recorded beside the realized MAE once the

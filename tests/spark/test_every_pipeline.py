@@ -15,7 +15,7 @@ from lakeforge import cli, config, lake, registry, runs, stages
 
 import parcels  # tests/fixtures (pytest's pythonpath): the user's own module, known to no lakeforge code
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 DAYS = 12
 START = dt.date(2026, 3, 1)

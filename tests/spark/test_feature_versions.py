@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from lakeforge import config, features, lake, stages
 from lakeforge.errors import DataError
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

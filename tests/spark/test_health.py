@@ -91,6 +91,7 @@ def doctor(monkeypatch, capsys, repo, lakehouse) -> tuple[int, list[str]]:
     return code, capsys.readouterr().out.splitlines()
 
 
+@pytest.mark.slow
 def test_doctor_names_each_problem_and_how_to_recover_and_exits_2(spark, lakehouse, damaged, monkeypatch, capsys,
                                                                   repo):
     # What other readers make of the damage: delta-rs refuses the table that lost its newest commit.

@@ -550,6 +550,7 @@ def command(events_conf, tmp_path):
             "lakehouse": tmp_path / "lakehouse"}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_load_then_rerun_loads_every_row_exactly_once(spark, command):
     lake.forget_tables(spark)
     landing, lakehouse = command["landing"], command["lakehouse"]

@@ -74,6 +74,7 @@ def churn_lake(spark, settings_at, ingested_tiny, tiny_landing, tmp_path_factory
     return ctx, day
 
 
+@pytest.mark.slow
 def test_sigterm_during_score_cancels_it_and_records_the_run_as_interrupted(churn_lake, tmp_path):
     ctx, day = churn_lake
     marker = tmp_path / "scoring"
@@ -93,6 +94,7 @@ def test_sigterm_during_score_cancels_it_and_records_the_run_as_interrupted(chur
     assert list(runs.heartbeat_dir(ctx.lakehouse).iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_abandoned_in_status_and_recorded_by_the_next_run(churn_lake, tmp_path, capsys):
     ctx, day = churn_lake
     marker = tmp_path / "scoring"
@@ -131,6 +133,7 @@ def events_file(path: Path, *ids: str) -> None:
                             for i in ids))
 
 
+@pytest.mark.slow
 def test_a_second_ingest_exits_2_while_one_runs_and_sigterm_records_the_first(settings_at, events_conf, tmp_path):
     conf = events_conf
     settings = settings_at(tmp_path / "landing", tmp_path / "lakehouse", tmp_path, tmp_path / "reports")

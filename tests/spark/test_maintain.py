@@ -100,6 +100,7 @@ def maintained(spark, settings_at, ingested_tiny, tiny_landing, tmp_path_factory
     return {"ctx": ctx, "lakehouse": ingested_lakehouse, "tables": tables, "before": before, "summary": summary}
 
 
+@pytest.mark.slow
 def test_maintain_compacts_small_files_and_keeps_every_row(spark, maintained):
     lakehouse, before = maintained["lakehouse"], maintained["before"]
     for name in maintained["tables"]:
@@ -113,6 +114,7 @@ def test_maintain_compacts_small_files_and_keeps_every_row(spark, maintained):
     assert summary["files_before"] == sum(files for files, _ in before.values()) > summary["files_after"]
 
 
+@pytest.mark.slow
 def test_vacuum_deletes_only_files_no_current_version_needs(spark, maintained):
     lakehouse = maintained["lakehouse"]
     assert maintained["summary"]["vacuumed"] > 0
@@ -126,6 +128,7 @@ def test_vacuum_deletes_only_files_no_current_version_needs(spark, maintained):
         assert len(DeltaTable(str(path)).to_pyarrow_table()) == len(maintained["before"][name][1]), name
 
 
+@pytest.mark.slow
 def test_maintain_is_recorded_in_ops_runs_with_each_tables_files(spark, maintained):
     ctx, lakehouse = maintained["ctx"], maintained["lakehouse"]
     run = runs.read_runs(spark, lakehouse).where("job = 'maintain'").collect()

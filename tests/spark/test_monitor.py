@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from lakeforge import config, lake, quality, registry, runs, stages
 from lakeforge.features import feature_columns
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def test_monitor_records_drift_performance_and_decision_and_reruns_replace(spark, settings_at, ingested_lakehouse,

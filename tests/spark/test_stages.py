@@ -32,6 +32,7 @@ def ctx_for(spark, settings_at, ingested_lakehouse, tmp_path, tiny_landing):
     return make
 
 
+@pytest.mark.slow
 def test_weaker_model_becomes_challenger_and_promotion_is_audited(ctx_for, spark, lakehouse):
     strong = ctx_for()
     with pytest.raises(DataError, match=r"has no @champion.*lakeforge train --pipeline churn"):
@@ -109,6 +110,7 @@ def _last_event(ctx) -> dt.date:
     return features.event_date_range(ctx.spark, ctx.lakehouse, ctx.pipeline)[1]
 
 
+@pytest.mark.slow
 def test_killing_scoring_mid_write_leaves_the_partition_as_it_was(ctx_for, spark, lakehouse, tmp_path):
     """SIGKILL the whole score job (driver, JVM, Python workers) while its write task runs: the table
     keeps its version and the date its old rows; a rerun then replaces that date and no other."""

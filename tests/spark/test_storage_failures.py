@@ -98,6 +98,7 @@ def test_a_read_only_lakehouse_fails_with_one_line_naming_the_cause(events_lake)
     assert tables_by_delta_rs(lakehouse) == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_with_one_line_naming_the_cause(events_lake):
     full = events_lake["tmp"] / "full"
     with mounted(full, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)]):

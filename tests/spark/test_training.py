@@ -46,6 +46,7 @@ def _artifacts(client, run_id: str, path: str = "") -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_demand_trains_one_model_per_store_with_a_fallback_and_scoring_routes_by_store(ctx_for, spark, lakehouse):
     ctx = ctx_for("demand")
     # S004 opened recently: too few training snapshots for its own model, so the fallback serves it.
@@ -146,6 +147,7 @@ def test_per_group_training_gives_each_task_an_even_share_of_the_rows(spark):
     assert models["model"].notna().tolist() == [True, True, False, False, False, False]  # min_rows 50
 
 
+@pytest.mark.slow
 def test_parallel_search_runs_trials_nested_under_one_parent(ctx_for):
     # demand (a 1-day horizon) has enough training dates for a purged validation split on the tiny demo.
     space = ["pipeline.model.pattern=global",
@@ -207,6 +209,7 @@ def test_parallel_search_repeats_exactly_past_tpe_start_up(spark):
     assert first.trials[:20] == run(1)[0].trials[:20]
 
 
+@pytest.mark.slow
 def test_distributed_learner_trains_on_the_executors_and_scores_like_any_model(ctx_for, spark, lakehouse):
     ctx = ctx_for("churn", ["pipeline.model.distributed=true", "pipeline.model.mllib_params.regParam=0.05",
                             "pipeline.gate.min_auc=0.5"])
@@ -246,6 +249,7 @@ def _train_killed_at(ctx: stages.Context, step: str, log: Path) -> int:
     return job.pid
 
 
+@pytest.mark.slow
 def test_killing_training_between_model_logging_and_alias_change_leaves_one_ready_champion(ctx_for, spark,
                                                                                            lakehouse, tmp_path,
                                                                                            monkeypatch):
@@ -290,6 +294,7 @@ def _delta_rows(lakehouse: Path, name: str, order_by: str) -> list[dict]:
                   key=lambda r: r[order_by])
 
 
+@pytest.mark.slow
 def test_a_train_killed_after_moving_the_alias_is_reconciled_and_its_orphan_mlflow_run_ended(ctx_for, spark,
                                                                                              lakehouse, tmp_path):
     """Two `lakeforge train` runs SIGKILLed: the first while its MLflow run is open (the version registered),

@@ -1,5 +1,5 @@
-"""The Makefile's test targets: `make test` the whole suite, `make test-fast` everything but the cluster and the
-multi-night story."""
+"""The Makefile's test targets: `make test` the whole suite, `make test-fast` everything but the cluster, the
+multi-night story and the tests marked slow."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SLOW = {"cluster", "story"}  # the markers `make test-fast` leaves out
+LEFT_OUT = {"cluster", "story", "slow"}  # the markers `make test-fast` leaves out
 # pytest collects the suite with -m <expression> and prints, per test id, whether it was selected and its markers.
 COLLECT = """
 import json, sys
@@ -54,20 +54,27 @@ def fast() -> dict[str, tuple[bool, set[str]]]:
     return {test: (selected, set(markers)) for test, (selected, markers) in collected["tests"].items()}
 
 
-def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_and_the_story(fast):
+def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_the_story_and_the_slow_tests(fast):
     assert planned("test")[1:] == ["-m", "pytest"]
     left_out = {test.split("::")[0] for test, (selected, _) in fast.items() if not selected}
     assert left_out == {f"tests/cluster/{name}" for name in
                         ("test_access.py", "test_mlflow_postgres.py", "test_operations.py", "test_shared_catalog.py",
                          "test_standalone_cluster.py")} | {
-        "tests/e2e/test_regime_shift.py", "tests/e2e/test_demo.py"}, left_out
+        "tests/e2e/test_regime_shift.py", "tests/e2e/test_demo.py", "tests/e2e/test_notebooks.py"} | {
+        f"tests/spark/{name}" for name in
+        ("test_compiled_scoring.py", "test_estimators.py", "test_event_points.py", "test_every_pipeline.py",
+         "test_feature_versions.py", "test_health.py", "test_ingest.py", "test_interruptions.py", "test_maintain.py",
+         "test_monitor.py", "test_stages.py", "test_storage_failures.py", "test_training.py",
+         "test_user_errors.py")}, left_out
 
 
-def test_test_fast_selects_no_test_marked_cluster_or_story_and_every_other_test(fast):
-    selected_slow = sorted(test for test, (selected, markers) in fast.items() if selected and markers & SLOW)
-    assert selected_slow == [], f"`make test-fast` runs tests marked {' or '.join(sorted(SLOW))}: {selected_slow}"
-    left_out_quick = sorted(test for test, (selected, markers) in fast.items() if not selected and not markers & SLOW)
-    assert left_out_quick == [], f"`make test-fast` leaves out tests marked neither cluster nor story: {left_out_quick}"
+def test_test_fast_selects_no_test_marked_cluster_story_or_slow_and_every_other_test(fast):
+    selected_slow = sorted(test for test, (selected, markers) in fast.items() if selected and markers & LEFT_OUT)
+    assert selected_slow == [], f"`make test-fast` runs tests marked {' or '.join(sorted(LEFT_OUT))}: {selected_slow}"
+    left_out_quick = sorted(test for test, (selected, markers) in fast.items()
+                            if not selected and not markers & LEFT_OUT)
+    assert left_out_quick == [], (f"`make test-fast` leaves out tests marked neither cluster, story nor slow: "
+                                  f"{left_out_quick}")
     assert sum(selected for selected, _ in fast.values()) > 0
 
 
