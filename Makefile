@@ -3,7 +3,7 @@
 PYTHON ?= python3.11
 # Everything that needs no cluster (Spark standalone, PostgreSQL, an MLflow server), no multi-night story or whole
 # demo run (`story`), and takes seconds rather than tens of seconds (`slow`: whole train-register-score paths, killed
-# and rerun `lakeforge` processes, the notebooks).
+# and rerun `lakeforge` processes, the notebooks, ingest's JSON tests again on its fallback parser).
 FAST := not cluster and not story and not slow
 VENV := .venv
 BIN := $(VENV)/bin

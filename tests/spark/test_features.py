@@ -36,14 +36,12 @@ class Lake:
 
 
 @pytest.fixture(scope="module")
-def churn_lake(spark, churn, tiny_landing, tmp_path_factory) -> Lake:
-    """The tiny demo's customers and orders ingested once into bronze/silver (tests add only gold tables)."""
+def churn_lake(spark, churn, tiny_landing, ingested_tiny, tmp_path_factory) -> Lake:
+    """A copy of the tiny demo's ingested churn sources, shared by this module's tests (they add only gold tables)."""
     landing, _ = tiny_landing
     lakehouse = tmp_path_factory.mktemp("features") / "lakehouse"
     lake.forget_tables(spark)
-    used = {churn.features.spine.source, churn.features.events.source, churn.label.events}
-    ingest_all(spark, {name: source for name, source in churn.sources.items() if name in used}, landing, lakehouse,
-               owner="test", log=lambda *a, **k: None)
+    shutil.copytree(ingested_tiny, lakehouse)
     train_dates, holdout = training.snapshot_dates(*features.event_date_range(spark, lakehouse, churn), churn)
     return Lake(landing, lakehouse, train_dates + holdout)
 
@@ -284,6 +282,7 @@ def test_a_rowwise_function_gives_the_same_rows_on_pandas_and_spark(spark):
         apply_rowwise_pandas(rows.toPandas(), lambda frame: tenure(frame).head(1), schema)
 
 
+@pytest.mark.slow
 def test_a_new_feature_reaches_training_and_scoring_without_changing_lakeforge(spark, churn_lake, tmp_path,
                                                                                 monkeypatch):
     conf = tmp_path / "conf"
@@ -308,7 +307,6 @@ def test_a_new_feature_reaches_training_and_scoring_without_changing_lakeforge(s
     lake.forget_tables(spark)
     ctx = stages.Context(settings, config.load_pipeline("custom", directory=conf), spark_factory=lambda s: spark)
 
-    stages.ingest(ctx)  # the sources the fixture did not load; the others have no new files
     trained = stages.train(ctx)
     score_date = features.event_date_range(spark, churn_lake.lakehouse, ctx.pipeline)[1] + dt.timedelta(days=1)
     stages.build_features(ctx, [score_date])

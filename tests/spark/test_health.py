@@ -9,6 +9,7 @@ version deleted (Delta still counts its rows from the log's statistics), and a c
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import deltalake
 import pytest
@@ -45,10 +46,12 @@ def rows_by_delta_rs(lakehouse, name: str) -> list[tuple]:
     return sorted(frame.itertuples(index=False, name=None))
 
 
-@pytest.fixture
-def damaged(spark, lakehouse):
+@pytest.fixture(scope="module")
+def damaged_once(spark, tmp_path_factory) -> tuple[Path, str]:
     """gold.fine (healthy), gold.lost (newest commit file gone), gold.holed (a data file of the current version
-    gone) and gold.gap (a commit in the middle gone); each has versions 0..4."""
+    gone) and gold.gap (a commit in the middle gone); each has versions 0..4. Made once; tests take copies."""
+    lakehouse = tmp_path_factory.mktemp("damaged") / "lakehouse"
+    lake.forget_tables(spark)
     for name in ("gold.fine", "gold.lost", "gold.holed", "gold.gap"):
         commits(spark, lakehouse, name, 4)
     (lake.table_path(lakehouse, "gold.lost") / "_delta_log" / f"{4:020d}.json").unlink()
@@ -56,6 +59,14 @@ def damaged(spark, lakehouse):
     (lake.table_path(lakehouse, "gold.holed") / hole).unlink()
     (lake.table_path(lakehouse, "gold.gap") / "_delta_log" / f"{2:020d}.json").unlink()
     lake.forget_tables(spark)
+    return lakehouse, hole
+
+
+@pytest.fixture
+def damaged(lakehouse, damaged_once):
+    """This test's copy of the damaged lakehouse (Delta logs hold relative paths), and the missing file's name."""
+    template, hole = damaged_once
+    shutil.copytree(template, lakehouse)
     return {"hole": hole}
 
 
@@ -91,7 +102,6 @@ def doctor(monkeypatch, capsys, repo, lakehouse) -> tuple[int, list[str]]:
     return code, capsys.readouterr().out.splitlines()
 
 
-@pytest.mark.slow
 def test_doctor_names_each_problem_and_how_to_recover_and_exits_2(spark, lakehouse, damaged, monkeypatch, capsys,
                                                                   repo):
     # What other readers make of the damage: delta-rs refuses the table that lost its newest commit.

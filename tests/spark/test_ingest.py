@@ -86,10 +86,11 @@ def table(spark, lakehouse: Path, name: str, *columns: str):
     return lake.read(spark, lakehouse, name).select(*columns)
 
 
-@pytest.fixture(scope="module", params=["one pass", "spark expressions"])
+@pytest.fixture(scope="module", params=["one pass", pytest.param("spark expressions", marks=pytest.mark.slow)])
 def json_path(request, spark):
     """Each of ingest's two ways to parse JSON lines, which must give the same rows: lakeforge's one-pass parser
-    (its jar, which `make setup` builds) and Spark's own expressions (a session without that jar)."""
+    (its jar, which `make setup` builds) and Spark's own expressions (a session without that jar). The second, a
+    fallback, runs every JSON test again: `make test` runs it, `make test-fast` only the first."""
     if request.param == "one pass":
         assert ingest._json_lines(spark) is not None, "lakeforge's JVM jar is not in the session: run `make setup`"
         yield request.param

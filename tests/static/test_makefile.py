@@ -63,7 +63,7 @@ def test_test_is_the_whole_suite_and_test_fast_leaves_out_the_cluster_the_story_
         "tests/e2e/test_regime_shift.py", "tests/e2e/test_demo.py", "tests/e2e/test_notebooks.py"} | {
         f"tests/spark/{name}" for name in
         ("test_compiled_scoring.py", "test_estimators.py", "test_event_points.py", "test_every_pipeline.py",
-         "test_feature_versions.py", "test_health.py", "test_ingest.py", "test_interruptions.py", "test_maintain.py",
+         "test_features.py", "test_feature_versions.py", "test_ingest.py", "test_interruptions.py", "test_maintain.py",
          "test_monitor.py", "test_stages.py", "test_storage_failures.py", "test_training.py",
          "test_user_errors.py")}, left_out
 
