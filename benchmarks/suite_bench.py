@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     recorder = record.Recorder("suite_bench", args.results)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                             check=True).stdout.strip()
+    # Archived once: every run of the series measures this tree, even if HEAD moves meanwhile.
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
     runs = []
     for number in range(1, args.runs + 1):
         load_before = round(os.getloadavg()[0], 2)
-        wall, counts, done = run_once(args.target, venv)
+        wall, counts, done = run_once(args.target, archive, venv)
         runs.append({"wall_s": round(wall, 1), "exit": done.returncode, "tests": counts,
                      "load_before": load_before, "load_after": round(os.getloadavg()[0], 2)})
         print(f"run {number} of {args.runs}: {wall:.1f} s, exit {done.returncode}, {counts}", file=sys.stderr)
@@ -63,13 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     return failed
 
 
-def run_once(target: str, venv: Path) -> tuple[float, dict[str, int], subprocess.CompletedProcess]:
-    """`make <target>` in a fresh unpacking of HEAD (no bytecode, no pytest cache): its wall time, the pytest
-    summaries' counts added up, and the finished process."""
+def run_once(target: str, archive: bytes, venv: Path) -> tuple[float, dict[str, int], subprocess.CompletedProcess]:
+    """`make <target>` in a fresh unpacking of the tree's archive (no bytecode, no pytest cache): its wall time, the
+    pytest summaries' counts added up, and the finished process."""
     with tempfile.TemporaryDirectory(prefix="suite-bench-") as tmp:
         clone = Path(tmp) / "lakeforge"
         clone.mkdir()
-        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(clone)], input=archive, check=True)
         (clone / ".venv").symlink_to(venv)
         env = {**os.environ, "PYTHONPATH": str(clone / "lib")}

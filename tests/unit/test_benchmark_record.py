@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,3 +45,17 @@ def test_every_benchmark_writes_its_results_file():
         text = script.read_text()
         assert f'record.add_argument(parser, "{script.stem}")' in text, script.name
         assert f'record.Recorder("{script.stem}", args.results)' in text and "recorder.write(" in text, script.name
+
+
+def test_suite_bench_refuses_fewer_than_one_run_before_running_anything(capsys):
+    spec = importlib.util.spec_from_file_location("suite_bench", REPO / "benchmarks" / "suite_bench.py")
+    suite_bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports record.py from beside itself
+    try:
+        spec.loader.exec_module(suite_bench)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    with pytest.raises(SystemExit) as refused:
+        suite_bench.main(["--runs", "0"])
+    assert refused.value.code == 2
+    assert "--runs 0: run the target at least once" in capsys.readouterr().err
