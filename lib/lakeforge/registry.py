@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import mlflow
-import mlflow.data
 import numpy as np
 import pandas as pd
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema
 from pyspark.sql import SparkSession
+from pyspark.sql.types import MapType
 
 from lakeforge import __version__, access, metrics, model_files, plots, runs
 from lakeforge.access import AccessDenied
@@ -133,10 +136,28 @@ def end_orphan_runs(client: MlflowClient, pipeline: str, log: Callable[[str], No
 
 
 def log_inputs(datasets: list[tuple[str, str, int, object]]) -> None:
-    """Log each input Delta table (name, path, version, Spark DataFrame as of that version) with mlflow.data."""
+    """Log each input Delta table (name, path, version, Spark DataFrame as of that version) with mlflow.data: its
+    folder, version and columns, without reading a row.
+
+    Not mlflow.data.from_spark: its profile counts the rows by sending every row of the table through Python
+    workers (a job that keeps running past its 5 s timeout), on every training, for a count the version pins.
+    """
     for name, path, version, df in datasets:
-        dataset = mlflow.data.from_spark(df, path=path, version=str(version), name=name, digest=f"{name}@v{version}")
+        # The version as text: MLflow's source leaves out a version that is falsy (a table's first, 0).
+        dataset = MetaDataset(DeltaDatasetSource(path=path, delta_table_version=str(version)), name=name,
+                              digest=f"{name}@v{version}", schema=_columns(df))
         mlflow.log_input(dataset, context="training")
+
+
+def _columns(df) -> Schema | None:
+    """The DataFrame's columns as MLflow's schema, from Spark's schema alone; None when a column is a map (MLflow
+    would collect every row's keys to type it) or MLflow cannot type a column."""
+    if any(isinstance(field.dataType, MapType) for field in df.schema.fields):
+        return None
+    try:
+        return infer_signature(df).inputs
+    except MlflowException:
+        return None
 
 
 def log_figures(figures: dict[str, object], folder: str = "plots") -> None:

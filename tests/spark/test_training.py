@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -348,3 +349,31 @@ def test_a_train_killed_after_moving_the_alias_is_reconciled_and_its_orphan_mlfl
     assert completed == {a: int(v) for a, v in client.get_registered_model("churn").aliases.items()} == {
         "champion": 2, "challenger": 1}
     assert registry.reconcile_aliases(client, spark, lakehouse, "churn", "again") == []
+
+
+def test_a_trainings_input_tables_are_logged_by_folder_version_and_columns_without_a_spark_job(spark, lakehouse,
+                                                                                                tmp_path):
+    rows = spark.createDataFrame([("a", 1.0, {"k": 1}), ("b", 2.0, {"j": 2})], "id string, amount double, "
+                                                                              "extra map<string,int>")
+    lake.append(spark, rows.drop("extra"), lakehouse, "silver.things")
+    lake.append(spark, rows, lakehouse, "bronze.things")
+    snapshots = lake.snapshots(spark, lakehouse, {"silver.things": 0, "bronze.things": 0})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("inputs")  # this store's: an earlier test's active experiment is another store's
+    group = "log-inputs"
+    with mlflow.start_run() as run:
+        spark.sparkContext.setJobGroup(group, "logging a training's inputs")
+        try:
+            registry.log_inputs(snapshots)
+        finally:
+            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+
+    # Logging reads no row: MLflow's Spark dataset would count them in a job of Python workers.
+    assert spark.sparkContext.statusTracker().getJobIdsForGroup(group) == []
+    logged = {d.dataset.name: d.dataset for d in mlflow.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert {name: (d.source_type, json.loads(d.source), d.digest) for name, d in logged.items()} == {
+        name: ("delta_table", {"path": str(lakehouse / name.replace(".", "/")), "delta_table_version": "0"},
+               f"{name}@v0") for name in ("silver.things", "bronze.things")}
+    assert json.loads(logged["silver.things"].schema)["mlflow_colspec"] == [
+        {"type": "string", "name": "id", "required": True}, {"type": "double", "name": "amount", "required": True}]
+    assert logged["bronze.things"].schema is None  # a map column: MLflow would collect its keys from every row
