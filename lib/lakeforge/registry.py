@@ -140,7 +140,8 @@ def log_inputs(datasets: list[tuple[str, str, int, object]]) -> None:
     folder, version and columns, without reading a row.
 
     Not mlflow.data.from_spark: its profile counts the rows by sending every row of the table through Python
-    workers (a job that keeps running past its 5 s timeout), on every training, for a count the version pins.
+    workers (Spark jobs on every training, for a count the version already pins, and "unknown" past 5 s:
+    benchmarks/log_inputs_bench.py).
     """
     for name, path, version, df in datasets:
         # The version as text: MLflow's source leaves out a version that is falsy (a table's first, 0).
