@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ TINY_DEMO = {"customers": 300, "stores": 4, "days": 150}
 # `slow` marker; the end of each run names any such test not marked (nor `story` or `cluster`).
 SLOW_SECONDS = 30.0
 _seconds: dict[str, float] = {}
-_left_out = {"slow", "story", "cluster"}
+# The markers `make test-fast` leaves out: those its FAST expression negates (the Makefile is their one home).
+_left_out = set(re.findall(r"\bnot (\w+)", re.search(r"^FAST := (.+)$", (REPO / "Makefile").read_text(), re.M)[1]))
 
 
 def pytest_runtest_logreport(report):
