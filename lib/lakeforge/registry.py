@@ -31,7 +31,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema
 from pyspark.sql import SparkSession
-from pyspark.sql.types import MapType
+from pyspark.sql.types import (ArrayType, BinaryType, BooleanType, DataType, DateType, DoubleType, FloatType,
+                               IntegralType, StringType, StructType, TimestampType)
 
 from lakeforge import __version__, access, metrics, model_files, plots, runs
 from lakeforge.access import AccessDenied
@@ -151,14 +152,22 @@ def log_inputs(datasets: list[tuple[str, str, int, object]]) -> None:
 
 
 def _columns(df) -> Schema | None:
-    """The DataFrame's columns as MLflow's schema, from Spark's schema alone; None when a column is a map (MLflow
-    would collect every row's keys to type it) or MLflow cannot type a column."""
-    if any(isinstance(field.dataType, MapType) for field in df.schema.fields):
+    """The DataFrame's columns as MLflow's schema, from Spark's schema alone; None when a column is of a type MLflow
+    cannot type that way: a map (MLflow would collect every row's keys), a decimal or a timestamp without time zone
+    (MLflow would warn on every training and log one untyped column)."""
+    if not all(_typed_by_schema(field.dataType) for field in df.schema.fields):
         return None
-    try:
-        return infer_signature(df).inputs
-    except MlflowException:
-        return None
+    return infer_signature(df).inputs
+
+
+def _typed_by_schema(kind: DataType) -> bool:
+    """Whether MLflow's schema inference types this Spark type without reading rows."""
+    if isinstance(kind, ArrayType):
+        return _typed_by_schema(kind.elementType)
+    if isinstance(kind, StructType):
+        return all(_typed_by_schema(field.dataType) for field in kind.fields)
+    return isinstance(kind, (IntegralType, FloatType, DoubleType, BooleanType, StringType, BinaryType, DateType,
+                             TimestampType))
 
 
 def log_figures(figures: dict[str, object], folder: str = "plots") -> None:

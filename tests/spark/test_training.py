@@ -357,7 +357,8 @@ def test_a_trainings_input_tables_are_logged_by_folder_version_and_columns_witho
                                                                               "extra map<string,int>")
     lake.append(spark, rows.drop("extra"), lakehouse, "silver.things")
     lake.append(spark, rows, lakehouse, "bronze.things")
-    snapshots = lake.snapshots(spark, lakehouse, {"silver.things": 0, "bronze.things": 0})
+    lake.append(spark, rows.selectExpr("id", "cast(amount as decimal(10, 2)) as amount"), lakehouse, "gold.things")
+    snapshots = lake.snapshots(spark, lakehouse, {"silver.things": 0, "bronze.things": 0, "gold.things": 0})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("inputs")  # this store's: an earlier test's active experiment is another store's
     group = "log-inputs"
@@ -373,7 +374,8 @@ def test_a_trainings_input_tables_are_logged_by_folder_version_and_columns_witho
     logged = {d.dataset.name: d.dataset for d in mlflow.get_run(run.info.run_id).inputs.dataset_inputs}
     assert {name: (d.source_type, json.loads(d.source), d.digest) for name, d in logged.items()} == {
         name: ("delta_table", {"path": str(lakehouse / name.replace(".", "/")), "delta_table_version": "0"},
-               f"{name}@v0") for name in ("silver.things", "bronze.things")}
+               f"{name}@v0") for name in ("silver.things", "bronze.things", "gold.things")}
     assert json.loads(logged["silver.things"].schema)["mlflow_colspec"] == [
         {"type": "string", "name": "id", "required": True}, {"type": "double", "name": "amount", "required": True}]
     assert logged["bronze.things"].schema is None  # a map column: MLflow would collect its keys from every row
+    assert logged["gold.things"].schema is None  # a decimal: MLflow would warn and log one untyped column
