@@ -225,7 +225,7 @@ def _duration(value: Any) -> dt.timedelta:
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms])\s*", str(value))
     if not match:
-        raise ValueError(f"expected a duration such as 90d, 1h, 30m or 45s (got {value!r})")
+        raise ValueError("expected a duration such as 90d, 1h, 30m or 45s")  # the error's line adds the value
     unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match[2]]
     return dt.timedelta(**{unit: float(match[1])})
 
@@ -594,7 +594,8 @@ def _explain(exc: ValidationError, model: type[BaseModel], layers: list[tuple[st
         elif err["type"] == "missing":
             lines.append(f"{origin}: key '{key}' is required but missing")
         else:
-            lines.append(f"{origin}: key '{key}': {err['msg'].lower()} (got {err.get('input')!r})")
+            problem = err["msg"].removeprefix("Value error, ").lower()  # pydantic's wording for a validator's error
+            lines.append(f"{origin}: key '{key}': {problem} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 

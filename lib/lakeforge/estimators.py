@@ -15,6 +15,7 @@ estimator and counted by scoring; it is never an error.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import re
@@ -68,8 +69,13 @@ def resolve(estimator: str, task: str) -> type:
     except ImportError as exc:
         raise ValueError(f"cannot import module '{module_name}' ({exc}); install it or fix the path") from None
     found = inspect.getattr_static(module, name, None)
+    if found is None:
+        classes = [n for n in dir(module) if not n.startswith("_") and inspect.isclass(inspect.getattr_static(module, n))]
+        near = difflib.get_close_matches(name, classes, n=1)
+        raise ValueError(f"module '{module_name}' has no '{name}'"
+                         + (f"; did you mean '{module_name}.{near[0]}'?" if near else ""))
     if not inspect.isclass(found):
-        raise ValueError(f"'{estimator}' is not a class ({'missing' if found is None else type(found).__name__}); "
+        raise ValueError(f"'{estimator}' is not a class ({type(found).__name__}); "
                          f"model.estimator names an estimator class, not a function or value")
     needed = "predict_proba" if task in (CLASSIFICATION, MULTICLASS) else "predict"
     missing = [m for m in ("fit", needed) if not callable(getattr(found, m, None))]

@@ -237,8 +237,15 @@ def test_event_points_mistakes_are_one_error_naming_the_key(conf):
 def test_a_window_is_a_duration():
     assert config.FeatureSet(source="s", join={"a": "a"}, window="90m", function="m.f",
                              output={"x": "double"}).window == dt.timedelta(minutes=90)
-    with pytest.raises(pydantic.ValidationError, match=r"expected a duration such as 90d, 1h, 30m or 45s \(got '1 week'\)"):
+    with pytest.raises(pydantic.ValidationError, match=r"expected a duration such as 90d, 1h, 30m or 45s"):
         config.FeatureSet(source="s", join={"a": "a"}, window="1 week", function="m.f", output={"x": "double"})
+
+
+def test_a_bad_duration_is_named_once_with_its_file_key_and_value(conf):
+    with pytest.raises(ConfigError) as raised:
+        config.load_pipeline("delivery_time", ["pipeline.features.sets.store_load.window=1 week"], conf)
+    assert str(raised.value).endswith("--set: key 'features.sets.store_load.window': expected a duration such as "
+                                      "90d, 1h, 30m or 45s (got '1 week')")
 
 
 # ---------------------------------------------------------------- model.estimator, its params and metrics
@@ -259,6 +266,11 @@ def test_a_known_parameter_of_the_wrong_type_names_the_file_and_key(conf, overri
     (["pipeline.model.estimator=sklearn.ensemble.HistGradientBoostingClassifier"],  # churn's params are LightGBM's
      "model.params.n_estimators", "sklearn.ensemble.HistGradientBoostingClassifier takes no argument 'n_estimators' "
                                   "(it takes categorical_features, class_weight, "),
+    (["pipeline.model.estimator=sklearn.ensemble.HistGradientBoostingClassifer"], "model.estimator",
+     "module 'sklearn.ensemble' has no 'HistGradientBoostingClassifer'; "
+     "did you mean 'sklearn.ensemble.HistGradientBoostingClassifier'?"),
+    (["pipeline.model.estimator=sklearn.ensemble.Forest"], "model.estimator",  # no near name: no guess
+     "module 'sklearn.ensemble' has no 'Forest' (the YAML names code to import"),
     (["pipeline.model.estimator=sklearn.utils.shuffle"], "model.estimator",
      "'sklearn.utils.shuffle' is not a class (function); model.estimator names an estimator class"),
     (["pipeline.model.estimator=sklearn.ensemble.HistGradientBoostingRegressor"], "model.estimator",
