@@ -51,7 +51,7 @@ DETAILS = {
                 "rerun only finds less to do. See docs/operations.md.\n"
                 "example: lakeforge maintain --pipeline NAME",
     "features": "Reads the spine and event sources from bronze/silver and writes gold.<pipeline>_features for\n"
-                "--date (default: the day after the last event); rebuilding a date replaces that date only.\n"
+                "--date (default: the next night; see --date below); rebuilding a date replaces that date only.\n"
                 "example: lakeforge features --pipeline NAME --date 2026-10-29",
     "train": "Builds the features of its snapshot dates into gold.<pipeline>_features, labels them from the\n"
              "events (point in time), fits the pipeline's model, evaluates it on a later holdout, logs the run\n"
@@ -77,7 +77,7 @@ DETAILS = {
                "example: lakeforge promote --pipeline NAME --version 3 --reason \"rollback after incident 42\"",
     "run": "nightly: ingest (and maintain when maintenance.every_days have passed), then for each date build\n"
            "features, score and monitor; when the retrain policy fires, retrain through the gate. One date\n"
-           "(--date, default the day after the last event) or a backfill (--from/--to), each date its own run\n"
+           "(--date, default the next night) or a backfill (--from/--to), each date its own run\n"
            "in ops.runs.\n"
            "Without --pipeline: every pipeline of conf/pipelines, sorted by name, one after another in one Spark\n"
            "session (a source several pipelines share is ingested and maintained once). A pipeline that fails\n"
@@ -125,8 +125,9 @@ def _common(parser: argparse.ArgumentParser, pipeline: bool = True, date: bool =
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set spark.master=local[2] (repeatable)")
     if date:
-        parser.add_argument("--date", type=_date, help="the as-of / score date, YYYY-MM-DD "
-                                                       "(default: the day after the last event)")
+        parser.add_argument("--date", type=_date, help="the as-of / score date, YYYY-MM-DD (default: the next night: the "
+                                                       "day after the last ingested event; for event points, that "
+                                                       "event's day)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -371,7 +371,7 @@ def checked_dates(spark: SparkSession, lakehouse: Path, pipeline: Pipeline,
 
 
 def next_score_date(spark: SparkSession, lakehouse: Path, pipeline: Pipeline) -> dt.date:
-    """The day after the last event: the next night to score."""
+    """The next night to score (`next_date` of the last ingested event)."""
     return checked_dates(spark, lakehouse, pipeline, None)[0]
 
 

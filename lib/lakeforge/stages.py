@@ -71,7 +71,7 @@ class Context:
 
 
 def _default_score_date(ctx: Context) -> dt.date:
-    """The day after the last event: the next night to score."""
+    """The next night to score (features.next_date)."""
     return feats.next_score_date(ctx.spark, ctx.lakehouse, ctx.pipeline)
 
 
