@@ -11,7 +11,7 @@ import traceback
 
 from lakeforge import flow, interrupts
 from lakeforge.demo.commands import GENERATE_DETAILS, add_size_options, size_of
-from lakeforge.errors import LakeforgeError, root_cause
+from lakeforge.errors import LakeforgeError, root_cause, users_mistake
 
 DESCRIPTION = """\
 lakeforge: ingest raw files into a Delta lakehouse, build features with pandas functions run on
@@ -237,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _failure(exc: Exception) -> tuple[int, str]:
-    """A failure's exit code and one line: a user's mistake (LakeforgeError) as its message with the fix, a Spark
-    or MLflow failure as its deepest cause."""
-    if isinstance(exc, LakeforgeError):
-        return getattr(exc, "exit_code", 2), f"error: {exc}"
+    """A failure's exit code and one line: a user's mistake (a LakeforgeError, raised here or on a Python worker)
+    as its message with the fix, a Spark or MLflow failure as its deepest cause."""
+    mistake = users_mistake(exc)
+    if mistake is not None:
+        return getattr(mistake, "exit_code", 2), f"error: {mistake}"
     return 1, f"failed: {root_cause(exc)} (rerun with --debug for the traceback; the run is recorded in ops.runs)"
 
 

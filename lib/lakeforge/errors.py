@@ -6,6 +6,7 @@ Also the one-line cause of any other failure (`root_cause`): what the CLI prints
 from __future__ import annotations
 
 import re
+import sys
 import traceback
 
 
@@ -56,6 +57,27 @@ def root_cause(exc: BaseException) -> str:
     first = text.strip().splitlines()[0] if text.strip() else ""
     frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(exc.__traceback__)]
     return f"{type(exc).__name__}: {first}" + _located(frames) if first else type(exc).__name__ + _located(frames)
+
+
+# A worker's last line naming one of lakeforge's own error classes: `lakeforge.errors.DataError: ...`.
+_OWN_ERROR = re.compile(r"^(lakeforge(?:\.\w+)*)\.(\w+): (.*)$", re.S)
+
+
+def users_mistake(exc: BaseException) -> LakeforgeError | None:
+    """The LakeforgeError behind a failure, else None: the exception itself, or one a Python worker raised (a
+    feature function's output checked on the executors), rebuilt from the Spark exception that wraps it. Only a
+    class of a lakeforge module already loaded is taken; nothing is imported or evaluated from the text."""
+    if isinstance(exc, LakeforgeError):
+        return exc
+    try:
+        text = str(exc)
+    except Exception:  # a Py4J error whose JVM is gone cannot render its Java stack
+        return None
+    match = _OWN_ERROR.match(root_cause_of_text(text) or "")
+    found = match and getattr(sys.modules.get(match[1]), match[2], None)
+    if isinstance(found, type) and issubclass(found, LakeforgeError):
+        return found(match[3])
+    return None
 
 
 def _located(frames: list[tuple[str, int, str]]) -> str:

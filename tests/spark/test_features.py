@@ -4,6 +4,7 @@ dates, one scan per backfill, schema errors, row-wise functions, and a user's ne
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from lakeforge import config, features, lake, registry, stages, training
+from lakeforge import cli, config, features, lake, registry, stages, training
 from lakeforge.errors import DataError
 from lakeforge.ingest import ingest_all
 from lakeforge.pandas_on_spark import (apply_grouped, apply_grouped_pandas, apply_rowwise, apply_rowwise_pandas,
@@ -218,8 +219,13 @@ def test_an_output_that_breaks_its_schema_names_the_function_and_the_column(spar
     message = r"half_totals: column 'total' is declared bigint but the function returned non-integer values"
     with pytest.raises(DataError, match=message):
         apply_grouped_pandas(rows.toPandas(), half_totals, schema)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(Exception, match=message) as raised:
         apply_grouped(rows, half_totals, "customer_id", schema, 2).collect()
+    # Raised on a Python worker, wrapped by Spark: still the user's mistake, one line, exit 2 (not lakeforge failing).
+    assert not isinstance(raised.value, DataError)
+    code, line = cli._failure(raised.value)
+    assert code == 2 and re.fullmatch(r"error: feature function \S*half_totals: column 'total' is declared bigint but the function "
+                        r"returned non-integer values.*", line), line
     with pytest.raises(DataError, match=r"with_extra returned column 'note', which its output schema does not "
                                         r"declare: add it to features.columns .*\(e.g. `note: string`\)"):
         apply_grouped_pandas(rows.toPandas(), with_extra, schema)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from lakeforge import cli
+from lakeforge import cli, errors
 from lakeforge.errors import root_cause, root_cause_of_text
 
 TEXTS = Path(__file__).resolve().parents[1] / "fixtures" / "exceptions"
@@ -92,3 +93,42 @@ def test_a_failure_on_the_driver_names_the_users_frame():
         _users_function()
     line = _users_function.__code__.co_firstlineno + 1
     assert root_cause(raised.value) == f"ValueError: bad row 7 (raised in _users_function, {__file__}, line {line})"
+
+
+def _worker_failure(last_line: str) -> FakePy4JError:
+    """A Spark job failed by an exception in a Python worker whose traceback ends with `last_line`."""
+    return FakePy4JError(
+        "An error occurred while calling o88.collectToPython.\n: org.apache.spark.SparkException: Job aborted.\n"
+        "Caused by: org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "/venv/lib/python3.11/site-packages/lakeforge/pandas_on_spark.py", line 229, in conform\n'
+        f"{last_line}\n\n\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:581)\n")
+
+
+def test_a_lakeforge_error_raised_on_a_worker_is_the_users_mistake_with_exit_2(monkeypatch, capsys):
+    def fail(args):
+        raise _worker_failure("lakeforge.errors.DataError: feature function m.f: column 'x' is declared bigint")
+
+    monkeypatch.setattr(cli, "run", fail)
+    assert cli.main(["features"]) == 2
+    assert capsys.readouterr().err == ("lakeforge features: error: feature function m.f: column 'x' is declared "
+                                       "bigint\n")
+
+
+@pytest.mark.parametrize("last_line", [
+    "lakeforge.errors.PlainError: a lakeforge module's class, but not a LakeforgeError",
+    "lakeforge.errors.TextError: a lakeforge module's name, but not a class",
+    "lakeforge.not_loaded.DataError: a module no one imported is not imported because a traceback names it",
+    "KeyError: 'x'",
+])
+def test_any_other_worker_failure_stays_a_failure_with_exit_1(monkeypatch, capsys, last_line):
+    monkeypatch.setattr(errors, "PlainError", ValueError, raising=False)
+    monkeypatch.setattr(errors, "TextError", "text", raising=False)
+
+    def fail(args):
+        raise _worker_failure(last_line)
+
+    monkeypatch.setattr(cli, "run", fail)
+    assert cli.main(["features"]) == 1
+    assert capsys.readouterr().err == f"lakeforge features: failed: {last_line} (rerun with --debug for the " \
+                                      f"traceback; the run is recorded in ops.runs)\n"
+    assert "lakeforge.not_loaded" not in sys.modules
