@@ -82,7 +82,7 @@ class IngestResult:
     duplicates: tuple[str, ...] = ()  # new files whose bytes were already delivered: recorded, nothing loaded
     unreadable: tuple[str, ...] = ()  # new files that could not be read: recorded, retried when they change
     new_columns: tuple[str, ...] = ()  # columns added to bronze/silver by this batch
-    warnings: tuple[str, ...] = ()  # broken `warn` expectations
+    warnings: tuple[str, ...] = ()  # broken `warn` expectations, then files without a declared column
     refused: tuple[str, ...] = ()  # entries that are not regular files inside the folder: recorded, never read
 
 
@@ -732,6 +732,13 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
                     for check, failed in quality.broken(results, "warn").items()]
         for warning in warnings:
             log(f"{source_name}: WARNING expectation {warning}")
+        for f in files:
+            lacking = _declared_but_absent(source, f)
+            if lacking:  # a column renamed upstream loads as null under its old name: the one sign of it
+                warnings.append(f"file {f.name} has no column {', '.join(lacking)}: null in its rows (renamed? "
+                                f"declare the file's name for it in conf/sources/{source_name}.yaml; a not_null "
+                                f"expectation quarantines such rows)")
+                log(f"{source_name}: WARNING {warnings[-1]}")
         if added:
             log(f"{source_name}: new column(s) added to bronze/silver: "
                 f"{', '.join(f'{n} {k}' for n, k in added.items())}")
@@ -780,6 +787,13 @@ def _load(spark: SparkSession, source_name: str, source: Source, files: list[Lan
         for name in files_with:
             carried.setdefault(name, []).append(column)
     return counts, added, carried, warnings
+
+
+def _declared_but_absent(source: Source, f: LandingFile) -> list[str]:
+    """The declared columns a CSV file's header or a Parquet file's schema does not have (JSON lines have no
+    header: any key may be absent from a row)."""
+    present = {name.lower() for name in f.header} | {name.lower() for name, _ in f.types}
+    return [name for name in source.columns if name.lower() not in present] if present else []
 
 
 def _unchanged(f: LandingFile) -> bool:

@@ -476,7 +476,9 @@ def test_csv_rows_with_wrong_fields_or_types_are_quarantined_and_columns_match_b
         3, 7, 3, 4, 0)
     assert (result.unreadable, result.new_columns) == (("nohead.csv",), ("city",))
     assert result.warnings == ("'customer_id pattern ^C\\d+$' failed on 1 of 4 rows in 1 of 3 file(s) "
-                               "(c1.csv: 1 row)",)
+                               "(c1.csv: 1 row)",
+                               "file c2.csv has no column age: null in its rows (renamed? declare the file's name "
+                               "for it in conf/sources/customers.yaml; a not_null expectation quarantines such rows)")
     assertDataFrameEqual(table(spark, lakehouse, ingest.QUARANTINE, "file", "raw_record", "reason").where(
         "source = 'customers'"), [
         Row(file="c1.csv", raw_record="C2,abc,2026-05-01 10:00:00", reason="type mismatch: age (expected int)"),
@@ -504,7 +506,7 @@ def test_csv_rows_with_wrong_fields_or_types_are_quarantined_and_columns_match_b
 def test_parquet_columns_are_typed_from_the_file_and_type_changes_fail(spark, typed_lake, tmp_path):
     lakehouse, result = typed_lake["lakehouse"], typed_lake["results"]["readings"]
     assert (result.files, result.rows_read, result.rows_kept, result.rows_quarantined) == (1, 3, 2, 1)
-    assert (result.unreadable, result.new_columns) == (("r2.parquet",), ("celsius",))
+    assert (result.unreadable, result.new_columns, result.warnings) == (("r2.parquet",), ("celsius",), ())
     assert lake.read(spark, lakehouse, "bronze.readings").schema.simpleString() == (
         "struct<sensor:string,value:bigint,at:timestamp,celsius:double,_ingested_at:timestamp,"
         "_source_file:string,_batch_id:string>")
