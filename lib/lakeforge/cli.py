@@ -125,9 +125,9 @@ def _common(parser: argparse.ArgumentParser, pipeline: bool = True, date: bool =
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set spark.master=local[2] (repeatable)")
     if date:
-        parser.add_argument("--date", type=_date, help="the as-of / score date, YYYY-MM-DD (default: the next night: the "
-                                                       "day after the last ingested event; for event points, that "
-                                                       "event's day)")
+        parser.add_argument("--date", type=_date, help="the as-of / score date, YYYY-MM-DD (default: the next "
+                                                       "night: the day after the last ingested event; for event "
+                                                       "points, that event's day)")
 
 
 def build_parser() -> argparse.ArgumentParser:

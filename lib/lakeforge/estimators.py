@@ -70,7 +70,8 @@ def resolve(estimator: str, task: str) -> type:
         raise ValueError(f"cannot import module '{module_name}' ({exc}); install it or fix the path") from None
     found = inspect.getattr_static(module, name, None)
     if found is None:
-        classes = [n for n in dir(module) if not n.startswith("_") and inspect.isclass(inspect.getattr_static(module, n))]
+        classes = [n for n in dir(module)
+                   if not n.startswith("_") and inspect.isclass(inspect.getattr_static(module, n))]
         near = difflib.get_close_matches(name, classes, n=1)
         raise ValueError(f"module '{module_name}' has no '{name}'"
                          + (f"; did you mean '{module_name}.{near[0]}'?" if near else ""))

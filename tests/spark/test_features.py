@@ -224,8 +224,8 @@ def test_an_output_that_breaks_its_schema_names_the_function_and_the_column(spar
     # Raised on a Python worker, wrapped by Spark: still the user's mistake, one line, exit 2 (not lakeforge failing).
     assert not isinstance(raised.value, DataError)
     code, line = cli._failure(raised.value)
-    assert code == 2 and re.fullmatch(r"error: feature function \S*half_totals: column 'total' is declared bigint but the function "
-                        r"returned non-integer values.*", line), line
+    assert code == 2 and re.fullmatch(r"error: feature function \S*half_totals: column 'total' is declared bigint "
+                                      r"but the function returned non-integer values.*", line), line
     with pytest.raises(DataError, match=r"with_extra returned column 'note', which its output schema does not "
                                         r"declare: add it to features.columns .*\(e.g. `note: string`\)"):
         apply_grouped_pandas(rows.toPandas(), with_extra, schema)

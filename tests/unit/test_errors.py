@@ -101,7 +101,7 @@ def _worker_failure(last_line: str) -> FakePy4JError:
         "An error occurred while calling o88.collectToPython.\n: org.apache.spark.SparkException: Job aborted.\n"
         "Caused by: org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
         '  File "/venv/lib/python3.11/site-packages/lakeforge/pandas_on_spark.py", line 229, in conform\n'
-        f"{last_line}\n\n\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:581)\n")
+        f"{last_line}\n\n\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala)\n")
 
 
 def test_a_lakeforge_error_raised_on_a_worker_is_the_users_mistake_with_exit_2(monkeypatch, capsys):
