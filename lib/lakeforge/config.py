@@ -585,8 +585,9 @@ def _explain(exc: ValidationError, model: type[BaseModel], layers: list[tuple[st
         loc = tuple(err["loc"])
         key = ".".join(str(part) for part in loc)
         origin = next((name for name, tree in reversed(layers) if tree and _has_key(tree, loc)), layers[0][0])
+        problem = err["msg"].removeprefix("Value error, ")  # pydantic's wording for a validator's ValueError
         if not loc:  # a check of the whole file (a validator across keys): its message names the keys
-            lines.append(f"{origin}: {err['msg'].removeprefix('Value error, ')}")
+            lines.append(f"{origin}: {problem}")
         elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
             hint = f"; known keys here: {', '.join(allowed)}" if allowed else ""
@@ -594,8 +595,7 @@ def _explain(exc: ValidationError, model: type[BaseModel], layers: list[tuple[st
         elif err["type"] == "missing":
             lines.append(f"{origin}: key '{key}' is required but missing")
         else:
-            problem = err["msg"].removeprefix("Value error, ").lower()  # pydantic's wording for a validator's error
-            lines.append(f"{origin}: key '{key}': {problem} (got {err.get('input')!r})")
+            lines.append(f"{origin}: key '{key}': {problem.lower()} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 

@@ -60,7 +60,7 @@ def root_cause(exc: BaseException) -> str:
 
 
 # A worker's last line naming one of lakeforge's own error classes: `lakeforge.errors.DataError: ...`.
-_OWN_ERROR = re.compile(r"^(lakeforge(?:\.\w+)*)\.(\w+): (.*)$", re.S)
+_OWN_ERROR = re.compile(r"^(lakeforge(?:\.\w+)*)\.(\w+): (.*)$")
 
 
 def users_mistake(exc: BaseException) -> LakeforgeError | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,17 @@ def test_the_json_record_limit_follows_the_source_and_a_bad_one_is_named():
     with pytest.raises(DataError, match=r"landing folder orders: option maxStringLen 'lots' is not a whole number "
                                         r"of characters; fix it under options in the source's conf/sources/"):
         ingest.max_record_bytes(orders.model_copy(update={"options": {"maxStringLen": "lots"}}))
+
+
+def test_a_declared_column_missing_from_a_csv_header_or_a_parquet_schema_is_named_and_json_names_none(tmp_path):
+    """The columns ingest warns about (a column renamed upstream would load as nulls): from what the file's
+    inspection read, its CSV header or its Parquet schema; a JSON line may leave out any key."""
+    source = Source(path="agents", format="csv", columns={"agent_id": "string", "skill_level": "int",
+                                                          "updated_at": "timestamp"},
+                    primary_key=["agent_id"], event_time="updated_at")
+    found = ingest.LandingFile(tmp_path / "a.csv", 1, None)
+    renamed = replace(found, header=("agent_id", "skill", "Updated_At"))
+    parquet = replace(found, types=(("agent_id", "string"), ("updated_at", "timestamp")))
+    complete = replace(found, header=("updated_at", "skill_level", "agent_id", "extra"))
+    assert [ingest._declared_but_absent(source, f) for f in (renamed, parquet, complete, found)] == [
+        ["skill_level"], ["skill_level"], [], []]
